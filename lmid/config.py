@@ -273,6 +273,18 @@ class EvaluateParams(Section):
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     #: The method every other one is compared against (paired Wilcoxon signed-rank test).
     reference_method: MethodName = "lmidiffusion"
+    #: Sampler table: LMIDiffusion settings ``<kind>-<steps>`` run on ``sampler_slices`` validation slices.
+    sampler_settings: list[str] = ["ancestral-1000", "ddim-100", "ddim-50", "ddim-25", "ddim-10"]
+    sampler_slices: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _settings(self):
+        import re
+
+        for s in self.sampler_settings:
+            if not re.fullmatch(r"(ancestral|ddim)-[1-9][0-9]*", s):
+                raise ValueError(f"sampler_settings: {s!r} is not '<ancestral|ddim>-<steps>'")
+        return self
 
 
 class ReportParams(Section):
@@ -361,4 +373,5 @@ def deep_merge(base: dict, extra: dict) -> dict:
 
 def json_schema() -> dict:
     """JSON schema of params.yaml (for Snakemake's ``validate``)."""
-    return Params.model_json_schema()
+    schema = Params.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -51,7 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="<step>")
     for name in _GROUPS:
         importlib.import_module(name).register(sub)
+    p = sub.add_parser("schema", help="write the JSON schema of params.yaml (used by Snakemake's validate)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_schema)
     return parser
+
+
+def _schema(args) -> None:
+    from lmid.config import json_schema
+    from lmid.io import write_json
+
+    write_json(args.out, json_schema())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,19 @@ _MODULES = {
     "histmatch": "lmid.methods.references",
 }
 
+#: The params.yaml sections a method's training reads (besides ``seed``). Snakemake and DVC list
+#: exactly these as the train step's params, and a checkpoint trained under other values of them
+#: is not resumed.
+TRAIN_PARAM_SECTIONS = {
+    "lmidiffusion": ("diffusion", "lmi", "lmidiffusion"),
+    "sdedit": ("diffusion", "sdedit"),
+    "cyclegan": ("cyclegan",),
+    "stylegan2": ("stylegan2", "lmi"),
+    "cdm": ("cdm",),
+    "identity": (),
+    "histmatch": ("histmatch",),
+}
+
 
 def get_method(name: str) -> Method:
     if name not in _MODULES:
@@ -33,4 +46,4 @@ def get_method(name: str) -> Method:
     raise ImportError(f"{_MODULES[name]} defines no Method subclass named {name!r}")
 
 
-__all__ = ["Access", "Method", "TrainingData", "Translation", "get_method"]
+__all__ = ["Access", "Method", "TRAIN_PARAM_SECTIONS", "TrainingData", "Translation", "get_method"]

@@ -6,6 +6,8 @@ times the work, and writes shard files, the gathered translations and NIfTI volu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,8 +18,8 @@ from lmid.checkpoint import device_from_arg
 from lmid.config import Params
 from lmid.data.slices import load_slices
 from lmid.errors import InputFileError, LmidError
-from lmid.io import ensure_dir, load_npz, read_json, save_npz, save_volume, write_json
-from lmid.methods import get_method
+from lmid.io import ensure_dir, load_npz, read_json, save_npz, save_volume, write_json, write_text
+from lmid.methods import TRAIN_PARAM_SECTIONS, get_method
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ def train_method(params: Params, method: str, train_path: Path, val_path: Path, 
     val = load_slices(val_path, allow_empty=True)
     data = m.training_data(params, train)
     out_dir = ensure_dir(out_dir)
+    _discard_stale_checkpoint(params, method, train_path, out_dir)
     t0 = time.perf_counter()
     info = m.train(params, data, val, out_dir, device_from_arg(device)) or {}
     info = {"method": method, "access": m.access.value, "train_wall_s": round(time.perf_counter() - t0, 3), **info}
@@ -37,6 +40,28 @@ def train_method(params: Params, method: str, train_path: Path, val_path: Path, 
         raise LmidError(f"{method}: training finished without writing {out_dir / 'model.pt'}")
     write_json(out_dir / "train_info.json", info)
     return info
+
+
+def training_fingerprint(params: Params, method: str, train_path: Path) -> str:
+    """Hash of what a training run depends on: its params sections, the seed and the data."""
+    sections = {name: getattr(params, name).model_dump(mode="json") for name in TRAIN_PARAM_SECTIONS[method]}
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"seed": params.seed, "method": method, **sections}, sort_keys=True).encode())
+    with open(train_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _discard_stale_checkpoint(params: Params, method: str, train_path: Path, out_dir: Path) -> None:
+    """Resume only a checkpoint made with the same params and data; otherwise start afresh."""
+    fingerprint = training_fingerprint(params, method, train_path)
+    stamp = out_dir / "fingerprint.txt"
+    ckpt = out_dir / "checkpoint.pt"
+    if ckpt.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
+        log.warning("%s: %s was made with other parameters or data; starting afresh", method, ckpt)
+        ckpt.unlink()
+    write_text(stamp, fingerprint + "\n")
 
 
 def shard_indices(n: int, shard: int, num_shards: int) -> np.ndarray:

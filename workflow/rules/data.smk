@@ -1,0 +1,46 @@
+# Data: simulate the default data set (IXI layout), then slices and subject-level splits.
+
+
+rule generate:
+    output:
+        f"{RAW}/phantom.json",
+    params:
+        cfg=PARAMS_FILE,
+        out=lambda w, output: os.path.dirname(output[0]),
+        simulate=P.simulate.model_dump(mode="json"),
+    log:
+        "data/logs/generate.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "lmid generate --params {params.cfg} --out {params.out} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        get_raw_input,
+    output:
+        train=f"{SLICES}/train.npz",
+        val=f"{SLICES}/val.npz",
+        test=f"{SLICES}/test.npz",
+        manifest=f"{SLICES}/manifest.json",
+    params:
+        cfg=PARAMS_FILE,
+        raw=lambda w, input: os.path.dirname(input[0]) if input else RAW,
+        out=lambda w, output: os.path.dirname(output.train),
+        data=P.data.model_dump(mode="json"),
+        prepare=P.prepare.model_dump(mode="json"),
+    log:
+        "data/logs/prepare.log",
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "lmid prepare --params {params.cfg} --raw {params.raw} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,49 @@
+# Training: one job per method, on only what that method may see (lmid/methods/base.py).
+# Re-running a killed job resumes from data/models/<method>/checkpoint.pt.
+
+
+rule train:
+    input:
+        train=f"{SLICES}/train.npz",
+        val=f"{SLICES}/val.npz",
+    output:
+        model=f"{MODELS}/{{method}}/model.pt",
+        info=f"{MODELS}/{{method}}/train_info.json",
+        log_csv=f"{MODELS}/{{method}}/train_log.csv",
+    params:
+        cfg=PARAMS_FILE,
+        sections=lambda wc: get_train_params(wc.method),
+        out=lambda w, output: os.path.dirname(output.model),
+    log:
+        "data/logs/train/{method}.log",
+    resources:
+        mem_mb=16000,
+        runtime=600,
+        gpu=get_gpus,
+    threads: 2
+    retries: 1
+    conda:
+        ENV
+    shell:
+        "lmid train --params {params.cfg} --method {wildcards.method} --train {input.train}"
+        " --val {input.val} --out {params.out} > {log} 2>&1"
+
+
+rule fit_segmenter:
+    input:
+        train=f"{SLICES}/train.npz",
+    output:
+        f"{MODELS}/kmeans.json",
+    params:
+        cfg=PARAMS_FILE,
+        segment=P.segment.model_dump(mode="json"),
+    log:
+        "data/logs/fit_segmenter.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "lmid fit-segmenter --params {params.cfg} --train {input.train} --out {output} > {log} 2>&1"

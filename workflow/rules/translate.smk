@@ -1,0 +1,83 @@
+# Translation of the test split, sharded into independent jobs per method, then gathered.
+
+
+rule translate:
+    input:
+        model=get_model,
+        slices=f"{SLICES}/test.npz",
+    output:
+        f"{TRANSLATIONS}/{{experiment}}/{{method}}/shard-{{shard}}-of-{{n}}.npz",
+    params:
+        cfg=PARAMS_FILE,
+        source=get_source_modality,
+    log:
+        "data/logs/translate/{experiment}/{method}/shard-{shard}-of-{n}.log",
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=get_gpus,
+    threads: 2
+    retries: 1
+    conda:
+        ENV
+    shell:
+        "lmid translate --params {params.cfg} --method {wildcards.method} --model {input.model}"
+        " --slices {input.slices} --source-modality {params.source} --shard {wildcards.shard}"
+        " --num-shards {wildcards.n} --out {output} > {log} 2>&1"
+
+
+rule gather:
+    input:
+        shards=get_shards,
+        slices=f"{SLICES}/test.npz",
+        manifest=f"{SLICES}/manifest.json",
+    output:
+        translations=f"{TRANSLATIONS}/{{experiment}}/{{method}}/translations.npz",
+        nifti=directory(f"{TRANSLATIONS}/{{experiment}}/{{method}}/nifti"),
+    log:
+        "data/logs/gather/{experiment}/{method}.log",
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "lmid gather --method {wildcards.method} --shards {input.shards} --slices {input.slices}"
+        " --manifest {input.manifest} --out {output.translations} --nifti-dir {output.nifti} > {log} 2>&1"
+
+
+rule sampler_sweep:
+    """LMIDiffusion at one sampler setting on validation slices (the sampler table)."""
+    input:
+        model=f"{MODELS}/lmidiffusion/model.pt",
+        slices=f"{SLICES}/val.npz",
+        manifest=f"{SLICES}/manifest.json",
+        segmenter=f"{MODELS}/kmeans.json",
+    output:
+        shard=f"{TRANSLATIONS}/sampler/{{setting}}/shard-0-of-1.npz",
+        translations=f"{TRANSLATIONS}/sampler/{{setting}}/translations.npz",
+        metrics=f"{METRICS}/sampler/{{setting}}.csv",
+    params:
+        cfg=PARAMS_FILE,
+        kind=lambda wc: wc.setting.split("-")[0],
+        steps=lambda wc: wc.setting.split("-")[1],
+        limit=P.evaluate.sampler_slices,
+    log:
+        "data/logs/sampler/{setting}.log",
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=get_gpus,
+    threads: 2
+    conda:
+        ENV
+    shell:
+        "(lmid translate --params {params.cfg} --method lmidiffusion --model {input.model}"
+        " --slices {input.slices} --limit {params.limit} --samples 1"
+        " --set lmidiffusion.sampler.kind={params.kind} --set lmidiffusion.sampler.steps={params.steps}"
+        " --out {output.shard}"
+        " && lmid gather --method lmidiffusion --shards {output.shard} --slices {input.slices}"
+        " --manifest {input.manifest} --out {output.translations}"
+        " && lmid evaluate --params {params.cfg} --method lmidiffusion --translations {output.translations}"
+        " --slices {input.slices} --segmenter {input.segmenter} --out {output.metrics}) > {log} 2>&1"
