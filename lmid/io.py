@@ -79,12 +79,24 @@ def read_json(path: str | Path):
 
 
 def save_npz(path: str | Path, **arrays) -> None:
-    """Compressed ``.npz`` written atomically. Strings must be numpy unicode arrays (no pickle)."""
-    for key, value in arrays.items():
-        if isinstance(value, np.ndarray) and value.dtype == object:
-            raise TypeError(f"{key}: object arrays would need pickle; use a unicode dtype")
+    """Compressed ``.npz`` written atomically and byte-for-byte reproducibly.
+
+    ``np.savez_compressed`` stamps every member with the current time, so the same arrays would
+    give different bytes (and DVC would see a changed file). Members here carry a fixed date.
+    Strings must be numpy unicode arrays (no pickle).
+    """
+    import zipfile
+
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for key, value in arrays.items():
+                value = np.asanyarray(value)
+                if value.dtype == object:
+                    raise TypeError(f"{key}: object arrays would need pickle; use a unicode dtype")
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with zf.open(info, "w") as fh:
+                    np.lib.format.write_array(fh, value, allow_pickle=False)
 
 
 def load_npz(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
@@ -138,14 +150,18 @@ def load_volume(path: str | Path, dtype=np.float32):
 
 
 def save_volume(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
-    """Write a NIfTI volume atomically (gzip-compressed when the name ends in .gz)."""
+    """Write a NIfTI volume atomically; ``.nii.gz`` is gzipped with a zero mtime so the same
+    volume always gives the same bytes."""
     import nibabel as nib
 
     img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    with atomic_path(path, suffix="".join(Path(path).suffixes) or ".nii.gz") as tmp:
-        nib.save(img, str(tmp))
+    payload = img.to_bytes()
+    if str(path).endswith(".gz"):
+        payload = gzip.compress(payload, compresslevel=6, mtime=0)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
 
 
 def ensure_dir(path: str | Path) -> Path:

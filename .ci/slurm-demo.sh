@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run the demo preset through the Slurm profile on the CI cluster (.ci/slurm-up.sh) and check,
+# from Slurm's own accounting, that the cluster jobs really went through sbatch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+export LMID_GPUS=0   # the CI node has no GPU: documented override, the rules stay as they are
+
+# Jobs Snakemake will submit = all jobs minus the local rules and the `all` target.
+expected=$(snakemake --cores 1 --dry-run --forceall --nocolor 2>/dev/null \
+  | awk '/^job +count/{t=1;next} t&&/^total/{exit} t&&NF==2&&$1!~/^-/{print}' \
+  | grep -vE '^(all|gather|evaluate|aggregate|report|fit_segmenter) ' | awk '{s+=$2} END{print s}')
+echo "expecting $expected Slurm jobs"
+since=$(date +%Y-%m-%dT%H:%M:%S)
+t0=$(date +%s)
+snakemake --cores all --profile slurm
+echo "demo through Slurm: $(( $(date +%s) - t0 )) s"
+completed=$(sacct -n -X -S "$since" -o JobID,State | awk '$2=="COMPLETED"' | wc -l)
+echo "sacct: $completed completed jobs since $since"
+sacct -X -S "$since" -o JobID,JobName%36,Partition,AllocCPUS,State,Elapsed | head -60
+[ "$completed" -ge "$expected" ] || { echo "expected at least $expected completed Slurm jobs"; exit 1; }
+[ -s reports/index.html ] || { echo "reports/index.html was not produced"; exit 1; }
+echo "report: $PWD/reports/index.html"

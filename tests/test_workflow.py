@@ -1,0 +1,138 @@
+"""The two orchestrators describe one graph: same steps, same commands, same outputs.
+
+Snakemake's side comes from a forced dry run (every job with its shell command and outputs);
+DVC's from its resolved stages. Log redirections are Snakemake's only extra.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _snakemake(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _normalise(cmd: str) -> str:
+    cmd = re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", cmd.strip())  # Snakemake's `> {log} 2>&1`
+    return " ".join(cmd.split())
+
+
+def snakemake_jobs() -> list[dict]:
+    res = _snakemake("--cores", "1", "--dry-run", "--printshellcmds", "--forceall", "--nocolor")
+    assert res.returncode == 0, res.stderr + res.stdout
+    jobs, job = [], None
+    for line in res.stdout.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):", line)
+        if m:
+            job = {"rule": m.group(1), "outputs": [], "cmd": None}
+            jobs.append(job)
+        elif job is not None and line.strip().startswith("output:"):
+            job["outputs"] = [o.strip() for o in line.split(":", 1)[1].split(",")]
+        elif job is not None and line.startswith("Shell command:"):
+            job["cmd"] = _normalise(line.split(":", 1)[1])
+    return [j for j in jobs if j["rule"] != "all"]
+
+
+def dvc_stages() -> list[dict]:
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return [
+            {"name": s.addressing, "cmd": _normalise(s.cmd),
+             "outs": [str(Path(o.def_path)) for o in s.outs]}
+            for s in repo.index.stages
+        ]
+
+
+def _step(name: str) -> str:
+    """train-cdm -> train, translate@cdm-experiment0-1 -> translate, fit_segmenter -> fit-segmenter."""
+    name = name.split("@")[0].replace("_", "-")
+    return "train" if name.startswith("train-") else name
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return snakemake_jobs(), dvc_stages()
+
+
+def test_same_steps(graphs):
+    snake, dvc = graphs
+    assert Counter(_step(j["rule"]) for j in snake) == Counter(_step(s["name"]) for s in dvc)
+
+
+def test_same_commands(graphs):
+    snake, dvc = graphs
+    assert all(j["cmd"] for j in snake), [j["rule"] for j in snake if not j["cmd"]]
+    assert sorted(j["cmd"] for j in snake) == sorted(s["cmd"] for s in dvc)
+
+
+def test_same_outputs(graphs):
+    """Each job's outputs equal its stage's outs (a DVC folder out may stand for files inside it)."""
+    snake, dvc = graphs
+    by_cmd = {s["cmd"]: s for s in dvc}
+    for job in snake:
+        outs = by_cmd[job["cmd"]]["outs"]
+        for o in job["outputs"]:
+            assert any(o == d or o.startswith(d.rstrip("/") + "/") for d in outs), (job["rule"], o, outs)
+        for d in outs:
+            assert any(o == d or o.startswith(d.rstrip("/") + "/") for o in job["outputs"]), (job["rule"], d)
+
+
+def test_dvc_stage_params_match_snakemake_rerun_params():
+    """A training stage lists exactly the params sections its method's training reads."""
+    import yaml
+
+    from lmid.methods import TRAIN_PARAM_SECTIONS
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for method, sections in TRAIN_PARAM_SECTIONS.items():
+        assert sorted(stages[f"train-{method}"]["params"]) == sorted(["seed", *sections]), method
+
+
+def test_snakemake_lint_is_clean():
+    res = _snakemake("--lint", "--nocolor")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Congratulations, your workflow is in a good condition" in res.stdout + res.stderr, res.stdout
+
+
+def test_params_schema_is_current():
+    """workflow/schemas/params.schema.json is generated from lmid.config (run `lmid schema`)."""
+    from lmid.config import json_schema
+
+    committed = json.loads((ROOT / "workflow/schemas/params.schema.json").read_text())
+    assert committed == json.loads(json.dumps(json_schema())), "regenerate with: lmid schema --out workflow/schemas/params.schema.json"
+
+
+def test_paper_preset_is_complete_and_valid():
+    """The paper preset is a whole params file (Snakemake --configfile and `dvc` both read one)."""
+    import yaml
+
+    from lmid.config import load_params
+
+    demo = yaml.safe_load((ROOT / "params.yaml").read_text())
+    paper_path = ROOT / "workflow/presets/paper.yaml"
+    paper = yaml.safe_load(paper_path.read_text())
+    assert set(paper) == set(demo)
+    p = load_params(paper_path)
+    assert p.preset == "paper" and p.prepare.size == 128
+    assert (p.prepare.slices.train, p.prepare.slices.test) == (300, 75)
+    assert p.lmidiffusion.sampler.kind == "ancestral" and p.lmidiffusion.sampler.steps == 1000
+    assert p.diffusion.unet.channels == (64, 128, 128, 128)
+
+
+def test_slurm_profile_resolves_from_root():
+    res = _snakemake("--profile", "slurm", "--dry-run", "--cores", "1", "--forceall", "--nocolor")
+    assert res.returncode == 0, res.stderr[-2000:]
+    cfg = (ROOT / "slurm" / "config.yaml").read_text()
+    assert "executor: slurm" in cfg
