@@ -25,13 +25,14 @@ def register(sub) -> None:
 
 
 def _generate(args) -> None:
+    params = load_params_from_args(args)  # fail on bad params before any heavy import
     from lmid.data.phantom import generate
 
-    generate(load_params_from_args(args), args.out)
+    generate(params, args.out)
 
 
 def _prepare(args) -> None:
+    params = load_params_from_args(args)
     from lmid.data.prepare import prepare
 
-    params = load_params_from_args(args)
     prepare(params, args.raw or Path(params.data.root), args.out)

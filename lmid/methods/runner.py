@@ -61,6 +61,11 @@ def _discard_stale_checkpoint(params: Params, method: str, train_path: Path, out
     if ckpt.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
         log.warning("%s: %s was made with other parameters or data; starting afresh", method, ckpt)
         ckpt.unlink()
+    elif ckpt.exists():
+        from lmid.checkpoint import load_checkpoint
+
+        step = load_checkpoint(ckpt).get("step", "?")
+        log.info("%s: resuming from %s (step %s)", method, ckpt, step)
     write_text(stamp, fingerprint + "\n")
 
 
@@ -79,8 +84,8 @@ def translate_shard(params: Params, method: str, model_path: Path | None, slices
                     source_modality: str | None = None, shard: int = 0, num_shards: int = 1,
                     samples: int | None = None, device: str = "auto", limit: int = 0) -> dict:
     """Translate one shard of a split and write ``out_path`` (.npz)."""
-    m = get_method(method)
     split = load_slices(slices_path)
+    m = get_method(method)
     src_name = source_modality or params.data.source_modality
     try:
         source = split.modality(src_name, params.data.source_modality, params.data.target_modality)

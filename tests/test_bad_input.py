@@ -1,0 +1,225 @@
+"""Bad input, case by case, through the real command line.
+
+Every case must end with exit status 2, one message that names the offending file or key and the
+problem, and no output left behind (writers are atomic).
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from conftest import TINY, run_lmid
+
+from lmid.data.slices import SliceSet, load_slices
+
+
+# ------------------------------------------------------------------------------- IXI folders
+def _volume(shape=(20, 20, 12), seed=0, value=None):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    brain = (zz**2 + yy**2 + xx**2) < 0.7
+    data = np.where(brain, 100 + 50 * rng.random(shape), 0).astype(np.float32)
+    return data if value is None else np.full(shape, value, np.float32)
+
+
+def _ixi_folder(root: Path, n=5) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for i in range(n):
+        for j, mod in enumerate(("T1", "T2", "PD")):
+            nib.save(nib.Nifti1Image(_volume(seed=10 * i + j), affine), str(root / f"IXI{i + 2:03d}-Guys-{i + 800:04d}-{mod}.nii.gz"))
+    return root
+
+
+def _params(tmp: Path, **sections) -> Path:
+    data = yaml.safe_load(TINY.read_text())
+    for key, value in sections.items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _prepare_case(tmp: Path, mutate) -> tuple[list, list[str], Path]:
+    raw = _ixi_folder(tmp / "raw")
+    needle = mutate(raw)
+    params = _params(tmp, **{"data.source": "ixi", "data.registration": False,
+                              "prepare.slices": {"train": 4, "val": 1, "test": 1}})
+    out = tmp / "slices"
+    return ["prepare", "--params", params, "--raw", raw, "--out", out], needle, out
+
+
+def _corrupt(raw):
+    f = raw / "IXI003-Guys-0801-PD.nii.gz"
+    f.write_bytes(b"\x1f\x8b\x08\x00garbage" * 20)
+    return [f.name]
+
+
+def _truncated(raw):
+    f = raw / "IXI003-Guys-0801-T1.nii.gz"
+    f.write_bytes(f.read_bytes()[:200])
+    return [f.name]
+
+
+def _replace(raw, name, data):
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(raw / name))
+    return [name]
+
+
+def _two_d(raw):
+    return _replace(raw, "IXI004-Guys-0802-PD.nii.gz", _volume()[:, :, 5]) + ["3-D"]
+
+
+def _four_d(raw):
+    return _replace(raw, "IXI004-Guys-0802-PD.nii.gz", np.stack([_volume()] * 2, axis=-1)) + ["3-D"]
+
+
+def _nan(raw):
+    v = _volume()
+    v[3, 3, 3] = np.nan
+    return _replace(raw, "IXI005-Guys-0803-T1.nii.gz", v) + ["NaN"]
+
+
+def _zeros(raw):
+    return _replace(raw, "IXI005-Guys-0803-T1.nii.gz", np.zeros((20, 20, 12), np.float32)) + ["zero"]
+
+
+def _no_complete_subject(raw):
+    for f in raw.glob("*-T1.nii.gz"):
+        f.unlink()
+    return [str(raw.name), "T1"]
+
+
+def _unparseable(raw):
+    for f in raw.iterdir():
+        f.rename(raw / f.name.replace("IXI", "subject_"))
+    return [str(raw.name)]
+
+
+PREPARE_CASES = {
+    "corrupt-nifti": _corrupt,
+    "truncated-nifti": _truncated,
+    "2d-volume": _two_d,
+    "4d-volume": _four_d,
+    "nan-voxels": _nan,
+    "all-zero-volume": _zeros,
+    "no-subject-has-every-modality": _no_complete_subject,
+    "ixi-names-do-not-parse": _unparseable,
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREPARE_CASES))
+def test_prepare_rejects(tmp_path, case):
+    args, needles, out = _prepare_case(tmp_path, PREPARE_CASES[case])
+    res = run_lmid(*args)
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    for needle in needles:
+        assert needle in res.stderr, (needle, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+# ------------------------------------------------------------------------------- parameters
+PARAM_CASES = {
+    "misspelt-key": ({"diffusion.train.stepz": 5}, "diffusion.train.stepz"),
+    "wrong-type": ({"diffusion.train.steps": "many"}, "diffusion.train.steps"),
+    "negative-steps": ({"diffusion.train.steps": -3}, "diffusion.train.steps"),
+    "fraction-above-one": ({"cyclegan.source_fraction": 1.5}, "cyclegan.source_fraction"),
+    "unknown-method": ({"methods": ["lmidiffusion", "pix2pix"]}, "methods"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARAM_CASES))
+def test_params_rejected_at_start(tmp_path, case):
+    overrides, key = PARAM_CASES[case]
+    params = _params(tmp_path, **overrides)
+    out = tmp_path / "raw"
+    res = run_lmid("generate", "--params", params, "--out", out)
+    assert res.returncode == 2, res.stderr
+    assert key in res.stderr and str(params) in res.stderr, res.stderr
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------- slices, checkpoints, outputs
+def _slices(path: Path, n=3, size=16, **change) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = dict(source=rng.random((n, size, size), np.float32), target=rng.random((n, size, size), np.float32),
+                  mask=np.ones((n, size, size), bool), label=np.zeros((n, size, size), np.uint8),
+                  subject=np.array([f"IXI00{i}" for i in range(n)]), slice_index=np.arange(n))
+    arrays.update(change)
+    SliceSet(**arrays).save(path) if not change else np.savez(path, **arrays)
+    return path
+
+
+def test_slice_file_with_wrong_shape(tmp_path):
+    bad = _slices(tmp_path / "test.npz", source=np.zeros((3, 16), np.float32))
+    out = tmp_path / "out.npz"
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--slices", bad, "--out", out)
+    assert res.returncode == 2 and "test.npz" in res.stderr and "shape" in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_slice_file_with_wrong_dtype(tmp_path):
+    bad = _slices(tmp_path / "test.npz", source=np.zeros((3, 16, 16), np.int64))
+    out = tmp_path / "out.npz"
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--slices", bad, "--out", out)
+    assert res.returncode == 2 and "test.npz" in res.stderr and "floating" in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_empty_test_split(tmp_path):
+    empty = _slices(tmp_path / "test.npz", n=0)
+    out = tmp_path / "out.npz"
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--slices", empty, "--out", out)
+    assert res.returncode == 2 and "test.npz" in res.stderr and "no slices" in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_output_folder_not_writable(tmp_path):
+    slices = _slices(tmp_path / "test.npz")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    out = blocker / "sub" / "out.npz"
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--slices", slices, "--out", out)
+    assert res.returncode == 2 and "blocker" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("case", ["truncated", "not-a-checkpoint", "other-architecture"])
+def test_bad_checkpoint(tmp_path, tiny_data, case):
+    model_dir = tmp_path / "model"
+    res = run_lmid("train", "--params", TINY, "--method", "lmidiffusion", "--train", tiny_data / "train.npz",
+                   "--val", tiny_data / "val.npz", "--out", model_dir, "--set", "diffusion.train.steps=1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = model_dir / "model.pt"
+    extra = []
+    if case == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    elif case == "not-a-checkpoint":
+        ckpt.write_text("this is a text file, not weights")
+    else:
+        extra = ["--set", "diffusion.unet.channels=[32, 32, 64]", "--set", "diffusion.unet.norm_num_groups=16"]
+    out = tmp_path / "shard.npz"
+    res = run_lmid("translate", "--params", TINY, "--method", "lmidiffusion", "--model", ckpt,
+                   "--slices", tiny_data / "test.npz", "--out", out, "--limit", "1", *extra)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "model.pt" in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert not out.exists()
+
+
+def test_slices_loader_names_the_file(tmp_path):
+    path = tmp_path / "broken.npz"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(Exception) as info:
+        load_slices(path)
+    assert "broken.npz" in str(info.value)
