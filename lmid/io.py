@@ -157,6 +157,7 @@ def save_volume(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
     img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
+    img.header.set_xyzt_units("mm")
     payload = img.to_bytes()
     if str(path).endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
