@@ -132,7 +132,7 @@ def load_volume(path: str | Path, dtype=np.float32):
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as err:
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as err:
         raise InputFileError(path, f"cannot read NIfTI volume: corrupt or truncated ({err})") from None
     except Exception as err:  # nibabel raises a zoo of errors on bad headers
         raise InputFileError(path, f"cannot read NIfTI volume ({type(err).__name__}: {err})") from None
