@@ -10,6 +10,8 @@ rule generate:
         simulate=P.simulate.model_dump(mode="json"),
     log:
         "data/logs/generate.log",
+    benchmark:
+        "data/benchmarks/generate.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -36,6 +38,8 @@ rule prepare:
         prepare=P.prepare.model_dump(mode="json"),
     log:
         "data/logs/prepare.log",
+    benchmark:
+        "data/benchmarks/prepare.tsv"
     resources:
         mem_mb=8000,
         runtime=60,

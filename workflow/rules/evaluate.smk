@@ -12,6 +12,8 @@ rule evaluate:
         cfg=PARAMS_FILE,
     log:
         "data/logs/evaluate/{experiment}/{method}.log",
+    benchmark:
+        "data/benchmarks/evaluate/{experiment}/{method}.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -43,6 +45,8 @@ rule aggregate:
         evaluate=P.evaluate.model_dump(mode="json"),
     log:
         "data/logs/aggregate.log",
+    benchmark:
+        "data/benchmarks/aggregate.tsv"
     resources:
         mem_mb=4000,
         runtime=30,

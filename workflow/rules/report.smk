@@ -24,6 +24,8 @@ rule report:
         report=P.report.model_dump(mode="json"),
     log:
         "data/logs/report.log",
+    benchmark:
+        "data/benchmarks/report.tsv"
     resources:
         mem_mb=4000,
         runtime=30,

@@ -16,6 +16,8 @@ rule train:
         out=lambda w, output: os.path.dirname(output.model),
     log:
         "data/logs/train/{method}.log",
+    benchmark:
+        "data/benchmarks/train/{method}.tsv"
     resources:
         mem_mb=16000,
         runtime=600,
@@ -39,6 +41,8 @@ rule fit_segmenter:
         segment=P.segment.model_dump(mode="json"),
     log:
         "data/logs/fit_segmenter.log",
+    benchmark:
+        "data/benchmarks/fit_segmenter.tsv"
     resources:
         mem_mb=4000,
         runtime=30,

@@ -12,6 +12,8 @@ rule translate:
         source=get_source_modality,
     log:
         "data/logs/translate/{experiment}/{method}/shard-{shard}-of-{n}.log",
+    benchmark:
+        "data/benchmarks/translate/{experiment}/{method}/shard-{shard}-of-{n}.tsv"
     resources:
         mem_mb=8000,
         runtime=240,
@@ -36,6 +38,8 @@ rule gather:
         nifti=directory(f"{TRANSLATIONS}/{{experiment}}/{{method}}/nifti"),
     log:
         "data/logs/gather/{experiment}/{method}.log",
+    benchmark:
+        "data/benchmarks/gather/{experiment}/{method}.tsv"
     resources:
         mem_mb=4000,
         runtime=20,
@@ -65,6 +69,8 @@ rule sampler_sweep:
         limit=P.evaluate.sampler_slices,
     log:
         "data/logs/sampler/{setting}.log",
+    benchmark:
+        "data/benchmarks/sampler/{setting}.tsv"
     resources:
         mem_mb=8000,
         runtime=240,
