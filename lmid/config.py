@@ -48,6 +48,10 @@ class DataParams(Section):
 
 
 class SequenceParams(Section):
+    """One simulated acquisition (``lmid.data.phantom``); times in ms, flip angle in degrees."""
+
+    #: ``spin_echo``: S = PD·(1 − e^(−TR/T1))·e^(−TE/T2) (flip not used, 90° assumed);
+    #: ``spoiled_gradient_echo``: S = PD·sin α·(1 − E1)/(1 − cos α·E1)·e^(−TE/T2*), E1 = e^(−TR/T1).
     kind: Literal["spin_echo", "spoiled_gradient_echo"]
     tr_ms: float = Field(gt=0)
     te_ms: float = Field(ge=0)
@@ -55,6 +59,8 @@ class SequenceParams(Section):
 
 
 class TissueParams(Section):
+    """Relative proton density (CSF = 1) and relaxation times in ms of one tissue."""
+
     pd: float = Field(gt=0, le=1.5)
     t1_ms: float = Field(gt=0)
     t2_ms: float = Field(gt=0)
@@ -62,31 +68,54 @@ class TissueParams(Section):
 
 
 class SimulateParams(Section):
-    n_subjects: int = Field(default=10, ge=3)
-    #: Voxel size of the simulated volumes (the MNI template is 1 mm; 2 mm keeps the demo fast).
-    voxel_mm: float = Field(default=2.0, gt=0, le=4)
+    """The embedded default data: simulated brains in the IXI layout (``lmid generate``)."""
+
+    #: Subjects IXI002, IXI003, ... (three digits, as in IXI).
+    n_subjects: int = Field(default=30, ge=3, le=998)
+    #: Isotropic voxel size in mm. The template is 1 mm; 1.5 mm puts a brain-cropped axial slice
+    #: at about 128 px, the paper's size (the demo uses 2 mm for speed).
+    voxel_mm: float = Field(default=1.5, gt=0, le=4)
     #: Only simulate this many axial planes around the template centre (0 = whole brain).
     axial_planes: int = Field(default=0, ge=0)
+    #: Mean brain signal of each image over the standard deviation of the Gaussian noise in each of
+    #: the real and imaginary channels (the magnitude is Rician).
     snr: float = Field(default=40.0, gt=0)
-    #: Relative jitter (one standard deviation) of TR/TE/flip per subject.
+    #: Relative jitter (one standard deviation) of TR/TE/flip per subject and modality.
     sequence_jitter: float = Field(default=0.03, ge=0, lt=0.5)
+    #: Relative jitter (one standard deviation) of PD/T1/T2/T2* per subject and tissue.
     tissue_jitter: float = Field(default=0.03, ge=0, lt=0.5)
+    #: RMS of each component of the non-rigid displacement (mm), a cubic B-spline field with knots
+    #: ``deformation_smoothness_mm`` apart.
     deformation_mm: float = Field(default=3.0, ge=0)
     deformation_smoothness_mm: float = Field(default=20.0, gt=0)
+    #: Rotation angles about each axis drawn uniformly in ±rotation_deg.
     rotation_deg: float = Field(default=5.0, ge=0, le=45)
+    #: Scale factor of each axis drawn uniformly in 1 ± scale.
     scale: float = Field(default=0.05, ge=0, lt=0.5)
+    #: Multiplicative bias field per image, spanning e^(±bias_strength/2) (BrainWeb's "20 % INU"
+    #: is 0.2: about ±10 %).
     bias_strength: float = Field(default=0.2, ge=0, lt=1)
-    sites: list[str] = ["Guys", "HH", "IOP"]
+    sites: list[str] = Field(default=["Guys", "HH", "IOP"], min_length=1)
     tissues: dict[Literal["csf", "gm", "wm"], TissueParams] = {
-        # 1.5 T values (Wansapura 1999, Stanisz 2005, Hasan 2010 ranges)
+        # 1.5 T, in vivo. PD: water content relative to CSF (Neeb et al., NeuroImage 2006: WM ≈ 0.69,
+        # GM ≈ 0.80). T1: Rooney et al., MRM 57:308 (2007), 1.5 T: WM ≈ 0.65–0.75 s, cortex
+        # ≈ 1.1–1.2 s, CSF ≈ 4.1–4.4 s (Stanisz et al., MRM 54:507 (2005) give WM 884, GM 1124 ms,
+        # at the top of the WM range). T2: Stanisz 2005, 1.5 T: WM 72, GM 95 ms; CSF ≈ 2 s.
+        # T2*: Peters et al., MRI 25:748 (2007), 1.5 T: WM 66.2, GM 84.0 ms; CSF's T2* is not well
+        # measured and barely matters at TE ≈ 5 ms.
         "csf": TissueParams(pd=1.00, t1_ms=4200.0, t2_ms=1990.0, t2s_ms=1500.0),
-        "gm": TissueParams(pd=0.80, t1_ms=1100.0, t2_ms=95.0, t2s_ms=70.0),
-        "wm": TissueParams(pd=0.68, t1_ms=650.0, t2_ms=75.0, t2s_ms=55.0),
+        "gm": TissueParams(pd=0.80, t1_ms=1100.0, t2_ms=95.0, t2s_ms=84.0),
+        "wm": TissueParams(pd=0.70, t1_ms=700.0, t2_ms=75.0, t2s_ms=66.0),
     }
     sequences: dict[str, SequenceParams] = {
+        # IXI (Guys, Philips 1.5 T): PD and T2 are the two echoes (TE 8 / 100 ms) of one dual-echo
+        # turbo spin echo with TR ≈ 8178 ms; a long TR keeps CSF brightest on PD (with TR 3000 ms
+        # CSF would fall below WM). IXI's T1 is a magnetisation-prepared gradient echo (TE 4.6 ms)
+        # that no steady-state equation describes; a spoiled gradient echo with TR 20 ms / 30°
+        # gives the same tissue order (WM > GM > CSF).
         "T1": SequenceParams(kind="spoiled_gradient_echo", tr_ms=20.0, te_ms=4.6, flip_deg=30.0),
-        "PD": SequenceParams(kind="spin_echo", tr_ms=3000.0, te_ms=15.0),
-        "T2": SequenceParams(kind="spin_echo", tr_ms=4000.0, te_ms=100.0),
+        "PD": SequenceParams(kind="spin_echo", tr_ms=8178.0, te_ms=8.0),
+        "T2": SequenceParams(kind="spin_echo", tr_ms=8178.0, te_ms=100.0),
     }
 
 
@@ -111,8 +140,8 @@ class SliceCounts(Section):
 
 class PrepareParams(Section):
     size: int = Field(default=64, ge=16, le=512)
-    #: Keep axial slices whose brain mask covers at least this fraction of the slice's bounding
-    #: box of the whole-volume brain (drops the top and bottom of the brain).
+    #: Keep axial slices whose brain-mask area is at least this fraction of the largest brain slice
+    #: of the same volume (drops the top and bottom of the brain).
     min_brain_fraction: float = Field(default=0.35, ge=0, le=1)
     #: Intensity normalisation: clip to these percentiles inside the brain, then map to [0, 1].
     percentiles: tuple[float, float] = (0.5, 99.5)
@@ -161,6 +190,11 @@ class TrainParams(Section):
 
 
 class DiffusionTrainParams(TrainParams):
+    #: The released IXI config trains 10,000 epochs of 300 slices at batch 4 = 750k iterations;
+    #: with EMA 0.9999 far fewer steps would sample from weights close to the initial ones.
+    steps: int = Field(default=750_000, ge=1)
+    checkpoint_every: int = Field(default=5000, ge=1)
+    log_every: int = Field(default=100, ge=1)
     grad_clip: float = Field(default=1.0, gt=0)
     ema_decay: float = Field(default=0.9999, ge=0, lt=1)
     flip_prob: float = Field(default=0.5, ge=0, le=1)
@@ -173,12 +207,15 @@ class DiffusionTrainParams(TrainParams):
 class SamplerParams(Section):
     #: ``ancestral``: the authors' 1000-step DDPM sampler; ``ddim``: few-step deterministic-ish.
     kind: Literal["ancestral", "ddim"] = "ancestral"
+    #: Network evaluations per chain. Ancestral with ``steps`` >= T walks every timestep (the
+    #: paper); fewer walks an evenly spaced sub-sequence (respaced DDPM).
     steps: int = Field(default=1000, ge=1)
     eta: float = Field(default=0.0, ge=0, le=1)
     #: Start from pure noise (the paper) or from the source noised to ``start_t`` (a fraction of T).
     start: Literal["noise", "source"] = "noise"
     start_t: float = Field(default=1.0, gt=0, le=1)
     samples: int = Field(default=1, ge=1)
+    #: Chains (slices × samples) denoised together.
     batch_size: int = Field(default=16, ge=1)
 
 
@@ -198,61 +235,108 @@ class SdeditParams(Section):
     repeats: int = Field(default=3, ge=1)
     #: Validation slices used to choose t0 (0 = all).
     val_slices: int = Field(default=0, ge=0)
-    #: ``ancestral`` (the reference) or ``ddim`` with ``steps`` steps from t0 to 0.
+    #: ``ancestral`` (the reference) or ``ddim`` (eta 0) with ``steps`` steps from t0 to 0.
     kind: Literal["ancestral", "ddim"] = "ancestral"
     steps: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=16, ge=1)
 
 
 class CycleGanParams(Section):
+    """CycleGAN baseline. Defaults: the reference implementation at 128 px (1-channel slices)."""
+
+    #: Fraction of the training slices whose SOURCE image CycleGAN may see (11 % in the paper).
     source_fraction: float = Field(default=0.11, gt=0, le=1)
+    #: Residual blocks of each ResNet generator (6 at 128 px; 7.82 M parameters at 64 filters).
     res_blocks: int = Field(default=6, ge=1)
     base_filters: int = Field(default=64, ge=4)
     disc_filters: int = Field(default=64, ge=4)
+    #: PatchGAN stride-2 layers (3: 70×70 receptive field; needs slices of at least 32 px).
     disc_layers: int = Field(default=3, ge=1)
     lambda_cycle: float = Field(default=10.0, ge=0)
+    #: Identity weight, relative to ``lambda_cycle`` (0.5 → 5).
     lambda_identity: float = Field(default=0.5, ge=0)
+    #: History of generated images shown to the discriminators (0 = none).
     pool_size: int = Field(default=50, ge=0)
-    train: TrainParams = TrainParams(steps=1000, batch_size=1, lr=2e-4)
+    #: 60,000 steps at batch 1 = the reference's 100 + 100 epochs of max(|A|, |B|) = 300 images.
+    train: TrainParams = TrainParams(steps=60000, batch_size=1, lr=2e-4, checkpoint_every=5000, log_every=100)
     #: Fraction of steps at constant learning rate before the linear decay to 0.
     constant_fraction: float = Field(default=0.5, ge=0, le=1)
     beta1: float = Field(default=0.5, ge=0, lt=1)
 
 
 class StyleGan2Params(Section):
-    z_dim: int = Field(default=128, ge=8)
-    w_dim: int = Field(default=128, ge=8)
-    mapping_layers: int = Field(default=4, ge=1)
-    channels: int = Field(default=128, ge=8)
-    r1_gamma: float = Field(default=1.0, ge=0)
+    """StyleGAN2-ADA baseline. Defaults: the reference's ``auto`` configuration at 128 px
+    (batch 32, lr 0.0025, γ = 0.0002·128²/32, 2 mapping layers, channel_base 16384 capped at 512,
+    EMA half-life 10 kimg); ADA adjustment speed 500 kimg as in the ADA reference."""
+
+    z_dim: int = Field(default=512, ge=8)
+    w_dim: int = Field(default=512, ge=8)
+    mapping_layers: int = Field(default=2, ge=1)
+    #: Feature maps at resolution r: min(channels, channel_base // r).
+    channels: int = Field(default=512, ge=8)
+    channel_base: int = Field(default=16384, ge=64)
+    r1_gamma: float = Field(default=0.1024, ge=0)
+    #: Lazy regularisation: R1 every this many D steps (its weight is multiplied by the interval).
     r1_every: int = Field(default=16, ge=1)
-    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    #: Upper bound of the EMA decay per step (0.5 ** (32 / 10000): 10 kimg half-life at batch 32).
+    ema_decay: float = Field(default=0.99778, ge=0, lt=1)
     ada_target: float = Field(default=0.6, gt=0, lt=1)
     ada_interval: int = Field(default=4, ge=1)
-    ada_kimg: float = Field(default=100.0, gt=0)
-    train: TrainParams = TrainParams(steps=1000, batch_size=8, lr=2e-3)
+    #: Thousands of images for the augmentation probability p to go from 0 to 1.
+    ada_kimg: float = Field(default=500.0, gt=0)
+    #: 20,000 steps × 32 = 640 kimg.
+    train: TrainParams = TrainParams(steps=20000, batch_size=32, lr=2.5e-3, checkpoint_every=1000, log_every=100)
+    #: GAN inversion (reference projector): Adam steps per slice, peak lr, z samples for the mean w.
     invert_steps: int = Field(default=1000, ge=1)
     invert_lr: float = Field(default=0.1, gt=0)
     invert_w_samples: int = Field(default=10000, ge=1)
     invert_noise_weight: float = Field(default=1e5, ge=0)
+    #: Cross-modal inversion distance (LPIPS-VGG cannot be downloaded): ``nmi_mind`` = (1 − global
+    #: Parzen NMI) + MIND descriptor L1; ``lmi_mind`` = (1 − exact LMI relative to LMI(s, s)) + MIND
+    #: (uses the ``lmi`` section; ~100× slower).
+    invert_loss: Literal["nmi_mind", "lmi_mind"] = "nmi_mind"
 
 
 class CdmParams(Section):
+    """CDM, the supervised upper bound (paired slices). Defaults: paper scale at 128 px."""
+
+    #: Length of the target-distribution vector z (192 in the authors' code).
     vector_dim: int = Field(default=192, ge=4)
+    #: MRM: fraction of ``patch``×``patch`` patches masked per target slice.
     mask_ratio: float = Field(default=0.5, gt=0, lt=1)
     patch: int = Field(default=8, ge=2)
+    #: MRM encoder widths, one stride-2 level each (128 px → 8×8 bottleneck with four levels).
+    mrm_channels: tuple[int, ...] = (64, 128, 256, 256)
     mdn_blocks: int = Field(default=4, ge=1)
     mdn_hidden: int = Field(default=512, ge=8)
     mdn_timesteps: int = Field(default=1000, ge=2)
     mdn_ddim_steps: int = Field(default=50, ge=1)
-    unet_channels: tuple[int, ...] = (64, 128, 256)
-    mrm: TrainParams = TrainParams(steps=1000, batch_size=8, lr=1e-4)
-    mdn: TrainParams = TrainParams(steps=1000, batch_size=32, lr=1e-4)
-    unet: TrainParams = TrainParams(steps=1000, batch_size=8, lr=1e-4)
+    #: C-UNet widths, one resolution level each.
+    unet_channels: tuple[int, ...] = (64, 128, 256, 512)
+    #: Horizontal-flip augmentation (MRM and C-UNet stages; source and target flipped together).
+    flip_prob: float = Field(default=0.5, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    #: Slices per C-UNet pass when translating.
+    translate_batch_size: int = Field(default=32, ge=1)
+    mrm: TrainParams = TrainParams(steps=20000, batch_size=16, lr=1e-4, checkpoint_every=1000, log_every=50)
+    mdn: TrainParams = TrainParams(steps=20000, batch_size=64, lr=1e-4, checkpoint_every=1000, log_every=50)
+    unet: TrainParams = TrainParams(steps=20000, batch_size=8, lr=1e-4, checkpoint_every=1000, log_every=50)
+
+    @model_validator(mode="after")
+    def _widths(self):
+        if not self.mrm_channels or not self.unet_channels:
+            raise ValueError("mrm_channels and unet_channels need at least one level")
+        if any(c < 1 for c in (*self.mrm_channels, *self.unet_channels)):
+            raise ValueError("channel widths must be positive")
+        return self
 
 
 class HistMatchParams(Section):
+    #: Reference quantiles of the target training intensities inside the brain mask.
     n_quantiles: int = Field(default=256, ge=8)
+    #: At translation the brain of a source slice is where source > this (background is 0 after
+    #: ``prepare``); those pixels are quantile-mapped, the rest stay 0.
+    mask_threshold: float = Field(default=0.01, ge=0, lt=1)
 
 
 class TranslateParams(Section):
@@ -262,10 +346,20 @@ class TranslateParams(Section):
 
 # ---------------------------------------------------------------------------------- evaluation
 class SegmentParams(Section):
-    #: K-Means clusters inside the brain mask, mapped to CSF < GM < WM by T1 centroid intensity.
+    #: K-Means clusters inside the brain mask, mapped to tissues by centroid intensity (with more than
+    #: 3 clusters, each joins the nearest centroid of a 3-cluster fit on the same voxels).
     n_clusters: int = Field(default=3, ge=2, le=10)
     #: Training voxels sampled for fitting (0 = all).
     max_voxels: int = Field(default=200_000, ge=0)
+    #: Tissues from darkest to brightest in the TARGET modality (T1: CSF < GM < WM; T2/PD: reversed).
+    tissue_order: tuple[Literal["CSF", "GM", "WM"], Literal["CSF", "GM", "WM"], Literal["CSF", "GM", "WM"]] = (
+        "CSF", "GM", "WM")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if sorted(self.tissue_order) != ["CSF", "GM", "WM"]:
+            raise ValueError("tissue_order must name CSF, GM and WM once each")
+        return self
 
 
 class EvaluateParams(Section):

@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--samples", type=int, default=None, help="samples per slice (mean + std map)")
+    p.add_argument("--sampler", default=None, metavar="KIND-STEPS",
+                   help="lmidiffusion sampler, e.g. ancestral-1000 or ddim-25 (overrides lmidiffusion.sampler)")
     p.add_argument("--limit", type=int, default=0, help="only the first N slices (0 = all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True, help="shard output (.npz)")
@@ -53,6 +55,9 @@ def _train(args) -> None:
 def _translate(args) -> None:
     from lmid.methods.runner import translate_shard
 
+    if args.sampler:
+        kind, _, steps = args.sampler.partition("-")
+        args.overrides += [f"lmidiffusion.sampler.kind={kind}", f"lmidiffusion.sampler.steps={steps}"]
     translate_shard(load_params_from_args(args), args.method, args.model, args.slices, args.out,
                     source_modality=args.source_modality, shard=args.shard, num_shards=args.num_shards,
                     samples=args.samples, device=args.device, limit=args.limit)

@@ -35,7 +35,9 @@ rule aggregate:
         manifest=f"{SLICES}/manifest.json",
     output:
         metrics="reports/metrics.json",
+        summary="reports/summary.json",
         table="reports/tables/table.md",
+        tables=multiext("reports/tables/table", ".csv", ".tex"),
     params:
         cfg=PARAMS_FILE,
         metrics=lambda w, input: os.path.dirname(os.path.dirname(input.metrics[0])),

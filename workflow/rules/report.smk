@@ -5,23 +5,47 @@
 rule report:
     input:
         metrics="reports/metrics.json",
+        summary="reports/summary.json",
         table="reports/tables/table.md",
         translations=expand(
             f"{TRANSLATIONS}/{{experiment}}/{{method}}/translations.npz", experiment=EXPERIMENTS, method=METHODS
         ),
+        scores=expand(f"{METRICS}/{{experiment}}/{{method}}.csv", experiment=EXPERIMENTS, method=METHODS),
         logs=expand(f"{MODELS}/{{method}}/train_log.csv", method=METHODS),
+        infos=expand(f"{MODELS}/{{method}}/train_info.json", method=METHODS),
+        segmenter=f"{MODELS}/kmeans.json",
+        splits=expand(f"{SLICES}/{{split}}.npz", split=("train", "val", "test")),
         manifest=f"{SLICES}/manifest.json",
     output:
         html="reports/index.html",
-        figures=directory("reports/figures"),
+        grids=report(
+            expand("reports/figures/grid_{experiment}.png", experiment=EXPERIMENTS),
+            caption="../report/grid.rst",
+            category="Translations",
+        ),
+        metrics=report(
+            expand("reports/figures/metrics_{experiment}.png", experiment=EXPERIMENTS),
+            caption="../report/metrics.rst",
+            category="Metrics",
+        ),
+        segmentation=report(
+            "reports/figures/segmentation.png", caption="../report/segmentation.rst", category="Segmentation"
+        ),
+        lmi=report("reports/figures/lmi.png", caption="../report/lmi.rst", category="LMI conditioning"),
+        loss=report("reports/figures/loss_curves.png", caption="../report/loss_curves.rst", category="Training"),
+        uncertainty=report(
+            "reports/figures/uncertainty.png", caption="../report/uncertainty.rst", category="Translations"
+        ),
+        sampler=report("reports/figures/sampler.png", caption="../report/sampler.rst", category="Sampler"),
     params:
         cfg=PARAMS_FILE,
         reports=lambda w, input: os.path.dirname(input.metrics),
-        metrics=METRICS,
-        models=lambda w, input: os.path.dirname(os.path.dirname(input.logs[0])),
+        metrics=lambda w, input: os.path.dirname(os.path.dirname(input.scores[0])),
+        models=lambda w, input: os.path.dirname(input.segmenter),
         slices=lambda w, input: os.path.dirname(input.manifest),
         translations=lambda w, input: os.path.dirname(os.path.dirname(os.path.dirname(input.translations[0]))),
-        report=P.report.model_dump(mode="json"),
+        # The page shows every parameter, so any change of params.yaml rebuilds it.
+        everything=P.model_dump(mode="json"),
     log:
         "data/logs/report.log",
     benchmark:
@@ -33,5 +57,6 @@ rule report:
     conda:
         ENV
     shell:
-        "lmid report --params {params.cfg} --reports-dir {params.reports} --models-dir {params.models} --metrics-dir {params.metrics}"
-        " --translations-dir {params.translations} --slices-dir {params.slices} --out {output.html} > {log} 2>&1"
+        "lmid report --params {params.cfg} --reports-dir {params.reports} --models-dir {params.models}"
+        " --metrics-dir {params.metrics} --translations-dir {params.translations} --slices-dir {params.slices}"
+        " --out {output.html} > {log} 2>&1"

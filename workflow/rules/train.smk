@@ -22,7 +22,7 @@ rule train:
         mem_mb=16000,
         runtime=600,
         gpu=get_gpus,
-    threads: 2
+    threads: 1
     retries: 1
     conda:
         ENV

@@ -18,7 +18,7 @@ rule translate:
         mem_mb=8000,
         runtime=240,
         gpu=get_gpus,
-    threads: 2
+    threads: 1
     retries: 1
     conda:
         ENV
@@ -64,8 +64,6 @@ rule sampler_sweep:
         metrics=f"{METRICS}/sampler/{{setting}}.csv",
     params:
         cfg=PARAMS_FILE,
-        kind=lambda wc: wc.setting.split("-")[0],
-        steps=lambda wc: wc.setting.split("-")[1],
         limit=P.evaluate.sampler_slices,
     log:
         "data/logs/sampler/{setting}.log",
@@ -75,13 +73,13 @@ rule sampler_sweep:
         mem_mb=8000,
         runtime=240,
         gpu=get_gpus,
-    threads: 2
+    threads: 1
     conda:
         ENV
     shell:
         "(lmid translate --params {params.cfg} --method lmidiffusion --model {input.model}"
         " --slices {input.slices} --limit {params.limit} --samples 1"
-        " --set lmidiffusion.sampler.kind={params.kind} --set lmidiffusion.sampler.steps={params.steps}"
+        " --sampler {wildcards.setting}"
         " --out {output.shard}"
         " && lmid gather --method lmidiffusion --shards {output.shard} --slices {input.slices}"
         " --manifest {input.manifest} --out {output.translations}"

@@ -1,0 +1,174 @@
+"""Bootstrap CIs, paired tests and ``lmid aggregate`` on synthetic per-slice CSVs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import kstest, wilcoxon
+
+from lmid.config import load_params
+from lmid.errors import InputFileError
+from lmid.evaluation.aggregate import PAPER, aggregate
+from lmid.evaluation.metrics import COLUMNS, write_metrics_csv
+from lmid.evaluation.stats import bootstrap_ci, wilcoxon_p
+from lmid.io import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------ bootstrap
+def test_bootstrap_ci_contains_mean_and_narrows():
+    rng = np.random.default_rng(0)
+    small = rng.normal(0.8, 0.05, 12)
+    large = rng.normal(0.8, 0.05, 300)
+    lo_s, hi_s = bootstrap_ci(small, 1000, 0.95, seed=1)
+    lo_l, hi_l = bootstrap_ci(large, 1000, 0.95, seed=1)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < 0.5 * (hi_s - lo_s)  # width ~ 1/sqrt(n): 5× narrower expected
+    assert bootstrap_ci(small, 1000, 0.95, seed=1) == (lo_s, hi_s)  # seeded
+    lo90, hi90 = bootstrap_ci(small, 1000, 0.90, seed=1)
+    assert lo_s <= lo90 and hi90 <= hi_s
+    assert bootstrap_ci([0.5], 100) == (0.5, 0.5)
+    assert all(np.isnan(bootstrap_ci([np.nan], 100)))
+
+
+# ------------------------------------------------------------------------------------- Wilcoxon
+def test_wilcoxon_small_for_a_clearly_better_method():
+    rng = np.random.default_rng(1)
+    b = rng.normal(0.7, 0.05, 30)
+    a = b + 0.05 + rng.normal(0, 0.01, 30)
+    assert wilcoxon_p(a, b) < 1e-4
+    assert wilcoxon_p(b, b) == 1.0  # the same method twice
+
+
+def test_wilcoxon_uniform_for_exchangeable_methods():
+    """Two methods drawn from the same distribution: p-values ~ U(0, 1)."""
+    rng = np.random.default_rng(2)
+    ps = np.array([wilcoxon_p(rng.normal(0, 1, 25), rng.normal(0, 1, 25)) for _ in range(300)])
+    assert kstest(ps, "uniform").pvalue > 0.01
+    assert 0.01 < (ps < 0.05).mean() < 0.11
+
+
+# ------------------------------------------------------------------------------------ aggregate
+def _csv(path: Path, method: str, dice_km, psnr, ssim, dice_gt=None, nfe=10, wall=0.5):
+    n = len(psnr)
+    rows = []
+    for i in range(n):
+        r = {c: np.nan for c in COLUMNS}
+        r.update(method=method, index=i, subject=f"IXI{i // 4:03d}", slice_index=50 + i % 4,
+                 dice_km_mean=dice_km[i], psnr=psnr[i], ssim=ssim[i], psnr_mask=psnr[i] - 1, ssim_mask=ssim[i],
+                 nfe=nfe, wall_s=wall)
+        for c in ("csf", "gm", "wm"):
+            r[f"dice_km_{c}"] = dice_km[i]
+            if dice_gt is not None:
+                r[f"dice_gt_{c}"] = dice_gt[i]
+        if dice_gt is not None:
+            r["dice_gt_mean"] = dice_gt[i]
+        rows.append(r)
+    write_metrics_csv(path, pd.DataFrame(rows, columns=list(COLUMNS)))
+
+
+@pytest.fixture()
+def metrics(tmp_path):
+    rng = np.random.default_rng(5)
+    n = 16
+    data = {}
+    for m, (d, p, s) in {"lmidiffusion": (0.85, 22.0, 0.7), "sdedit": (0.80, 19.0, 0.6),
+                         "identity": (0.3, 9.0, 0.1)}.items():
+        vals = (np.clip(rng.normal(d, 0.03, n), 0, 1), rng.normal(p, 1.0, n), np.clip(rng.normal(s, 0.05, n), 0, 1))
+        gt = np.clip(vals[0] + rng.normal(0, 0.02, n), 0, 1)
+        data[m] = (*vals, gt)
+        _csv(tmp_path / "metrics" / "pd2t1" / f"{m}.csv", m, *vals, dice_gt=gt)
+        _csv(tmp_path / "metrics" / "t22t1" / f"{m}.csv", m, *vals)  # no labels: Dice vs K-Means
+    _csv(tmp_path / "metrics" / "sampler" / "ddim-10.csv", "lmidiffusion", *data["lmidiffusion"][:3], nfe=10, wall=0.1)
+    _csv(tmp_path / "metrics" / "sampler" / "ancestral-1000.csv", "lmidiffusion", *data["lmidiffusion"][:3],
+         nfe=1000, wall=9.0)
+    _csv(tmp_path / "metrics" / "sampler" / "notes.csv", "lmidiffusion", *data["lmidiffusion"][:3])  # ignored
+    write_json(tmp_path / "models" / "sdedit" / "train_info.json",
+               {"train_wall_s": 3.0, "t0": 0.3, "t0_sweep": {"0.3": {"psnr": 18.0}, "0.5": {"psnr": 17.0}}})
+    params = load_params(ROOT / "params.yaml", {"evaluate": {"bootstrap": 300}})
+    return tmp_path, params, data
+
+
+def _run(root: Path, params, out: str):
+    return aggregate(params, root / "metrics", root / "models", root / "slices", root / out)
+
+
+def test_metrics_json_is_deterministic_and_correct(metrics):
+    root, params, data = metrics
+    _run(root, params, "a")
+    _run(root, params, "b")
+    a = (root / "a" / "metrics.json").read_bytes()
+    assert a == (root / "b" / "metrics.json").read_bytes()
+    assert (root / "a" / "summary.json").read_bytes() == (root / "b" / "summary.json").read_bytes()
+    for name in ("table.md", "table.csv", "table.tex", "table_t22t1.csv", "sampler.csv"):
+        assert (root / "a" / "tables" / name).read_bytes() == (root / "b" / "tables" / name).read_bytes(), name
+    m = json.loads(a)
+    assert list(m) == sorted(m) and list(m["pd2t1"]) == sorted(m["pd2t1"])
+    for method, (dice_km, psnr, ssim, gt) in data.items():
+        # Main experiment has labels: Dice = vs ground truth; t22t1 has none: Dice = vs K-Means.
+        assert m["pd2t1"][method]["dice"] == round(float(np.mean(gt)), 6)
+        assert m["pd2t1"][method]["dice_km"] == round(float(np.mean(dice_km)), 6)
+        assert m["t22t1"][method]["dice"] == round(float(np.mean(dice_km)), 6)
+        assert m["pd2t1"][method]["psnr"] == round(float(np.mean(psnr)), 6)
+        assert m["pd2t1"][method]["ssim"] == round(float(np.mean(ssim)), 6)
+    assert set(m["sampler"]) == {"ddim-10", "ancestral-1000"}
+
+
+def test_summary_statistics(metrics):
+    root, params, data = metrics
+    s = _run(root, params, "a")
+    e = s["experiments"]["pd2t1"]
+    assert e["dice_reference"] == "ground truth"
+    assert s["experiments"]["t22t1"]["dice_reference"] == "K-Means of the real target"
+    psnr = data["sdedit"][1]
+    st = e["methods"]["sdedit"]["psnr"]
+    assert st["std"] == pytest.approx(np.std(psnr, ddof=1), abs=1e-6)
+    assert st["ci_low"] < st["mean"] < st["ci_high"]
+    p = wilcoxon(psnr, data["lmidiffusion"][1]).pvalue
+    assert st["p_vs_reference"] == pytest.approx(p, abs=1e-6)
+    assert e["methods"]["lmidiffusion"]["psnr"]["p_vs_reference"] is None
+    assert [r["setting"] for r in s["sampler"]["settings"]] == ["ancestral-1000", "ddim-10"]  # params order
+    assert s["sdedit_t0"]["chosen_t0"] == 0.3 and s["sdedit_t0"]["columns"][0] == "t0"
+    assert s["timings"]["lmidiffusion"]["nfe_per_slice"] == 10
+
+
+def test_tables_show_paper_numbers_labelled(metrics):
+    root, params, _ = metrics
+    _run(root, params, "a")
+    md = (root / "a" / "tables" / "table.md").read_text()
+    for m, vals in PAPER.items():
+        assert f"{vals['psnr'][0]:.2f} ± {vals['psnr'][1]:.2f}" in md
+    assert "paper (IXI, not our data)" in md and "Dice against the ground-truth labels" in md
+    assert "Dice against K-Means of the real T1 slice" in md  # the t22t1 caption
+    assert "StyleGAN2-ADA" in md and "not run" in md  # a paper method we did not run keeps its column
+    tidy = pd.read_csv(root / "a" / "tables" / "table.csv")
+    assert set(tidy["source"]) == {"ours", "paper (IXI, not our data)"}
+    tex = (root / "a" / "tables" / "table.tex").read_text()
+    assert "\\begin{tabular}" in tex and "\\toprule" in tex and "$\\pm$" in tex
+
+
+def test_missing_main_experiment_is_an_error(metrics):
+    root, params, _ = metrics
+    import shutil
+
+    shutil.rmtree(root / "metrics" / "pd2t1")
+    with pytest.raises(InputFileError, match="pd2t1: no per-slice metrics of the main experiment"):
+        _run(root, params, "a")
+
+
+def test_optional_sections_not_run(metrics):
+    root, params, _ = metrics
+    import shutil
+
+    shutil.rmtree(root / "metrics" / "sampler")
+    shutil.rmtree(root / "models")
+    s = _run(root, params, "a")
+    assert s["sampler"] == {"status": "not run"} and s["sdedit_t0"]["status"] == "not run"
+    md = (root / "a" / "tables" / "table.md").read_text()
+    assert md.count("Not run") == 2
+    assert "sampler" not in json.loads((root / "a" / "metrics.json").read_text())

@@ -1,0 +1,235 @@
+"""The diffusion building blocks: schedule, U-Net, trainer (loss, resume, augmentation)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from lmid.checkpoint import load_checkpoint
+from lmid.config import DiffusionParams, LmiParams, ScheduleParams, UNetParams
+from lmid.diffusion.model import DiffusionModel
+from lmid.diffusion.sampler import ancestral_coefficients
+from lmid.diffusion.schedule import NoiseSchedule
+from lmid.diffusion.trainer import DiffusionTrainer, LmiDiffusionTrainer, gaussian_blur
+from lmid.diffusion.unet import build_unet, count_parameters
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is faster, and far faster on a shared, loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_diffusion(**train) -> DiffusionParams:
+    return DiffusionParams.model_validate({
+        "schedule": {"timesteps": 50},
+        "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1,
+                 "num_head_channels": 8, "norm_num_groups": 4, "dropout": 0.1},
+        "train": {"steps": 8, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 4, "log_every": 1,
+                  "ema_decay": 0.9, **train},
+    })
+
+
+def blobs(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    """Smooth test images in [0, 1]: a bright disc of random centre and radius on a dark ground."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.zeros((n, size, size), np.float32)
+    for i in range(n):
+        cy, cx = rng.uniform(size * 0.3, size * 0.7, 2)
+        r = rng.uniform(size * 0.15, size * 0.35)
+        out[i] = 0.2 + 0.6 * ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)
+    return out
+
+
+# ------------------------------------------------------------------------------------ schedule
+def test_schedule_golden_values():
+    s = NoiseSchedule(ScheduleParams())  # T = 1000, linear β 1e-4 → 0.02
+    # Independent computation: β_t = 1e-4 + t·(0.02 − 1e-4)/999, ᾱ_t = ∏ (1 − β_s), plain loop.
+    abar, expected = 1.0, {}
+    for t in range(1000):
+        abar *= 1.0 - (1e-4 + t * (0.02 - 1e-4) / 999)
+        if t in (0, 499, 999):
+            expected[t] = abar
+    for t, value in expected.items():
+        assert s.alphas_cumprod[t] == pytest.approx(value, rel=1e-12)
+    # Pinned numbers (a refactor that changes them is caught).
+    assert s.alphas_cumprod[0] == pytest.approx(0.9999, rel=1e-12)
+    assert s.alphas_cumprod[499] == pytest.approx(0.07858724288177824, rel=1e-10)
+    assert s.alphas_cumprod[999] == pytest.approx(4.035829765375676e-05, rel=1e-8)
+    # MONAI's schedule (float32) agrees.
+    assert np.allclose(s.monai.alphas_cumprod.numpy(), s.alphas_cumprod, rtol=1e-4)
+    # The authors' "fixed large" variance: β_t, index 0 replaced by the posterior variance β̃_1.
+    var = s.fixed_large_variance()
+    assert np.array_equal(var[1:], s.betas[1:])
+    assert var[0] == pytest.approx(s.betas[1] * (1 - s.alphas_cumprod[0]) / (1 - s.alphas_cumprod[1]))
+
+
+def test_full_ancestral_chain_is_the_authors():
+    """Every index, 999 → 0: β'_t = β_t and σ² = the authors' fixedlarge log-variance."""
+    s = NoiseSchedule(ScheduleParams())
+    seq = s.timesteps(999, 1000)
+    coef = ancestral_coefficients(s, seq)
+    t = np.array(seq)
+    assert np.allclose(coef["beta"], s.betas[t], rtol=1e-9, atol=0)
+    assert np.allclose(coef["var"], s.fixed_large_variance()[t], rtol=1e-9, atol=0)
+    # Mean coefficient of the authors' step: β_t / √(1 − ᾱ_t) and 1 / √α_t.
+    assert np.allclose(coef["eps"], s.betas[t] / np.sqrt(1 - s.alphas_cumprod[t]), rtol=1e-9)
+    assert np.allclose(coef["scale"], 1 / np.sqrt(s.alphas[t]), rtol=1e-9)
+
+
+def test_ddim_with_oracle_noise_recovers_x0():
+    """If ε_θ returns the true ε, deterministic DDIM lands exactly on x_0 (any step count)."""
+    from lmid.diffusion.sampler import ChainNoise, ddim
+
+    s = NoiseSchedule(ScheduleParams(timesteps=100))
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(2, 1, 8, 8, generator=g)
+    eps = torch.randn(2, 1, 8, 8, generator=g)
+    start = 80
+    x = s.add_noise(x0, eps, torch.tensor([start, start]))
+    for steps in (1, 5, 81):
+        out = ddim(lambda x_t, t: eps, s, x, s.timesteps(start, steps), ChainNoise([1, 2], CPU), eta=0.0)
+        assert torch.allclose(out, x0, atol=1e-5)
+
+
+def test_add_noise_and_timesteps():
+    s = NoiseSchedule(ScheduleParams(timesteps=100))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 1, 4, 4, generator=g)
+    eps = torch.randn(3, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 50, 99])
+    xt = s.add_noise(x0, eps, t)
+    for i in range(3):
+        a = s.alphas_cumprod[int(t[i])]
+        assert torch.allclose(xt[i], np.sqrt(a) * x0[i] + np.sqrt(1 - a) * eps[i], atol=1e-5)
+    assert s.timesteps(99, 1000) == list(range(99, -1, -1))
+    seq = s.timesteps(99, 10)
+    assert seq[0] == 99 and seq[-1] == 0 and len(seq) == 10 and all(a > b for a, b in zip(seq, seq[1:]))
+    assert s.timesteps(99, 1) == [99]
+    assert s.index_of_fraction(0.4) == 39 and s.index_of_fraction(1.0) == 99
+
+
+# ------------------------------------------------------------------------------------ U-Net
+def test_paper_unet_parameter_count():
+    net = build_unet(UNetParams(), in_channels=3, out_channels=1)  # the paper preset
+    n = count_parameters(net)
+    assert n == 8_950_913
+    assert abs(n - 8.95e6) / 8.95e6 < 0.01
+    assert net.conv_in.conv.in_channels == 3
+
+
+def test_unet_dropout_only_in_training():
+    torch.manual_seed(0)
+    net = build_unet(tiny_diffusion().unet, in_channels=1)
+    # MONAI zero-initialises each block's conv2; give it weights so dropout shows.
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.rand(2, 1, 16, 16), torch.tensor([3, 7])
+    net.eval()
+    assert torch.equal(net(x, t), net(x, t))
+    net.train()
+    assert not torch.equal(net(x, t), net(x, t))
+
+
+def test_gaussian_blur_per_image():
+    x = torch.zeros(2, 1, 17, 17)
+    x[:, :, 8, 8] = 1.0
+    y = gaussian_blur(x, torch.tensor([0.5, 1.5]), radius=5)
+    assert torch.allclose(y.sum(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)  # mass kept away from borders
+    assert y[1, 0, 8, 8] < y[0, 0, 8, 8]  # wider σ spreads more
+    assert torch.allclose(y[:, :, 8], y[:, :, :, 8])  # isotropic
+
+
+# ------------------------------------------------------------------------------------ trainer
+def test_loss_falls(tmp_path):
+    params = tiny_diffusion(steps=60)
+    trainer = DiffusionTrainer(params, seed=3, out_dir=tmp_path, device=CPU)
+    info = trainer.fit(blobs(12))
+    losses = np.array(trainer.step_losses)
+    assert len(losses) == 60 and info["steps"] == 60
+    assert losses[-15:].mean() < 0.7 * losses[:15].mean()
+    # The log file holds every step (log_every 1) and the final weights are the EMA's.
+    rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 61))
+
+
+def _weights(trainer) -> dict:
+    return {**{f"m.{k}": v for k, v in trainer.net.state_dict().items()},
+            **{f"e.{k}": v for k, v in trainer.ema.shadow.items()}}
+
+
+@pytest.mark.parametrize("lmi", [False, True])
+def test_resume_equals_uninterrupted(tmp_path, lmi):
+    params = tiny_diffusion(steps=6, checkpoint_every=2)
+    images = blobs(6)
+
+    def make(folder):
+        if lmi:
+            return LmiDiffusionTrainer(params, LmiParams(), seed=5, out_dir=folder, device=CPU)
+        return DiffusionTrainer(params, seed=5, out_dir=folder, device=CPU)
+
+    straight = make(tmp_path / "a")
+    straight.fit(images)
+    interrupted = make(tmp_path / "b")
+    interrupted.fit(images, stop_after=3)  # "killed" after step 3 (its checkpoint is at 3)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 3
+    resumed = make(tmp_path / "b")
+    resumed.fit(images)
+    assert len(resumed.step_losses) == 3
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert straight.step_losses[3:] == resumed.step_losses
+    # The loss log is whole after the resume.
+    rows = list(csv.DictReader(open(tmp_path / "b" / "train_log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+
+
+def test_lmi_trainer_input_channels(tmp_path):
+    params = tiny_diffusion(steps=1)
+    trainer = LmiDiffusionTrainer(params, LmiParams(), seed=1, out_dir=tmp_path, device=CPU)
+    seen = []
+    real = trainer.network_input
+
+    def spy(x0, x_t, x_next):
+        out = real(x0, x_t, x_next)
+        seen.append((x0, x_t, x_next, out))
+        return out
+
+    trainer.network_input = spy
+    trainer.fit(blobs(4))
+    x0, x_t, x_next, inp = seen[0]
+    from lmid.lmi import local_mutual_information
+
+    assert inp.shape[1] == 3 and trainer.net.conv_in.conv.in_channels == 3
+    assert torch.equal(inp[:, :1], x_t)
+    assert torch.allclose(inp[:, 1:2], local_mutual_information(x0, x_next))
+    assert torch.allclose(inp[:, 2:3], local_mutual_information(x0, x0))
+    assert not torch.equal(x_t, x_next)
+
+
+def test_model_file_roundtrip(tmp_path):
+    params = tiny_diffusion(steps=2)
+    trainer = DiffusionTrainer(params, seed=1, out_dir=tmp_path, device=CPU, method="sdedit")
+    trainer.fit(blobs(4))
+    model = trainer.inference_model()
+    model.meta["t0"] = 0.3
+    model.save(tmp_path / "model.pt")
+    back = DiffusionModel.load(tmp_path / "model.pt", CPU, method="sdedit")
+    assert back.meta["t0"] == 0.3 and back.schedule.T == 50 and back.in_channels == 1
+    for k, v in trainer.ema.shadow.items():
+        assert torch.equal(back.net.state_dict()[k], v)
+    from lmid.errors import InputFileError
+
+    with pytest.raises(InputFileError, match="not 'lmidiffusion'"):
+        DiffusionModel.load(tmp_path / "model.pt", CPU, method="lmidiffusion")

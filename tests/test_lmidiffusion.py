@@ -1,0 +1,177 @@
+"""LMIDiffusion: target-only training data, LMI conditioning, the samplers, batching invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lmid.config import Params
+from lmid.data.slices import SliceSet
+from lmid.diffusion.trainer import LmiDiffusionTrainer
+from lmid.lmi import local_mutual_information
+from lmid.methods import get_method
+from lmid.methods.lmidiffusion import LmiDiffusion, lmi_translate
+
+CPU = torch.device("cpu")
+SIZE = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_params(**sampler) -> Params:
+    return Params.model_validate({
+        "seed": 11,
+        "diffusion": {
+            "schedule": {"timesteps": 40},
+            "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1,
+                     "num_head_channels": 8, "norm_num_groups": 4, "dropout": 0.0},
+            "train": {"steps": 3, "batch_size": 2, "checkpoint_every": 3, "log_every": 1, "ema_decay": 0.5},
+        },
+        "lmidiffusion": {"sampler": {"kind": "ddim", "steps": 4, "samples": 1, "batch_size": 4, **sampler}},
+    })
+
+
+def slice_set(n: int, seed: int = 0) -> SliceSet:
+    """Source and target that differ everywhere (source = inverted target + offset)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    target = np.zeros((n, SIZE, SIZE), np.float32)
+    for i in range(n):
+        cy, cx = rng.uniform(5, 11, 2)
+        target[i] = 0.2 + 0.6 * ((yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(9, 25))
+    target += rng.uniform(0, 0.05, target.shape).astype(np.float32)
+    source = (1.0 - target) * 0.7 + 0.1
+    return SliceSet(source=source, target=target, mask=np.ones_like(target, bool),
+                    label=np.zeros(target.shape, np.uint8), subject=np.array([f"S{i // 2}" for i in range(n)]),
+                    slice_index=np.arange(n), has_label=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained LMIDiffusion model (through the method's train/load)."""
+    out = tmp_path_factory.mktemp("lmid_model")
+    params = tiny_params()
+    method = get_method("lmidiffusion")
+    train = slice_set(6)
+    info = method.train(params, method.training_data(params, train), slice_set(2, seed=1), out, CPU)
+    model = method.load(params, out / "model.pt", CPU)
+    return params, method, model, info, out
+
+
+def test_training_data_has_no_source(tmp_path, monkeypatch):
+    params = tiny_params()
+    train = slice_set(6)
+    method = LmiDiffusion()
+    data = method.training_data(params, train)
+    assert data.source is None
+    seen = {}
+    real_fit = LmiDiffusionTrainer.fit
+
+    def spy(self, images, stop_after=None):
+        seen["images"] = np.array(images, copy=True)
+        return real_fit(self, images, stop_after)
+
+    monkeypatch.setattr(LmiDiffusionTrainer, "fit", spy)
+    method.train(params, data, slice_set(2, seed=1), tmp_path, CPU)
+    images = seen["images"]
+    assert np.array_equal(images, train.target)
+    # No source slice is among the training images.
+    for s in train.source:
+        assert not any(np.allclose(s, im) for im in images)
+
+
+def test_train_writes_model_and_info(trained):
+    params, method, model, info, out = trained
+    assert (out / "model.pt").is_file() and (out / "checkpoint.pt").is_file() and (out / "train_log.csv").is_file()
+    assert info["steps"] == 3 and info["in_channels"] == 3 and info["parameters"] > 0
+    assert info["nfe_per_slice"] == 4
+    assert model.in_channels == 3 and model.meta["lmi"]["mode"] == params.lmi.mode
+
+
+@pytest.mark.parametrize("kind,steps", [("ddim", 4), ("ancestral", 1000)])
+def test_translate_shapes_range_and_reproducible(trained, kind, steps):
+    params, method, model, _, _ = trained
+    p = tiny_params(kind=kind, steps=steps)
+    source = slice_set(3, seed=2).source
+    seeds = np.array([5, 6, 7])
+    a = method.translate(p, model, source, seeds, CPU, samples=1)
+    b = method.translate(p, model, source, seeds, CPU, samples=1)
+    assert a.image.shape == (3, SIZE, SIZE) and a.image.dtype == np.float32
+    assert a.image.min() >= 0.0 and a.image.max() <= 1.0
+    assert np.array_equal(a.image, b.image)  # seeded: two runs identical
+    assert a.std is None
+    # Full ancestral chain = every one of the T = 40 timesteps.
+    assert a.nfe == (4 if kind == "ddim" else 40)
+    c = method.translate(p, model, source, seeds + 1, CPU, samples=1)
+    assert not np.array_equal(a.image, c.image)  # the seeds matter
+
+
+def test_samples_give_mean_and_std(trained):
+    params, method, model, _, _ = trained
+    p = tiny_params(kind="ddim", steps=3, eta=1.0)
+    source = slice_set(2, seed=3).source
+    out = method.translate(p, model, source, np.array([1, 2]), CPU, samples=3)
+    assert out.image.shape == (2, SIZE, SIZE) and out.std.shape == (2, SIZE, SIZE)
+    assert (out.std >= 0).all() and out.std.max() > 0
+    assert out.image.min() >= 0 and out.image.max() <= 1
+    assert out.nfe == 3 * 3
+
+
+@pytest.mark.parametrize("kind,eta", [("ancestral", 0.0), ("ddim", 0.5)])
+def test_result_independent_of_batching(trained, kind, eta):
+    _, _, model, _, _ = trained
+    source = slice_set(4, seed=4).source
+    seeds = np.array([10, 20, 30, 40])
+    sp_one = tiny_params(kind=kind, steps=5, eta=eta, batch_size=8).lmidiffusion.sampler
+    sp_two = tiny_params(kind=kind, steps=5, eta=eta, batch_size=2).lmidiffusion.sampler
+    one = lmi_translate(model, source, seeds, sp_one, 2, CPU)
+    two = lmi_translate(model, source, seeds, sp_two, 2, CPU)
+    assert np.allclose(one.image, two.image, atol=1e-5, rtol=0)
+    assert np.allclose(one.std, two.std, atol=1e-5, rtol=0)
+    # A shard of the last two slices alone gives the same as within the whole set.
+    shard = lmi_translate(model, source[2:], seeds[2:], sp_two, 2, CPU)
+    assert np.allclose(shard.image, one.image[2:], atol=1e-5, rtol=0)
+
+
+def test_network_sees_lmi_conditioning(trained):
+    params, _, model, _, _ = trained
+    seen = []
+    hook = model.net.conv_in.conv.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    try:
+        source = slice_set(2, seed=5).source
+        sp = tiny_params(kind="ddim", steps=3).lmidiffusion.sampler
+        lmi_translate(model, source, np.array([1, 2]), sp, 1, CPU)
+    finally:
+        hook.remove()
+    assert len(seen) == 3  # one network evaluation per step
+    s = torch.as_tensor(source)[:, None]
+    lmi_ss = local_mutual_information(s, s, mode=params.lmi.mode, window=params.lmi.window, bins=params.lmi.bins,
+                                      sigma=params.lmi.sigma)
+    for inp in seen:
+        assert inp.shape == (2, 3, SIZE, SIZE)  # the first conv sees 3 channels
+        assert torch.allclose(inp[:, 2:3], lmi_ss)  # channel 2 = LMI(s, s)
+        assert torch.allclose(inp[:, 1:2], local_mutual_information(s, inp[:, :1]))  # channel 1 = LMI(s, x_t)
+    assert not torch.equal(seen[0][:, 1], seen[-1][:, 1])  # LMI(s, x_t) recomputed every step
+
+
+def test_start_from_source(trained):
+    params, method, model, _, _ = trained
+    p = tiny_params(kind="ancestral", steps=1000, start="source", start_t=0.25)
+    out = method.translate(p, model, slice_set(2, seed=6).source, np.array([3, 4]), CPU)
+    assert out.nfe == 10  # indices 9 … 0 of T = 40
+    assert out.info["start"] == "source" and out.image.min() >= 0 and out.image.max() <= 1
+
+
+def test_wrong_model_is_refused(trained, tmp_path):
+    from lmid.errors import InputFileError
+
+    params, method, _, _, out = trained
+    with pytest.raises(InputFileError):
+        get_method("sdedit").load(params, out / "model.pt", CPU)
