@@ -33,13 +33,25 @@ def train_method(params: Params, method: str, train_path: Path, val_path: Path, 
     data = m.training_data(params, train)
     out_dir = ensure_dir(out_dir)
     _discard_stale_checkpoint(params, method, train_path, out_dir)
+    dev = device_from_arg(device)
     t0 = time.perf_counter()
-    info = m.train(params, data, val, out_dir, device_from_arg(device)) or {}
-    info = {"method": method, "access": m.access.value, "train_wall_s": round(time.perf_counter() - t0, 3), **info}
+    info = m.train(params, data, val, out_dir, dev) or {}
+    info = {"method": method, "access": m.access.value, "device": _device_name(dev),
+            "train_wall_s": round(time.perf_counter() - t0, 3), **info}
     if not (out_dir / "model.pt").is_file():
         raise LmidError(f"{method}: training finished without writing {out_dir / 'model.pt'}")
+    if not (out_dir / "train_log.csv").is_file():  # methods without iterations (identity, histmatch)
+        write_text(out_dir / "train_log.csv", "step,loss\n")
     write_json(out_dir / "train_info.json", info)
     return info
+
+
+def _device_name(dev) -> str:
+    import torch
+
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def training_fingerprint(params: Params, method: str, train_path: Path) -> str:
