@@ -90,7 +90,7 @@ def metrics(tmp_path):
     _csv(tmp_path / "metrics" / "sampler" / "notes.csv", "lmidiffusion", *data["lmidiffusion"][:3])  # ignored
     write_json(tmp_path / "models" / "sdedit" / "train_info.json",
                {"train_wall_s": 3.0, "t0": 0.3, "t0_sweep": {"0.3": {"psnr": 18.0}, "0.5": {"psnr": 17.0}}})
-    params = load_params(ROOT / "params.yaml", {"evaluate": {"bootstrap": 300}})
+    params = load_params(ROOT / "params.yaml", {"evaluate": {"bootstrap": 300, "sampler_settings": ["ancestral-1000", "ddim-10"]}})
     return tmp_path, params, data
 
 

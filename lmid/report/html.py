@@ -37,6 +37,17 @@ FIGURE_FILES = {
 }
 
 
+def _preset_notice(params) -> str:
+    """The demo and test presets train every network for a minute or two on a CPU: say so first."""
+    if params.preset == "paper":
+        return ""
+    return ("<p class=\"notice\"><strong>Preset "
+            f"<code>{esc(params.preset)}</code>:</strong> every network here was trained for a minute or two on "
+            "a CPU, so the diffusion models are far from converged. These numbers show that every step of the "
+            "pipeline runs end to end; they are not a reproduction of the paper's quality. Run the paper preset "
+            "(<code>workflow/presets/paper.yaml</code>) on a GPU for that.</p>")
+
+
 def esc(x) -> str:
     return html.escape(str(x), quote=True)
 
@@ -593,6 +604,7 @@ def timings_table(summary: dict, params) -> str:
 
 
 CSS = """
+.notice { background: #fff4e5; border-left: 4px solid #e69500; padding: .6em 1em; }
 :root { --ink:#1d2733; --muted:#5d6b7a; --line:#d9dee4; --accent:#a93226; --paper:#f4efe1; --bg:#fbfbfc; }
 * { box-sizing: border-box; }
 body { margin:0; background:var(--bg); color:var(--ink);
@@ -754,6 +766,7 @@ commit {esc(git['commit'][:12])}</p>
 </div></header>
 <nav><div class="wrap">{nav}</div></nav>
 <main class="wrap">
+{_preset_notice(params)}
 {chr(10).join(sections)}
 </main>
 <footer class="wrap">Built by <code>lmid report</code>. Numbers in shaded rows are quoted from the paper

@@ -1,0 +1,49 @@
+"""Untrusted files are never unpickled or evaluated (a scan of the package's own source)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmid.checkpoint import load_checkpoint
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lmid"
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+def _calls(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            owner = getattr(f.value, "id", "") if isinstance(f, ast.Attribute) else ""
+            yield node, owner, name
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_unsafe_loading(path):
+    tree = ast.parse(path.read_text())
+    for node, owner, name in _calls(tree):
+        where = f"{path}:{node.lineno}"
+        if owner == "torch" and name == "load":
+            kw = {k.arg: k.value for k in node.keywords}
+            assert "weights_only" in kw and getattr(kw["weights_only"], "value", None) is True, where
+        if owner == "np" and name == "load":
+            kw = {k.arg: k.value for k in node.keywords}
+            assert getattr(kw.get("allow_pickle"), "value", False) is False, where
+        assert not (owner == "yaml" and name in ("load", "unsafe_load", "full_load")), where
+        assert not (owner == "pickle" and name in ("load", "loads")), where
+        assert name not in ("eval", "exec") or owner, where
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    """A file that needs arbitrary unpickling is rejected with the file named, not executed."""
+    path = tmp_path / "evil.pt"
+    torch.save({"step": 1, "payload": np.dtype("float32")}, path)  # a non-tensor object
+    with pytest.raises(Exception) as info:
+        load_checkpoint(path)
+    assert "evil.pt" in str(info.value)
