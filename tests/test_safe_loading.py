@@ -37,7 +37,8 @@ def test_no_unsafe_loading(path):
             assert getattr(kw.get("allow_pickle"), "value", False) is False, where
         assert not (owner == "yaml" and name in ("load", "unsafe_load", "full_load")), where
         assert not (owner == "pickle" and name in ("load", "loads")), where
-        assert name not in ("eval", "exec") or owner, where
+        # builtin eval/exec (module.eval() of torch is a method call, not this)
+        assert not (isinstance(node.func, ast.Name) and name in ("eval", "exec")), where
 
 
 def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
