@@ -77,6 +77,7 @@ from lmid.config import Params
 from lmid.data.slices import SliceSet
 from lmid.errors import LmidError, ParamsError
 from lmid.io import write_text
+from lmid.methods.gan_common import write_train_log, autocast, count_params, to_signed
 from lmid.methods.base import Access, Method, TrainingData, Translation
 from lmid.networks.stylegan2 import Discriminator, Generator, init_stylegan
 
@@ -92,29 +93,6 @@ INVERT_LR_RAMPDOWN = 0.25
 INVERT_LR_RAMPUP = 0.05
 INVERT_BATCH = 32
 NMI_BINS = 32
-
-
-# ---------------------------------------------------------------------- small trainer helpers
-def write_train_log(path: Path, columns: list[str], rows: list[list[float]]) -> None:
-    """Rewrite the (small) loss log atomically."""
-    lines = [",".join(columns)]
-    for row in rows:
-        lines.append(",".join(str(int(v)) if i == 0 else f"{v:.6g}" for i, v in enumerate(row)))
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA only (CPU runs stay in float32 and bit-reproducible)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def count_params(module: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
-
-
-def to_signed(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, H, W) in [0, 1] → (N, 1, H, W) float32 in [-1, 1] on ``device``."""
-    return (torch.as_tensor(np.asarray(x, dtype=np.float32)).unsqueeze(1) * 2.0 - 1.0).to(device)
 
 
 # ---------------------------------------------------------------------------- ADA controller
