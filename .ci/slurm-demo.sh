@@ -7,9 +7,13 @@ export PATH="$PWD/.venv/bin:$PATH"
 export LMID_GPUS=0   # the CI node has no GPU: documented override, the rules stay as they are
 
 # Jobs Snakemake will submit = all jobs minus the local rules and the `all` target.
-expected=$(snakemake --cores 1 --dry-run --forceall --nocolor 2>/dev/null \
-  | awk '/^job +count/{t=1;next} t&&/^total/{exit} t&&NF==2&&$1!~/^-/{print}' \
+# (The dry run goes to a file first: an early-exiting reader would SIGPIPE it under pipefail.)
+plan=$(mktemp)
+snakemake --cores 1 --dry-run --forceall --nocolor > "$plan" 2>&1
+expected=$(awk '/^job +count/{t=1;next} t&&/^total/{t=0} t&&NF==2&&$1!~/^-/{print}' "$plan" \
   | grep -vE '^(all|gather|evaluate|aggregate|report|fit_segmenter) ' | awk '{s+=$2} END{print s}')
+rm -f "$plan"
+[ "${expected:-0}" -gt 0 ] || { echo "could not count the planned jobs"; exit 1; }
 echo "expecting $expected Slurm jobs"
 since=$(date +%Y-%m-%dT%H:%M:%S)
 t0=$(date +%s)
@@ -17,7 +21,8 @@ snakemake --cores all --profile slurm
 echo "demo through Slurm: $(( $(date +%s) - t0 )) s"
 completed=$(sacct -n -X -S "$since" -o JobID,State | awk '$2=="COMPLETED"' | wc -l)
 echo "sacct: $completed completed jobs since $since"
-sacct -X -S "$since" -o JobID,JobName%36,Partition,AllocCPUS,State,Elapsed | head -60
+sacct -X -S "$since" -o JobID,JobName%36,Partition,AllocCPUS,State,Elapsed > "${TMPDIR:-/tmp}/lmid-sacct.txt"
+head -80 "${TMPDIR:-/tmp}/lmid-sacct.txt"
 [ "$completed" -ge "$expected" ] || { echo "expected at least $expected completed Slurm jobs"; exit 1; }
 [ -s reports/index.html ] || { echo "reports/index.html was not produced"; exit 1; }
 echo "report: $PWD/reports/index.html"
