@@ -10,7 +10,7 @@ export LMID_GPUS=0   # the CI node has no GPU: documented override, the rules st
 # (The dry run goes to a file first: an early-exiting reader would SIGPIPE it under pipefail.)
 plan=$(mktemp)
 snakemake --cores 1 --dry-run --forceall --nocolor > "$plan" 2>&1
-expected=$(awk '/^job +count/{t=1;next} t&&/^total/{t=0} t&&NF==2&&$1!~/^-/{print}' "$plan" \
+expected=$(awk '/^job +count/ && !seen {t=1;next} t&&/^total/{t=0;seen=1} t&&NF==2&&$1!~/^-/{print}' "$plan" \
   | grep -vE '^(all|gather|evaluate|aggregate|report|fit_segmenter) ' | awk '{s+=$2} END{print s}')
 rm -f "$plan"
 [ "${expected:-0}" -gt 0 ] || { echo "could not count the planned jobs"; exit 1; }
