@@ -38,11 +38,11 @@ FIGURE_FILES = {
 
 
 def _preset_notice(params) -> str:
-    """The demo and test presets train every network for a minute or two on a CPU: say so first."""
+    """The demo and test presets train every network for minutes on a CPU: say so first."""
     if params.preset == "paper":
         return ""
     return ("<p class=\"notice\"><strong>Preset "
-            f"<code>{esc(params.preset)}</code>:</strong> every network here was trained for a minute or two on "
+            f"<code>{esc(params.preset)}</code>:</strong> every network here was trained for a few minutes at most on "
             "a CPU, so the diffusion models are far from converged. These numbers show that every step of the "
             "pipeline runs end to end; they are not a reproduction of the paper's quality. Run the paper preset "
             "(<code>workflow/presets/paper.yaml</code>) on a GPU for that.</p>")
