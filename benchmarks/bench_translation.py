@@ -44,6 +44,7 @@ import platform
 import re
 import resource
 import sys
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "bootstrap": args.bootstrap,
         "confidence": args.confidence,
         "labels_available": has_labels,
-        "command": "python benchmarks/bench_translation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/bench_translation.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "notes": list(args.note),
     }
 
