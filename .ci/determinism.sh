@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 first=$(mktemp)
 cp reports/metrics.json "$first"
+# Training resumes from data/models/*/checkpoint.pt, which --forceall keeps: remove everything
+# produced so far so that every network really trains again.
+rm -rf data
 snakemake --cores all --forceall --quiet rules
 if cmp -s reports/metrics.json "$first"; then
   echo "determinism: two demo runs gave byte-identical reports/metrics.json"
