@@ -1,0 +1,5 @@
+import sys
+
+from lmid.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""Checkpoints that resume, and safe loading.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, saved with
+``torch.save`` through an atomic rename and always loaded with ``weights_only=True`` (no pickle of
+arbitrary objects). Randomness inside training comes from explicit ``torch.Generator`` objects
+whose states are stored, so "N steps, stop, resume, N steps" equals "2N steps".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lmid.errors import InputFileError
+from lmid.io import atomic_path
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu", required: tuple[str, ...] = ()) -> dict:
+    """Load with ``weights_only=True``; a truncated or foreign file gets a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many kinds here; all mean "not a checkpoint we can use"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputFileError(path, f"not a valid lmid checkpoint (truncated, corrupt or not a checkpoint: {first})") from None
+    if not isinstance(state, dict):
+        raise InputFileError(path, f"not an lmid checkpoint (holds a {type(state).__name__}, expected a dict)")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise InputFileError(path, f"not an lmid checkpoint of this kind: missing {missing}")
+    return state
+
+
+def load_module_state(module: torch.nn.Module, state_dict: dict, path: str | Path, what: str = "model") -> None:
+    """``load_state_dict`` whose failure (another architecture) names the file."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in lines[:3])
+        raise InputFileError(
+            path, f"{what} weights do not match the configured architecture (trained with other parameters?): {detail[:400]}"
+        ) from None
+
+
+def device_from_arg(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; the same code path runs on CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,38 @@
+"""Data steps: ``generate`` (simulated IXI-layout volumes) and ``prepare`` (slices and splits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmid.cli import add_common, load_params_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="simulate multi-contrast brains in the IXI layout",
+                       description="Simulate T1/T2/PD-weighted brains with ground-truth labels from the MNI152 "
+                                   "2009 template (section 'simulate' of params.yaml), written in the IXI layout.")
+    add_common(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder for the volumes")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("prepare", help="axial slices, normalisation and subject-level splits",
+                       description="Read simulated, IXI or BraTS volumes (section 'data'), register if needed, "
+                                   "and write train/val/test slice files plus a manifest (section 'prepare').")
+    add_common(p)
+    p.add_argument("--raw", type=Path, default=None, help="folder of volumes (default: data.root)")
+    p.add_argument("--out", type=Path, required=True, help="output folder for train/val/test.npz and manifest.json")
+    p.set_defaults(func=_prepare)
+
+
+def _generate(args) -> None:
+    params = load_params_from_args(args)  # fail on bad params before any heavy import
+    from lmid.data.phantom import generate
+
+    generate(params, args.out)
+
+
+def _prepare(args) -> None:
+    params = load_params_from_args(args)
+    from lmid.data.prepare import prepare
+
+    prepare(params, args.raw or Path(params.data.root), args.out)

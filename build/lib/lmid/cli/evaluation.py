@@ -1,0 +1,84 @@
+"""Evaluation steps: ``fit-segmenter``, ``evaluate``, ``aggregate`` and ``report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmid.cli import add_common, load_params_from_args
+from lmid.config import METHOD_NAMES
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "fit-segmenter", help="fit the target-only K-Means segmenter",
+        description="Fit K-Means (section 'segment') on TARGET intensities of the training slices inside the "
+                    "brain mask; clusters map to CSF/GM/WM by centroid intensity. Written as JSON (no pickle).")
+    add_common(p)
+    p.add_argument("--train", type=Path, required=True, help="training split (.npz)")
+    p.add_argument("--out", type=Path, required=True, help="segmenter (.json), e.g. data/models/kmeans.json")
+    p.set_defaults(func=_fit_segmenter)
+
+    p = sub.add_parser(
+        "evaluate", help="Dice, PSNR and SSIM per translated slice",
+        description="Segment one method's translations and the real target slices with the K-Means segmenter and "
+                    "write one CSV row per slice: Dice (vs ground truth and vs K-Means of the real target), "
+                    "PSNR and SSIM (whole slice and brain mask), NFE and time per slice.")
+    add_common(p)
+    p.add_argument("--method", choices=METHOD_NAMES, required=True)
+    p.add_argument("--translations", type=Path, required=True, help="translations.npz written by 'lmid gather'")
+    p.add_argument("--slices", type=Path, required=True, help="the split that was translated (.npz)")
+    p.add_argument("--segmenter", type=Path, required=True, help="JSON written by 'lmid fit-segmenter'")
+    p.add_argument("--out", type=Path, required=True, help="per-slice metrics (.csv)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "aggregate", help="the paper's table with CIs and tests; DVC metrics",
+        description="Summarise METRICS_DIR/<experiment>/<method>.csv (and METRICS_DIR/sampler/*.csv if present) "
+                    "into OUT_DIR/metrics.json, OUT_DIR/summary.json and OUT_DIR/tables/ (Markdown, CSV, LaTeX), "
+                    "with the paper's numbers beside ours (section 'evaluate').")
+    add_common(p)
+    p.add_argument("--metrics-dir", type=Path, required=True, help="e.g. data/metrics")
+    p.add_argument("--models-dir", type=Path, required=True, help="e.g. data/models (train_info.json per method)")
+    p.add_argument("--slices-dir", type=Path, required=True, help="e.g. data/slices (manifest.json)")
+    p.add_argument("--out-dir", type=Path, required=True, help="e.g. reports")
+    p.set_defaults(func=_aggregate)
+
+    p = sub.add_parser(
+        "report", help="figures and the self-contained HTML report",
+        description="Draw the figures into REPORTS_DIR/figures/ and write one self-contained HTML file (images "
+                    "embedded, no external references) with the tables, figures, parameters, data, protocol "
+                    "choices, software versions and timings (section 'report').")
+    add_common(p)
+    p.add_argument("--reports-dir", type=Path, required=True, help="folder with summary.json from 'lmid aggregate'")
+    p.add_argument("--models-dir", type=Path, required=True, help="e.g. data/models")
+    p.add_argument("--metrics-dir", type=Path, required=True, help="e.g. data/metrics")
+    p.add_argument("--translations-dir", type=Path, required=True, help="e.g. data/translations")
+    p.add_argument("--slices-dir", type=Path, required=True, help="e.g. data/slices")
+    p.add_argument("--out", type=Path, required=True, help="HTML file, e.g. reports/index.html")
+    p.set_defaults(func=_report)
+
+
+def _fit_segmenter(args) -> None:
+    from lmid.evaluation.segment import fit_segmenter_cmd
+
+    fit_segmenter_cmd(load_params_from_args(args), args.train, args.out)
+
+
+def _evaluate(args) -> None:
+    from lmid.evaluation.metrics import evaluate_translations
+
+    load_params_from_args(args)  # validates the file even though scoring needs no parameter
+    evaluate_translations(args.method, args.translations, args.slices, args.segmenter, args.out)
+
+
+def _aggregate(args) -> None:
+    from lmid.evaluation.aggregate import aggregate
+
+    aggregate(load_params_from_args(args), args.metrics_dir, args.models_dir, args.slices_dir, args.out_dir)
+
+
+def _report(args) -> None:
+    from lmid.report.html import build_report
+
+    build_report(load_params_from_args(args), args.params, args.reports_dir, args.models_dir, args.metrics_dir,
+                 args.translations_dir, args.slices_dir, args.out)

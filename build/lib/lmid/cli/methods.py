@@ -1,0 +1,69 @@
+"""Method steps: ``train``, ``translate`` (one shard) and ``gather`` (join shards)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmid.cli import add_common, load_params_from_args
+from lmid.config import METHOD_NAMES
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train one method on what it may see",
+                       description="Train a method on the training split (only the data its access rule "
+                                   "allows) and write MODEL_DIR/model.pt; re-running resumes from the last checkpoint.")
+    add_common(p)
+    p.add_argument("--method", choices=METHOD_NAMES, required=True)
+    p.add_argument("--train", type=Path, required=True, help="training split (.npz)")
+    p.add_argument("--val", type=Path, required=True, help="validation split (.npz)")
+    p.add_argument("--out", type=Path, required=True, help="model folder (checkpoints, model.pt, logs)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("translate", help="translate one shard of a split with a trained method")
+    add_common(p)
+    p.add_argument("--method", choices=METHOD_NAMES, required=True)
+    p.add_argument("--model", type=Path, default=None, help="MODEL_DIR/model.pt written by 'lmid train'")
+    p.add_argument("--slices", type=Path, required=True, help="split to translate (.npz)")
+    p.add_argument("--source-modality", default=None, help="modality to translate (default: data.source_modality)")
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--samples", type=int, default=None, help="samples per slice (mean + std map)")
+    p.add_argument("--sampler", default=None, metavar="KIND-STEPS",
+                   help="lmidiffusion sampler, e.g. ancestral-1000 or ddim-25 (overrides lmidiffusion.sampler)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N slices (0 = all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, required=True, help="shard output (.npz)")
+    p.set_defaults(func=_translate)
+
+    p = sub.add_parser("gather", help="join translated shards; write NIfTI volumes per subject")
+    p.add_argument("--method", choices=METHOD_NAMES, required=True)
+    p.add_argument("--shards", type=Path, nargs="+", required=True)
+    p.add_argument("--slices", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--nifti-dir", type=Path, default=None)
+    p.set_defaults(func=_gather)
+
+
+def _train(args) -> None:
+    from lmid.methods.runner import train_method
+
+    train_method(load_params_from_args(args), args.method, args.train, args.val, args.out, args.device)
+
+
+def _translate(args) -> None:
+    from lmid.methods.runner import translate_shard
+
+    if args.sampler:
+        kind, _, steps = args.sampler.partition("-")
+        args.overrides += [f"lmidiffusion.sampler.kind={kind}", f"lmidiffusion.sampler.steps={steps}"]
+    translate_shard(load_params_from_args(args), args.method, args.model, args.slices, args.out,
+                    source_modality=args.source_modality, shard=args.shard, num_shards=args.num_shards,
+                    samples=args.samples, device=args.device, limit=args.limit)
+
+
+def _gather(args) -> None:
+    from lmid.methods.runner import gather
+
+    gather(args.method, args.shards, args.slices, args.manifest, args.out, args.nifti_dir)

@@ -1,0 +1,471 @@
+"""The one typed loader for ``params.yaml``.
+
+Every section of the file has a model here. Unknown keys, wrong types and out-of-range values fail
+at start-up with the file name and the dotted key, e.g.
+``params.yaml: diffusion.train.lr: Input should be greater than 0``.
+
+Snakemake validates the same file against ``workflow/schemas/params.schema.json``, which is
+generated from these models (``lmid schema``), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lmid.errors import ParamsError
+
+METHOD_NAMES = ("lmidiffusion", "sdedit", "cyclegan", "stylegan2", "cdm", "identity", "histmatch")
+MethodName = Literal["lmidiffusion", "sdedit", "cyclegan", "stylegan2", "cdm", "identity", "histmatch"]
+Modality = str  # "T1", "T2", "PD" for IXI; "t1", "t1ce", "t2", "flair" for BraTS
+
+PosInt = int
+Fraction = float
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+class DataParams(Section):
+    source: Literal["simulated", "ixi", "brats"] = "simulated"
+    #: Folder of volumes. For ``simulated`` the ``generate`` step writes it.
+    root: str = "data/raw"
+    source_modality: Modality = "PD"
+    target_modality: Modality = "T1"
+    #: Further modalities carried by the val/test splits (second zero-shot source, e.g. T2).
+    extra_modalities: list[Modality] = ["T2"]
+    #: IXI only: register T1 to the PD grid (rigid, then affine, Mattes mutual information).
+    registration: bool = True
+    #: IXI only: keep subjects from these sites (empty = all).
+    sites: list[str] = []
+
+
+class SequenceParams(Section):
+    """One simulated acquisition (``lmid.data.phantom``); times in ms, flip angle in degrees."""
+
+    #: ``spin_echo``: S = PD·(1 − e^(−TR/T1))·e^(−TE/T2) (flip not used, 90° assumed);
+    #: ``spoiled_gradient_echo``: S = PD·sin α·(1 − E1)/(1 − cos α·E1)·e^(−TE/T2*), E1 = e^(−TR/T1).
+    kind: Literal["spin_echo", "spoiled_gradient_echo"]
+    tr_ms: float = Field(gt=0)
+    te_ms: float = Field(ge=0)
+    flip_deg: float = Field(default=90.0, gt=0, le=180)
+
+
+class TissueParams(Section):
+    """Relative proton density (CSF = 1) and relaxation times in ms of one tissue."""
+
+    pd: float = Field(gt=0, le=1.5)
+    t1_ms: float = Field(gt=0)
+    t2_ms: float = Field(gt=0)
+    t2s_ms: float = Field(gt=0)
+
+
+class SimulateParams(Section):
+    """The embedded default data: simulated brains in the IXI layout (``lmid generate``)."""
+
+    #: Subjects IXI002, IXI003, ... (three digits, as in IXI).
+    n_subjects: int = Field(default=30, ge=3, le=998)
+    #: Isotropic voxel size in mm. The template is 1 mm; 1.5 mm puts a brain-cropped axial slice
+    #: at about 128 px, the paper's size (the demo uses 2 mm for speed).
+    voxel_mm: float = Field(default=1.5, gt=0, le=4)
+    #: Only simulate this many axial planes around the template centre (0 = whole brain).
+    axial_planes: int = Field(default=0, ge=0)
+    #: Mean brain signal of each image over the standard deviation of the Gaussian noise in each of
+    #: the real and imaginary channels (the magnitude is Rician).
+    snr: float = Field(default=40.0, gt=0)
+    #: Relative jitter (one standard deviation) of TR/TE/flip per subject and modality.
+    sequence_jitter: float = Field(default=0.03, ge=0, lt=0.5)
+    #: Relative jitter (one standard deviation) of PD/T1/T2/T2* per subject and tissue.
+    tissue_jitter: float = Field(default=0.03, ge=0, lt=0.5)
+    #: RMS of each component of the non-rigid displacement (mm), a cubic B-spline field with knots
+    #: ``deformation_smoothness_mm`` apart.
+    deformation_mm: float = Field(default=3.0, ge=0)
+    deformation_smoothness_mm: float = Field(default=20.0, gt=0)
+    #: Rotation angles about each axis drawn uniformly in ±rotation_deg.
+    rotation_deg: float = Field(default=5.0, ge=0, le=45)
+    #: Scale factor of each axis drawn uniformly in 1 ± scale.
+    scale: float = Field(default=0.05, ge=0, lt=0.5)
+    #: Multiplicative bias field per image, spanning e^(±bias_strength/2) (BrainWeb's "20 % INU"
+    #: is 0.2: about ±10 %).
+    bias_strength: float = Field(default=0.2, ge=0, lt=1)
+    sites: list[str] = Field(default=["Guys", "HH", "IOP"], min_length=1)
+    tissues: dict[Literal["csf", "gm", "wm"], TissueParams] = {
+        # 1.5 T, in vivo. PD: water content relative to CSF (Neeb et al., NeuroImage 2006: WM ≈ 0.69,
+        # GM ≈ 0.80). T1: Rooney et al., MRM 57:308 (2007), 1.5 T: WM ≈ 0.65–0.75 s, cortex
+        # ≈ 1.1–1.2 s, CSF ≈ 4.1–4.4 s (Stanisz et al., MRM 54:507 (2005) give WM 884, GM 1124 ms,
+        # at the top of the WM range). T2: Stanisz 2005, 1.5 T: WM 72, GM 95 ms; CSF ≈ 2 s.
+        # T2*: Peters et al., MRI 25:748 (2007), 1.5 T: WM 66.2, GM 84.0 ms; CSF's T2* is not well
+        # measured and barely matters at TE ≈ 5 ms.
+        "csf": TissueParams(pd=1.00, t1_ms=4200.0, t2_ms=1990.0, t2s_ms=1500.0),
+        "gm": TissueParams(pd=0.80, t1_ms=1100.0, t2_ms=95.0, t2s_ms=84.0),
+        "wm": TissueParams(pd=0.70, t1_ms=700.0, t2_ms=75.0, t2s_ms=66.0),
+    }
+    sequences: dict[str, SequenceParams] = {
+        # IXI (Guys, Philips 1.5 T): PD and T2 are the two echoes (TE 8 / 100 ms) of one dual-echo
+        # turbo spin echo with TR ≈ 8178 ms; a long TR keeps CSF brightest on PD (with TR 3000 ms
+        # CSF would fall below WM). IXI's T1 is a magnetisation-prepared gradient echo (TE 4.6 ms)
+        # that no steady-state equation describes; a spoiled gradient echo with TR 20 ms / 30°
+        # gives the same tissue order (WM > GM > CSF).
+        "T1": SequenceParams(kind="spoiled_gradient_echo", tr_ms=20.0, te_ms=4.6, flip_deg=30.0),
+        "PD": SequenceParams(kind="spin_echo", tr_ms=8178.0, te_ms=8.0),
+        "T2": SequenceParams(kind="spin_echo", tr_ms=8178.0, te_ms=100.0),
+    }
+
+
+class SplitFractions(Section):
+    train: float = Field(default=0.6, gt=0, lt=1)
+    val: float = Field(default=0.2, ge=0, lt=1)
+    test: float = Field(default=0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self):
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class SliceCounts(Section):
+    train: int = Field(default=300, ge=1)
+    val: int = Field(default=30, ge=0)
+    test: int = Field(default=75, ge=1)
+
+
+class PrepareParams(Section):
+    size: int = Field(default=64, ge=16, le=512)
+    #: Keep axial slices whose brain-mask area is at least this fraction of the largest brain slice
+    #: of the same volume (drops the top and bottom of the brain).
+    min_brain_fraction: float = Field(default=0.35, ge=0, le=1)
+    #: Intensity normalisation: clip to these percentiles inside the brain, then map to [0, 1].
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    split: SplitFractions = SplitFractions()
+    slices: SliceCounts = SliceCounts()
+
+
+# ---------------------------------------------------------------------------------------- models
+class LmiParams(Section):
+    #: ``authors``: the released layer, numbers for numbers; ``exact``: true windows, differentiable.
+    mode: Literal["authors", "exact"] = "authors"
+    window: int = Field(default=3, ge=3, le=9)
+    bins: int = Field(default=27, ge=4, le=256)
+    sigma: float = Field(default=2.0, gt=0)
+
+
+class ScheduleParams(Section):
+    timesteps: int = Field(default=1000, ge=2)
+    beta_start: float = Field(default=1e-4, gt=0, lt=1)
+    beta_end: float = Field(default=0.02, gt=0, lt=1)
+
+
+class UNetParams(Section):
+    channels: tuple[int, ...] = (64, 128, 128, 128)
+    attention_levels: tuple[bool, ...] = (False, False, False, True)
+    num_res_blocks: int = Field(default=2, ge=1)
+    num_head_channels: int = Field(default=64, ge=1)
+    norm_num_groups: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _levels_match(self):
+        if len(self.channels) != len(self.attention_levels):
+            raise ValueError("channels and attention_levels must have the same length")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError("every entry of channels must be divisible by norm_num_groups")
+        return self
+
+
+class TrainParams(Section):
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=4, ge=1)
+    lr: float = Field(default=3e-4, gt=0)
+    checkpoint_every: int = Field(default=250, ge=1)
+    log_every: int = Field(default=10, ge=1)
+
+
+class DiffusionTrainParams(TrainParams):
+    #: The released IXI config trains 10,000 epochs of 300 slices at batch 4 = 750k iterations;
+    #: with EMA 0.9999 far fewer steps would sample from weights close to the initial ones.
+    steps: int = Field(default=750_000, ge=1)
+    checkpoint_every: int = Field(default=5000, ge=1)
+    log_every: int = Field(default=100, ge=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    ema_decay: float = Field(default=0.9999, ge=0, lt=1)
+    flip_prob: float = Field(default=0.5, ge=0, le=1)
+    blur_prob: float = Field(default=0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 1.0)
+    #: bf16 autocast and channels_last on CUDA (ignored on CPU).
+    mixed_precision: bool = True
+
+
+class SamplerParams(Section):
+    #: ``ancestral``: the authors' 1000-step DDPM sampler; ``ddim``: few-step deterministic-ish.
+    kind: Literal["ancestral", "ddim"] = "ancestral"
+    #: Network evaluations per chain. Ancestral with ``steps`` >= T walks every timestep (the
+    #: paper); fewer walks an evenly spaced sub-sequence (respaced DDPM).
+    steps: int = Field(default=1000, ge=1)
+    eta: float = Field(default=0.0, ge=0, le=1)
+    #: Start from pure noise (the paper) or from the source noised to ``start_t`` (a fraction of T).
+    start: Literal["noise", "source"] = "noise"
+    start_t: float = Field(default=1.0, gt=0, le=1)
+    samples: int = Field(default=1, ge=1)
+    #: Chains (slices × samples) denoised together.
+    batch_size: int = Field(default=16, ge=1)
+
+
+class DiffusionParams(Section):
+    schedule: ScheduleParams = ScheduleParams()
+    unet: UNetParams = UNetParams()
+    train: DiffusionTrainParams = DiffusionTrainParams()
+
+
+class LmiDiffusionParams(Section):
+    sampler: SamplerParams = SamplerParams()
+
+
+class SdeditParams(Section):
+    #: Candidate noise levels t0 / T; the best on the validation split is used on test.
+    t0_grid: list[float] = [0.2, 0.3, 0.4, 0.5]
+    repeats: int = Field(default=3, ge=1)
+    #: Validation slices used to choose t0 (0 = all).
+    val_slices: int = Field(default=0, ge=0)
+    #: ``ancestral`` (the reference) or ``ddim`` (eta 0) with ``steps`` steps from t0 to 0.
+    kind: Literal["ancestral", "ddim"] = "ancestral"
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+
+
+class CycleGanParams(Section):
+    """CycleGAN baseline. Defaults: the reference implementation at 128 px (1-channel slices)."""
+
+    #: Fraction of the training slices whose SOURCE image CycleGAN may see (11 % in the paper).
+    source_fraction: float = Field(default=0.11, gt=0, le=1)
+    #: Residual blocks of each ResNet generator (6 at 128 px; 7.82 M parameters at 64 filters).
+    res_blocks: int = Field(default=6, ge=1)
+    base_filters: int = Field(default=64, ge=4)
+    disc_filters: int = Field(default=64, ge=4)
+    #: PatchGAN stride-2 layers (3: 70×70 receptive field; needs slices of at least 32 px).
+    disc_layers: int = Field(default=3, ge=1)
+    lambda_cycle: float = Field(default=10.0, ge=0)
+    #: Identity weight, relative to ``lambda_cycle`` (0.5 → 5).
+    lambda_identity: float = Field(default=0.5, ge=0)
+    #: History of generated images shown to the discriminators (0 = none).
+    pool_size: int = Field(default=50, ge=0)
+    #: 60,000 steps at batch 1 = the reference's 100 + 100 epochs of max(|A|, |B|) = 300 images.
+    train: TrainParams = TrainParams(steps=60000, batch_size=1, lr=2e-4, checkpoint_every=5000, log_every=100)
+    #: Fraction of steps at constant learning rate before the linear decay to 0.
+    constant_fraction: float = Field(default=0.5, ge=0, le=1)
+    beta1: float = Field(default=0.5, ge=0, lt=1)
+
+
+class StyleGan2Params(Section):
+    """StyleGAN2-ADA baseline. Defaults: the reference's ``auto`` configuration at 128 px
+    (batch 32, lr 0.0025, γ = 0.0002·128²/32, 2 mapping layers, channel_base 16384 capped at 512,
+    EMA half-life 10 kimg); ADA adjustment speed 500 kimg as in the ADA reference."""
+
+    z_dim: int = Field(default=512, ge=8)
+    w_dim: int = Field(default=512, ge=8)
+    mapping_layers: int = Field(default=2, ge=1)
+    #: Feature maps at resolution r: min(channels, channel_base // r).
+    channels: int = Field(default=512, ge=8)
+    channel_base: int = Field(default=16384, ge=64)
+    r1_gamma: float = Field(default=0.1024, ge=0)
+    #: Lazy regularisation: R1 every this many D steps (its weight is multiplied by the interval).
+    r1_every: int = Field(default=16, ge=1)
+    #: Upper bound of the EMA decay per step (0.5 ** (32 / 10000): 10 kimg half-life at batch 32).
+    ema_decay: float = Field(default=0.99778, ge=0, lt=1)
+    ada_target: float = Field(default=0.6, gt=0, lt=1)
+    ada_interval: int = Field(default=4, ge=1)
+    #: Thousands of images for the augmentation probability p to go from 0 to 1.
+    ada_kimg: float = Field(default=500.0, gt=0)
+    #: 20,000 steps × 32 = 640 kimg.
+    train: TrainParams = TrainParams(steps=20000, batch_size=32, lr=2.5e-3, checkpoint_every=1000, log_every=100)
+    #: GAN inversion (reference projector): Adam steps per slice, peak lr, z samples for the mean w.
+    invert_steps: int = Field(default=1000, ge=1)
+    invert_lr: float = Field(default=0.1, gt=0)
+    invert_w_samples: int = Field(default=10000, ge=1)
+    invert_noise_weight: float = Field(default=1e5, ge=0)
+    #: Cross-modal inversion distance (LPIPS-VGG cannot be downloaded): ``nmi_mind`` = (1 − global
+    #: Parzen NMI) + MIND descriptor L1; ``lmi_mind`` = (1 − exact LMI relative to LMI(s, s)) + MIND
+    #: (uses the ``lmi`` section; ~100× slower).
+    invert_loss: Literal["nmi_mind", "lmi_mind"] = "nmi_mind"
+
+
+class CdmParams(Section):
+    """CDM, the supervised upper bound (paired slices). Defaults: paper scale at 128 px."""
+
+    #: Length of the target-distribution vector z (192 in the authors' code).
+    vector_dim: int = Field(default=192, ge=4)
+    #: MRM: fraction of ``patch``×``patch`` patches masked per target slice.
+    mask_ratio: float = Field(default=0.5, gt=0, lt=1)
+    patch: int = Field(default=8, ge=2)
+    #: MRM encoder widths, one stride-2 level each (128 px → 8×8 bottleneck with four levels).
+    mrm_channels: tuple[int, ...] = (64, 128, 256, 256)
+    mdn_blocks: int = Field(default=4, ge=1)
+    mdn_hidden: int = Field(default=512, ge=8)
+    mdn_timesteps: int = Field(default=1000, ge=2)
+    mdn_ddim_steps: int = Field(default=50, ge=1)
+    #: C-UNet widths, one resolution level each.
+    unet_channels: tuple[int, ...] = (64, 128, 256, 512)
+    #: Horizontal-flip augmentation (MRM and C-UNet stages; source and target flipped together).
+    flip_prob: float = Field(default=0.5, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    #: Slices per C-UNet pass when translating.
+    translate_batch_size: int = Field(default=32, ge=1)
+    mrm: TrainParams = TrainParams(steps=20000, batch_size=16, lr=1e-4, checkpoint_every=1000, log_every=50)
+    mdn: TrainParams = TrainParams(steps=20000, batch_size=64, lr=1e-4, checkpoint_every=1000, log_every=50)
+    unet: TrainParams = TrainParams(steps=20000, batch_size=8, lr=1e-4, checkpoint_every=1000, log_every=50)
+
+    @model_validator(mode="after")
+    def _widths(self):
+        if not self.mrm_channels or not self.unet_channels:
+            raise ValueError("mrm_channels and unet_channels need at least one level")
+        if any(c < 1 for c in (*self.mrm_channels, *self.unet_channels)):
+            raise ValueError("channel widths must be positive")
+        return self
+
+
+class HistMatchParams(Section):
+    #: Reference quantiles of the target training intensities inside the brain mask.
+    n_quantiles: int = Field(default=256, ge=8)
+    #: At translation the brain of a source slice is where source > this (background is 0 after
+    #: ``prepare``); those pixels are quantile-mapped, the rest stay 0.
+    mask_threshold: float = Field(default=0.01, ge=0, lt=1)
+
+
+class TranslateParams(Section):
+    #: The test split is translated in this many independent jobs per method (Slurm jobs).
+    shards: int = Field(default=2, ge=1)
+
+
+# ---------------------------------------------------------------------------------- evaluation
+class SegmentParams(Section):
+    #: K-Means clusters inside the brain mask, mapped to tissues by centroid intensity (with more than
+    #: 3 clusters, each joins the nearest centroid of a 3-cluster fit on the same voxels).
+    n_clusters: int = Field(default=3, ge=2, le=10)
+    #: Training voxels sampled for fitting (0 = all).
+    max_voxels: int = Field(default=200_000, ge=0)
+    #: Tissues from darkest to brightest in the TARGET modality (T1: CSF < GM < WM; T2/PD: reversed).
+    tissue_order: tuple[Literal["CSF", "GM", "WM"], Literal["CSF", "GM", "WM"], Literal["CSF", "GM", "WM"]] = (
+        "CSF", "GM", "WM")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if sorted(self.tissue_order) != ["CSF", "GM", "WM"]:
+            raise ValueError("tissue_order must name CSF, GM and WM once each")
+        return self
+
+
+class EvaluateParams(Section):
+    bootstrap: int = Field(default=2000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    #: The method every other one is compared against (paired Wilcoxon signed-rank test).
+    reference_method: MethodName = "lmidiffusion"
+    #: Sampler table: LMIDiffusion settings ``<kind>-<steps>`` run on ``sampler_slices`` validation slices.
+    sampler_settings: list[str] = ["ancestral-1000", "ddim-100", "ddim-50", "ddim-25", "ddim-10"]
+    sampler_slices: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _settings(self):
+        import re
+
+        for s in self.sampler_settings:
+            if not re.fullmatch(r"(ancestral|ddim)-[1-9][0-9]*", s):
+                raise ValueError(f"sampler_settings: {s!r} is not '<ancestral|ddim>-<steps>'")
+        return self
+
+
+class ReportParams(Section):
+    #: Test slices shown in the qualitative grid.
+    grid_slices: int = Field(default=4, ge=1)
+    title: str = "LMIDiffusion: zero-shot PD → T1 translation and segmentation"
+
+
+# -------------------------------------------------------------------------------------- root
+class Params(Section):
+    seed: int = Field(default=1234, ge=0)
+    preset: Literal["demo", "paper", "test"] = "demo"
+    methods: list[MethodName] = list(METHOD_NAMES)
+    data: DataParams = DataParams()
+    simulate: SimulateParams = SimulateParams()
+    prepare: PrepareParams = PrepareParams()
+    lmi: LmiParams = LmiParams()
+    diffusion: DiffusionParams = DiffusionParams()
+    lmidiffusion: LmiDiffusionParams = LmiDiffusionParams()
+    sdedit: SdeditParams = SdeditParams()
+    cyclegan: CycleGanParams = CycleGanParams()
+    stylegan2: StyleGan2Params = StyleGan2Params()
+    cdm: CdmParams = CdmParams()
+    histmatch: HistMatchParams = HistMatchParams()
+    translate: TranslateParams = TranslateParams()
+    segment: SegmentParams = SegmentParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods lists a method twice")
+        if self.data.source_modality == self.data.target_modality:
+            raise ValueError("data.source_modality and data.target_modality must differ")
+        return self
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt?)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}, got {e.get('input')!r}"
+        lines.append(f"{path}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict, path: str | Path = "params.yaml") -> Params:
+    """Validate an already-parsed mapping (used by the loader and by Snakemake's config)."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(_format_validation_error(path, err)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read, validate and fill defaults. ``overrides`` are deep-merged on top (tests, presets)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        data = deep_merge(data, overrides)
+    return parse_params(data, path)
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def json_schema() -> dict:
+    """JSON schema of params.yaml (for Snakemake's ``validate``)."""
+    schema = Params.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

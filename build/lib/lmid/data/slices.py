@@ -1,0 +1,113 @@
+"""The prepared-slice format every step after ``prepare`` reads.
+
+One compressed ``.npz`` per split (``train.npz``, ``val.npz``, ``test.npz``) holding, for N slices
+of size H×W:
+
+=================  ================  ==============================================================
+array              shape, dtype      meaning
+=================  ================  ==============================================================
+``source``         (N, H, W) f32     source modality (PD by default), normalised to [0, 1]
+``target``         (N, H, W) f32     target modality (T1), registered to the source, in [0, 1]
+``mask``           (N, H, W) bool    brain mask
+``label``          (N, H, W) u1      0 background, 1 CSF, 2 GM, 3 WM (all 0 when unknown)
+``has_label``      () bool           whether ``label`` holds ground truth
+``subject``        (N,) str          subject id (e.g. ``IXI012``)
+``slice_index``    (N,) i4           axial index in the subject's source volume
+``extra_<MOD>``    (N, H, W) f32     val/test only: other modalities of the same slices (e.g. T2)
+=================  ================  ==============================================================
+
+Slices are float32 in [0, 1]. The JSON manifest next to them records modalities, counts, the
+normalisation of every volume and the geometry needed to write NIfTI volumes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmid.errors import InputFileError
+from lmid.io import load_npz, save_npz
+
+REQUIRED = ("source", "target", "mask", "label", "subject", "slice_index")
+LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM"}
+
+
+@dataclass
+class SliceSet:
+    source: np.ndarray
+    target: np.ndarray
+    mask: np.ndarray
+    label: np.ndarray
+    subject: np.ndarray
+    slice_index: np.ndarray
+    has_label: bool = False
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.source.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.source.shape[1:])
+
+    def modality(self, name: str, source_modality: str, target_modality: str) -> np.ndarray:
+        """Images of one modality by name (``source``/``target`` or the modality's own name)."""
+        if name in ("source", source_modality):
+            return self.source
+        if name in ("target", target_modality):
+            return self.target
+        if name in self.extra:
+            return self.extra[name]
+        raise KeyError(f"modality {name!r} not in this split (has {source_modality}, {target_modality}, {sorted(self.extra)})")
+
+    def subset(self, index) -> "SliceSet":
+        index = np.asarray(index)
+        return SliceSet(
+            source=self.source[index], target=self.target[index], mask=self.mask[index],
+            label=self.label[index], subject=self.subject[index], slice_index=self.slice_index[index],
+            has_label=self.has_label, extra={k: v[index] for k, v in self.extra.items()},
+        )
+
+    def save(self, path: str | Path) -> None:
+        arrays = dict(
+            source=self.source.astype(np.float32), target=self.target.astype(np.float32),
+            mask=self.mask.astype(bool), label=self.label.astype(np.uint8),
+            subject=np.asarray(self.subject, dtype=str), slice_index=self.slice_index.astype(np.int32),
+            has_label=np.asarray(bool(self.has_label)),
+        )
+        arrays.update({f"extra_{k}": v.astype(np.float32) for k, v in self.extra.items()})
+        save_npz(path, **arrays)
+
+
+def load_slices(path: str | Path, allow_empty: bool = False) -> SliceSet:
+    """Load and check a split file; errors name the file and the problem."""
+    z = load_npz(path, REQUIRED)
+    src = z["source"]
+    if src.ndim != 3:
+        raise InputFileError(path, f"'source' must have shape (N, H, W), got {src.shape}")
+    n, h, w = src.shape
+    for key in ("target", "mask", "label"):
+        if z[key].shape != src.shape:
+            raise InputFileError(path, f"'{key}' has shape {z[key].shape}, expected {src.shape}")
+    for key in ("source", "target"):
+        if not np.issubdtype(z[key].dtype, np.floating):
+            raise InputFileError(path, f"'{key}' must be floating point, got {z[key].dtype}")
+        if n and not np.all(np.isfinite(z[key])):
+            raise InputFileError(path, f"'{key}' contains NaN/Inf values")
+    for key in ("subject", "slice_index"):
+        if z[key].shape != (n,):
+            raise InputFileError(path, f"'{key}' has shape {z[key].shape}, expected ({n},)")
+    if n == 0 and not allow_empty:
+        raise InputFileError(path, "split holds no slices (is the split empty? check prepare.slices and prepare.split)")
+    extra = {k[len("extra_"):]: v.astype(np.float32) for k, v in z.items() if k.startswith("extra_")}
+    for k, v in extra.items():
+        if v.shape != src.shape:
+            raise InputFileError(path, f"'extra_{k}' has shape {v.shape}, expected {src.shape}")
+    return SliceSet(
+        source=src.astype(np.float32), target=z["target"].astype(np.float32), mask=z["mask"].astype(bool),
+        label=z["label"].astype(np.uint8), subject=z["subject"].astype(str),
+        slice_index=z["slice_index"].astype(np.int64),
+        has_label=bool(z["has_label"]) if "has_label" in z else False, extra=extra,
+    )

@@ -1,0 +1,280 @@
+"""ε-prediction DDPM training on target slices, shared by LMIDiffusion and SDEdit.
+
+One loop (METHOD.md §4, the authors' recipe), two small variants:
+
+* :class:`DiffusionTrainer` — unconditional, 1 input channel (SDEdit's DDPM);
+* :class:`LmiDiffusionTrainer` — 3 input channels ``[x_t, LMI(x_0, x_{t+1}), LMI(x_0, x_0)]``.
+
+One training step, with x_0 a batch of augmented target slices:
+
+1. t ~ U{0, …, T−1} for half the batch, T−1−t for the other half (antithetic pairs)
+2. ε ~ N(0, I); x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε and x_{t+1} likewise with the *same* ε
+   (t+1 capped at T−1, as in the authors' code)
+3. loss = ‖ε − ε_θ(input(x_0, x_t, x_{t+1}), t)‖² (mean over pixels and batch)
+4. Adam step after clipping the gradient norm; EMA of the weights (the EMA weights sample)
+
+Reproducibility: every random number (batch indices, augmentation, t, ε) comes from one CPU
+``torch.Generator`` seeded with ``seed``; dropout uses the global torch RNG, seeded at start. The
+checkpoint stores both states, so N steps + resume + N steps equals 2N steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from lmid.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from lmid.config import DiffusionParams, LmiParams
+from lmid.diffusion.conditioning import lmi_map
+from lmid.diffusion.model import DiffusionModel, autocast_for
+from lmid.diffusion.schedule import NoiseSchedule
+from lmid.diffusion.unet import build_unet, check_image_size, count_parameters
+from lmid.errors import InputFileError, LmidError
+from lmid.io import write_text
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "lmid-diffusion-checkpoint"
+
+
+def _progress_disabled() -> bool:
+    try:
+        from lmid.cli import progress_disabled
+    except ImportError:  # pragma: no cover - the CLI package is always there
+        return True
+    return progress_disabled()
+
+
+class Ema:
+    """Exponential moving average of a module's floating tensors: θ̄ ← d·θ̄ + (1 − d)·θ."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for k, v in module.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, H, W) with one σ per image (reflect padding)."""
+    b = x.shape[0]
+    offs = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (offs[None, :] / sigma[:, None].to(x)) ** 2)
+    k = k / k.sum(dim=1, keepdim=True)  # (B, 2r+1)
+    pad_r = min(radius, x.shape[-2] - 1)
+    pad_c = min(radius, x.shape[-1] - 1)
+    y = x.reshape(1, b, *x.shape[-2:])
+    y = F.pad(y, (pad_c, pad_c, 0, 0), mode="reflect")
+    y = F.conv2d(y, k[:, None, None, radius - pad_c: radius + pad_c + 1], groups=b)
+    y = F.pad(y, (0, 0, pad_r, pad_r), mode="reflect")
+    y = F.conv2d(y, k[:, None, radius - pad_r: radius + pad_r + 1, None], groups=b)
+    return y.reshape_as(x)
+
+
+class DiffusionTrainer:
+    """Unconditional ε-prediction DDPM on target slices (1 input channel)."""
+
+    in_channels: ClassVar[int] = 1
+
+    def __init__(self, params: DiffusionParams, seed: int, out_dir: Path, device: torch.device,
+                 method: str = "sdedit"):
+        self.params = params
+        self.seed = int(seed)
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(device)
+        self.method = method
+        self.schedule = NoiseSchedule(params.schedule)
+        self.amp = bool(params.train.mixed_precision) and self.device.type == "cuda"
+        #: Per-step losses of this run (tests read them; the log file holds window means).
+        self.step_losses: list[float] = []
+        self.net = None
+        self.ema: Ema | None = None
+
+    # ------------------------------------------------------------------ variant hooks
+    def network_input(self, x0: torch.Tensor, x_t: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
+        """What ε_θ sees for a training pair; the unconditional DDPM sees x_t only."""
+        return x_t
+
+    def meta(self) -> dict:
+        """Method-specific facts stored in ``model.pt``."""
+        return {}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def _augment(self, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Horizontal flip and random Gaussian blur, each per image with its probability."""
+        tp = self.params.train
+        b = x0.shape[0]
+        # Always draw the same amount of randomness, whatever the probabilities.
+        flip = (torch.rand(b, generator=gen) < tp.flip_prob).to(self.device)
+        blur = (torch.rand(b, generator=gen) < tp.blur_prob).to(self.device)
+        lo, hi = tp.blur_sigma
+        sigma = (lo + (hi - lo) * torch.rand(b, generator=gen)).to(self.device)
+        x = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        if tp.blur_prob > 0 and hi > 0:
+            radius = max(1, int(math.ceil(3.0 * max(lo, hi))))
+            x = torch.where(blur[:, None, None, None], gaussian_blur(x, sigma.clamp_min(1e-3), radius), x)
+        return x
+
+    def _timesteps(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        """Antithetic pairs: t for the first half, T−1−t for the second (step 1)."""
+        T = self.schedule.T
+        t = torch.randint(0, T, (b // 2 + 1,), generator=gen)
+        return torch.cat([t, T - 1 - t])[:b]
+
+    def _write_log(self, rows: list[tuple[int, float]]) -> None:
+        lines = ["step,loss"] + [f"{s},{l:.6g}" for s, l in rows]
+        write_text(self.out_dir / "train_log.csv", "\n".join(lines) + "\n")
+
+    def _save_checkpoint(self, step, opt, gen, rows, wall) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT, "method": self.method, "step": int(step),
+            "model": self.net.state_dict(), "ema": self.ema.shadow, "optimizer": opt.state_dict(),
+            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "log_steps": [int(s) for s, _ in rows], "log_losses": [float(v) for _, v in rows],
+            "wall_s": float(wall),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        save_checkpoint(self.checkpoint_path, state)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, images: np.ndarray, stop_after: int | None = None) -> dict:
+        """Train on ``images`` (N, H, W) in [0, 1] until ``params.train.steps`` (resuming).
+
+        ``stop_after`` ends this run after that many steps have been done in total (with a
+        checkpoint), as if the job had been killed there; tests use it to check resuming.
+        """
+        tp = self.params.train
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 3 or len(images) == 0:
+            raise LmidError(f"{self.method}: expected training slices of shape (N, H, W), got {images.shape}")
+        check_image_size(self.params.unet, *images.shape[1:])
+        data = torch.as_tensor(np.clip(images, 0.0, 1.0))[:, None].to(self.device)
+
+        torch.manual_seed(self.seed)  # weights' initialisation and dropout
+        gen = torch.Generator().manual_seed(self.seed)
+        self.net = build_unet(self.params.unet, in_channels=self.in_channels).to(self.device)
+        if self.device.type == "cuda":
+            self.net.to(memory_format=torch.channels_last)
+        n_params = count_parameters(self.net)
+        opt = torch.optim.Adam(self.net.parameters(), lr=tp.lr)
+        self.ema = Ema(self.net, tp.ema_decay)
+        step, rows, wall_before = 0, [], 0.0
+
+        if self.checkpoint_path.exists():
+            ck = load_checkpoint(self.checkpoint_path, map_location=self.device,
+                                 required=("format", "step", "model", "ema", "optimizer", "generator", "torch_rng"))
+            if ck["format"] != CHECKPOINT_FORMAT or ck.get("method") != self.method:
+                raise InputFileError(self.checkpoint_path, f"not a {self.method} training checkpoint")
+            load_module_state(self.net, ck["model"], self.checkpoint_path)
+            opt.load_state_dict(ck["optimizer"])
+            self.ema.shadow = {k: v.to(self.device) for k, v in ck["ema"].items()}
+            gen.set_state(ck["generator"].cpu())
+            torch.set_rng_state(ck["torch_rng"].cpu())
+            if self.device.type == "cuda" and "cuda_rng" in ck:
+                torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), self.device)
+            step = int(ck["step"])
+            rows = list(zip(ck.get("log_steps", []), ck.get("log_losses", [])))
+            wall_before = float(ck.get("wall_s", 0.0))
+            log.info("%s: resuming from %s at step %d", self.method, self.checkpoint_path, step)
+
+        total = int(tp.steps)
+        end = total if stop_after is None else min(total, int(stop_after))
+        t_start = time.perf_counter()
+        window: list[float] = []
+        bar = tqdm(total=total, initial=step, desc=f"train {self.method}", disable=_progress_disabled(),
+                   dynamic_ncols=True)
+        self.net.train()
+        while step < end:
+            # ---- data: a batch of target slices, augmented
+            idx = torch.randint(0, len(data), (tp.batch_size,), generator=gen)
+            x0 = self._augment(data[idx.to(self.device)], gen)
+            # ---- steps 1-2: antithetic t, one ε shared by x_t and x_{t+1}
+            t = self._timesteps(tp.batch_size, gen)
+            eps = torch.randn(x0.shape, generator=gen).to(self.device)
+            t_dev = t.to(self.device)
+            x_t = self.schedule.add_noise(x0, eps, t_dev)
+            x_next = self.schedule.add_noise(x0, eps, (t_dev + 1).clamp_max(self.schedule.T - 1))
+            inp = self.network_input(x0, x_t, x_next)
+            if self.device.type == "cuda":
+                inp = inp.contiguous(memory_format=torch.channels_last)
+            # ---- step 3: ε-MSE
+            with autocast_for(self.device, self.amp):
+                pred = self.net(inp, t_dev)
+            loss = F.mse_loss(pred.float(), eps)
+            # ---- step 4: clipped Adam step, EMA
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), tp.grad_clip)
+            opt.step()
+            self.ema.update(self.net)
+            step += 1
+            value = float(loss.detach())
+            self.step_losses.append(value)
+            window.append(value)
+            bar.update(1)
+            if step % tp.log_every == 0 or step == end:
+                rows.append((step, float(np.mean(window))))
+                bar.set_postfix(loss=f"{rows[-1][1]:.4f}")
+                window = []
+            if step % tp.checkpoint_every == 0 or step == end:
+                self._save_checkpoint(step, opt, gen, rows, wall_before + time.perf_counter() - t_start)
+                self._write_log(rows)
+        bar.close()
+        wall = wall_before + time.perf_counter() - t_start
+        if not self.checkpoint_path.exists():  # nothing to do (already trained) but keep files
+            self._save_checkpoint(step, opt, gen, rows, wall)
+        self._write_log(rows)
+        return {
+            "steps": int(step), "batch_size": int(tp.batch_size), "parameters": n_params,
+            "train_loop_wall_s": round(wall, 3), "final_loss": rows[-1][1] if rows else None,
+            "image_size": list(images.shape[1:]), "training_slices": int(len(images)),
+            "in_channels": self.in_channels, "finished": bool(step >= total),
+        }
+
+    def inference_model(self) -> DiffusionModel:
+        """A network carrying the EMA weights, in eval mode, ready to sample."""
+        if self.net is None or self.ema is None:
+            raise LmidError(f"{self.method}: train before asking for the inference model")
+        net = build_unet(self.params.unet, in_channels=self.in_channels).to(self.device)
+        net.load_state_dict(self.ema.shadow)
+        net.eval()
+        if self.device.type == "cuda":
+            net.to(memory_format=torch.channels_last)
+        return DiffusionModel(net=net, schedule=self.schedule, unet=self.params.unet, in_channels=self.in_channels,
+                              method=self.method, meta=self.meta(), mixed_precision=self.params.train.mixed_precision)
+
+
+class LmiDiffusionTrainer(DiffusionTrainer):
+    """LMIDiffusion: input ``[x_t, LMI(x_0, x_{t+1}), LMI(x_0, x_0)]`` (3 channels)."""
+
+    in_channels: ClassVar[int] = 3
+
+    def __init__(self, params: DiffusionParams, lmi: LmiParams, seed: int, out_dir: Path, device: torch.device,
+                 method: str = "lmidiffusion"):
+        super().__init__(params, seed, out_dir, device, method=method)
+        self.lmi = lmi
+
+    def network_input(self, x0, x_t, x_next):
+        return torch.cat([x_t, lmi_map(x0, x_next, self.lmi), lmi_map(x0, x0, self.lmi)], dim=1)
+
+    def meta(self) -> dict:
+        return {"lmi": self.lmi.model_dump(mode="json")}

@@ -1,0 +1,558 @@
+"""``lmid aggregate``: per-slice metrics → the paper's table, DVC metrics and a summary.
+
+Inputs (all under explicit folders):
+
+* ``<metrics-dir>/<experiment>/<method>.csv`` written by ``lmid evaluate``; experiment ``pd2t1``
+  is the main one (``data.source_modality`` → ``data.target_modality``), others (``t22t1``) are
+  zero-shot extra sources. ``<metrics-dir>/sampler/<kind>-<steps>.csv`` (optional) are LMIDiffusion
+  at other sampler settings.
+* ``<models-dir>/<method>/train_info.json`` (optional): training time and method facts, SDEdit's
+  validation t0 sweep.
+* ``<slices-dir>/manifest.json`` (optional): the data description recorded in ``summary.json``.
+
+Outputs under ``<out-dir>``:
+
+* ``metrics.json``: DVC metrics, ``{experiment: {method: {dice, dice_km, psnr, ...}}}`` plus
+  ``sampler`` settings, means rounded to 6 decimals, keys sorted (same inputs → same bytes).
+* ``summary.json``: everything the HTML report shows (means, std, bootstrap CIs, Wilcoxon p,
+  timings, sampler table, t0 sweep), deterministic as well.
+* ``tables/table.md`` (every table as one Markdown document), ``tables/table.{csv,tex}`` (main
+  experiment), ``tables/table_<experiment>.{csv,tex}`` (the others), ``tables/sampler.{csv,tex}``
+  and ``tables/sdedit_t0.csv`` (when those were run).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from lmid.errors import InputFileError, LmidError
+from lmid.evaluation.metrics import read_metrics_csv
+from lmid.evaluation.stats import summarise, wilcoxon_p
+from lmid.io import read_json, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+#: The paper's Table (PD → T1 on IXI; METHOD.md section 2): (mean, std) over its 75 test slices.
+PAPER = {
+    "cyclegan": {"dice": (0.85, 0.07), "psnr": (18.88, 1.26), "ssim": (0.27, 0.04)},
+    "stylegan2": {"dice": (0.66, 0.10), "psnr": (10.15, 1.49), "ssim": (0.06, 0.03)},
+    "sdedit": {"dice": (0.82, 0.06), "psnr": (15.96, 1.54), "ssim": (0.50, 0.06)},
+    "lmidiffusion": {"dice": (0.88, 0.05), "psnr": (20.22, 1.43), "ssim": (0.69, 0.06)},
+}
+PAPER_LABEL = "paper (IXI, not our data)"
+DISPLAY = {
+    "lmidiffusion": "LMIDiffusion", "sdedit": "SDEdit", "cyclegan": "CycleGAN", "stylegan2": "StyleGAN2-ADA",
+    "cdm": "CDM", "identity": "Identity", "histmatch": "Hist. matching",
+}
+#: Column order: the paper's four, then the upper bound and the references, then anything else.
+ORDER = ("cyclegan", "stylegan2", "sdedit", "lmidiffusion", "cdm", "identity", "histmatch")
+#: Methods that compete with LMIDiffusion in the paper; the best of them is bold in the tables.
+COMPETITORS = ("cyclegan", "stylegan2", "sdedit", "lmidiffusion")
+#: Table rows: (key in the summary, label, decimals).
+ROWS = (("dice", "Dice", 2), ("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 2))
+#: Every per-slice column summarised (summary key → CSV column).
+SUMMARY_COLUMNS = {
+    "dice_gt": "dice_gt_mean", "dice_km": "dice_km_mean", "psnr": "psnr", "ssim": "ssim",
+    "psnr_mask": "psnr_mask", "ssim_mask": "ssim_mask",
+    "dice_gt_csf": "dice_gt_csf", "dice_gt_gm": "dice_gt_gm", "dice_gt_wm": "dice_gt_wm",
+    "dice_km_csf": "dice_km_csf", "dice_km_gm": "dice_km_gm", "dice_km_wm": "dice_km_wm",
+}
+#: Offset added to params.seed for the bootstrap generator.
+BOOTSTRAP_SEED_OFFSET = 907
+SAMPLER_RE = re.compile(r"(ancestral|ddim)-([1-9][0-9]*)")
+
+
+def role(method: str, params=None) -> str:
+    """What a column is, in a few words (shown under the method's name)."""
+    if method == "cdm":
+        return "supervised upper bound"
+    if method == "cyclegan":
+        frac = params.cyclegan.source_fraction if params is not None else 0.11
+        return f"sees {100 * frac:g} % source"
+    if method in ("identity", "histmatch"):
+        return "reference"
+    return ""
+
+
+def column_title(method: str, params=None) -> str:
+    r = role(method, params)
+    name = DISPLAY.get(method, method)
+    return f"{name} ({r})" if r else name
+
+
+def experiment_name(source: str, target: str) -> str:
+    return f"{source.lower()}2{target.lower()}"
+
+
+def experiment_modalities(params) -> dict[str, tuple[str, str]]:
+    """Experiment folder name → (source, target) for the main and the extra sources."""
+    tgt = params.data.target_modality
+    out = {experiment_name(params.data.source_modality, tgt): (params.data.source_modality, tgt)}
+    for m in params.data.extra_modalities:
+        if m != tgt:
+            out.setdefault(experiment_name(m, tgt), (m, tgt))
+    return out
+
+
+def method_order(methods, params=None) -> list[str]:
+    preferred = list(ORDER)
+    if params is not None:
+        preferred += [m for m in params.methods if m not in preferred]
+    known = [m for m in preferred if m in methods]
+    return known + sorted(m for m in methods if m not in known)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def clean(obj, ndigits: int = 6):
+    """Round floats, NaN/Inf → None, numpy → Python: what a deterministic JSON file needs."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v, ndigits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v, ndigits) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        if not math.isfinite(x):
+            return None
+        x = round(x, ndigits)
+        return 0.0 if x == 0 else x
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def fmt(x, decimals: int = 2) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{x:.{decimals}f}"
+
+
+def fmt_p(p) -> str:
+    if p is None or (isinstance(p, float) and not math.isfinite(p)):
+        return "—"
+    if p < 1e-3:
+        return "< 0.001"
+    return f"{p:.3f}"
+
+
+def _dice_key(frames: dict) -> str:
+    """Dice vs ground truth when every slice of every method has it, else vs K-Means of the target."""
+    for df in frames.values():
+        if "dice_gt_mean" not in df.columns or not np.all(np.isfinite(df["dice_gt_mean"].to_numpy(dtype=float))):
+            return "dice_km"
+    return "dice_gt"
+
+
+def load_experiment(folder: Path) -> dict:
+    frames = {}
+    for csv in sorted(folder.glob("*.csv")):
+        frames[csv.stem] = read_metrics_csv(csv)
+    return frames
+
+
+# ----------------------------------------------------------------------------------- summaries
+def summarise_experiment(frames: dict, reference: str, n_boot: int, confidence: float, seed: int) -> dict:
+    """Per method: every metric's mean/std/CI and the paired Wilcoxon p against ``reference``."""
+    dice_key = _dice_key(frames)
+    ref = frames.get(reference)
+    out = {"dice_reference": "ground truth" if dice_key == "dice_gt" else "K-Means of the real target",
+           "dice_key": dice_key, "methods": {}}
+    for method, df in frames.items():
+        entry: dict = {"n": int(len(df))}
+        for key, col in SUMMARY_COLUMNS.items():
+            if col in df.columns:
+                entry[key] = summarise(df[col].to_numpy(dtype=float), n_boot, confidence, seed)
+        entry["dice"] = dict(entry.get(dice_key, summarise([], n_boot, confidence, seed)))
+        for key in ("dice", "psnr", "ssim", "dice_km", "psnr_mask", "ssim_mask"):
+            if key not in entry:
+                continue
+            col = SUMMARY_COLUMNS[dice_key] if key == "dice" else SUMMARY_COLUMNS[key]
+            entry[key]["p_vs_reference"] = _paired_p(df, ref, col) if ref is not None and method != reference else None
+        entry["nfe_per_slice"] = _mean(df, "nfe")
+        entry["wall_s_per_slice"] = _mean(df, "wall_s")
+        out["methods"][method] = entry
+    return out
+
+
+def _mean(df, col):
+    if col not in df.columns:
+        return None
+    x = df[col].to_numpy(dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else None
+
+
+def _paired_p(df, ref, col) -> float | None:
+    """Wilcoxon on the slices both methods scored (matched on the split index)."""
+    if col not in df.columns or col not in ref.columns:
+        return None
+    merged = df[["index", col]].merge(ref[["index", col]], on="index", suffixes=("", "_ref"))
+    if merged.empty:
+        return None
+    return wilcoxon_p(merged[col].to_numpy(dtype=float), merged[f"{col}_ref"].to_numpy(dtype=float))
+
+
+def summarise_sampler(folder: Path, n_boot: int, confidence: float, seed: int, order: list[str]) -> dict:
+    files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
+    settings = []
+    for csv in files:
+        m = SAMPLER_RE.fullmatch(csv.stem)
+        if not m:
+            log.warning("%s: not named <ancestral|ddim>-<steps>.csv; left out of the sampler table", csv)
+            continue
+        df = read_metrics_csv(csv)
+        frames = {csv.stem: df}
+        dice_key = _dice_key(frames)
+        row = {"setting": csv.stem, "kind": m.group(1), "steps": int(m.group(2)), "n": int(len(df)),
+               "dice_key": dice_key,
+               "dice": summarise(df[SUMMARY_COLUMNS[dice_key]].to_numpy(dtype=float), n_boot, confidence, seed),
+               "psnr": summarise(df["psnr"].to_numpy(dtype=float), n_boot, confidence, seed),
+               "ssim": summarise(df["ssim"].to_numpy(dtype=float), n_boot, confidence, seed),
+               "nfe_per_slice": _mean(df, "nfe"), "wall_s_per_slice": _mean(df, "wall_s")}
+        settings.append(row)
+    if not settings:
+        return {"status": "not run"}
+    rank = {s: i for i, s in enumerate(order)}
+    settings.sort(key=lambda r: (rank.get(r["setting"], len(rank)), r["kind"], -r["steps"]))
+    return {"status": "ok", "settings": settings}
+
+
+#: Keys tried, in order, for SDEdit's validation sweep and its chosen t0 in train_info.json.
+T0_SWEEP_KEYS = ("t0_sweep", "val_sweep", "t0_search", "sweep", "validation")
+T0_CHOSEN_KEYS = ("t0", "chosen_t0", "best_t0", "t0_chosen", "t0_frac")
+
+
+def sdedit_sweep(info: dict | None) -> dict:
+    """SDEdit's validation t0 sweep from its train_info.json, as rows of a table."""
+    if not info:
+        return {"status": "not run"}
+    raw = next((info[k] for k in T0_SWEEP_KEYS if k in info), None)
+    chosen = next((info[k] for k in T0_CHOSEN_KEYS if k in info and not isinstance(info[k], (dict, list))), None)
+    rows: list[dict] = []
+    if isinstance(raw, list):
+        rows = [dict(r) if isinstance(r, dict) else {"value": r} for r in raw]
+    elif isinstance(raw, dict):
+        for t0, val in raw.items():
+            row = {"t0": _maybe_float(t0)}
+            row.update(val if isinstance(val, dict) else {"score": val})
+            rows.append(row)
+    if not rows:
+        return {"status": "not run", "chosen_t0": chosen}
+    columns: list[str] = ["t0"] if any("t0" in r for r in rows) else []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    return {"status": "ok", "chosen_t0": chosen, "columns": columns, "rows": rows}
+
+
+def _maybe_float(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return x
+
+
+# ------------------------------------------------------------------------------------- tables
+def _cell(stats: dict | None, decimals: int, bold: bool = False, ci: bool = True) -> str:
+    if stats is None:
+        return "not run"
+    if stats.get("mean") is None or not math.isfinite(stats["mean"]):
+        return "—"
+    text = f"{fmt(stats['mean'], decimals)} ± {fmt(stats['std'], decimals)}"
+    if bold:
+        text = f"**{text}**"
+    if ci and stats.get("ci_low") is not None and math.isfinite(stats["ci_low"]):
+        text += f" [{fmt(stats['ci_low'], decimals)}, {fmt(stats['ci_high'], decimals)}]"
+    return text
+
+
+def best_method(summary: dict, key: str, methods: list[str]) -> str | None:
+    """The competitor with the highest mean (all three metrics are higher-is-better)."""
+    cands = []
+    for m in methods:
+        mean = (summary["methods"].get(m, {}).get(key) or {}).get("mean")
+        if m in COMPETITORS and mean is not None and math.isfinite(mean):
+            cands.append((mean, m))
+    return max(cands)[1] if len(cands) > 1 else None
+
+
+def method_stats(summary: dict, method: str, key: str) -> dict | None:
+    """A method's statistics of one metric; None when the method was not run, {} when the metric is missing."""
+    if method not in summary["methods"]:
+        return None
+    return summary["methods"][method].get(key) or {}
+
+
+def table_rows(summary: dict, methods: list[str], with_paper: bool, reference: str) -> list[tuple[str, list[str], str]]:
+    """Rows of one experiment's table as (label, cells, kind) with kind in ours/paper/p/n."""
+    rows = []
+    for key, label, dec in ROWS:
+        best = best_method(summary, key, methods)
+        rows.append((label, [_cell(method_stats(summary, m, key), dec, bold=(m == best)) for m in methods], "ours"))
+        if with_paper:
+            cells = [f"{PAPER[m][key][0]:.2f} ± {PAPER[m][key][1]:.2f}" if m in PAPER else "—" for m in methods]
+            rows.append((f"{label} — {PAPER_LABEL}", cells, "paper"))
+    if summary["dice_key"] == "dice_gt":
+        rows.append(("Dice vs K-Means of real target",
+                     [_cell(method_stats(summary, m, "dice_km"), 2) for m in methods], "ours"))
+    rows.append(("PSNR in brain (dB)", [_cell(method_stats(summary, m, "psnr_mask"), 2) for m in methods], "ours"))
+    rows.append(("SSIM in brain", [_cell(method_stats(summary, m, "ssim_mask"), 2) for m in methods], "ours"))
+    ref_name = DISPLAY.get(reference, reference)
+    for key, label, _ in ROWS:
+        rows.append((f"p {label.split()[0]} (Wilcoxon vs {ref_name})",
+                     ["ref." if m == reference else "—" if method_stats(summary, m, key) is None
+                      else fmt_p(method_stats(summary, m, key).get("p_vs_reference")) for m in methods], "p"))
+    rows.append(("slices (n)", [str(summary["methods"][m]["n"]) if m in summary["methods"] else "0"
+                                for m in methods], "n"))
+    return rows
+
+
+def caption(summary: dict, source: str, target: str, confidence: float, n_boot: int, reference: str,
+            with_paper: bool) -> str:
+    dice = ("Dice against the ground-truth labels" if summary["dice_key"] == "dice_gt"
+            else f"Dice against K-Means of the real {target} slice (no ground-truth labels)")
+    text = (f"{source} → {target}. {dice}: per slice the unweighted mean over CSF, GM and WM, then mean ± std over "
+            f"test slices, [{100 * confidence:g} % percentile bootstrap CI of the mean, {n_boot} resamples]. PSNR/SSIM "
+            f"against the real {target} slice on [0, 1] (data range 1), whole slice; 'in brain' rows use the brain "
+            f"mask only. p: two-sided paired Wilcoxon signed-rank test against {DISPLAY.get(reference, reference)}. "
+            f"Bold: best of the paper's four methods.")
+    if with_paper:
+        text += (" Rows marked 'paper' are the published numbers on IXI (300 training / 75 test slices), "
+                 "not computed on our data: compare trends, not values.")
+    return text
+
+
+def markdown_table(title: str, cap: str, rows, methods: list[str], params, first: str) -> str:
+    head = "| " + " | ".join([first] + [column_title(m, params) for m in methods]) + " |"
+    sep = "|" + "---|" * (len(methods) + 1)
+    body = ["| " + " | ".join([label] + cells) + " |" for label, cells, _ in rows]
+    return "\n".join([f"## {title}", "", cap, "", head, sep, *body, ""])
+
+
+def latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("→", r"$\rightarrow$"), ("±", r"$\pm$"), ("—", "--"), ("<", r"$<$")):
+        text = text.replace(a, b)
+    return re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", text)
+
+
+def latex_table(cap: str, rows, methods: list[str], params, first: str, label: str) -> str:
+    cols = "l" + "c" * len(methods)
+    lines = [
+        "% Generated by `lmid aggregate`; needs \\usepackage{booktabs}.",
+        "\\begin{table}[t]", "\\centering", "\\scriptsize",
+        f"\\caption{{{latex_escape(cap)}}}", f"\\label{{{label}}}",
+        f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
+        " & ".join(latex_escape(c) for c in [first] + [column_title(m, params) for m in methods]) + " \\\\",
+        "\\midrule",
+    ]
+    prev = None
+    for row_label, cells, kind in rows:
+        if prev is not None and kind != prev and kind in ("p", "n"):
+            lines.append("\\midrule")
+        lines.append(" & ".join(latex_escape(c) for c in [row_label] + cells) + " \\\\")
+        prev = kind
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    return "\n".join(lines)
+
+
+def tidy_rows(experiment: str, summary: dict, methods: list[str], with_paper: bool) -> list[dict]:
+    out = []
+    for m in methods:
+        entry = summary["methods"].get(m, {})
+        for key in ("dice", "dice_km", "dice_gt", "psnr", "ssim", "psnr_mask", "ssim_mask"):
+            st = entry.get(key)
+            if not st or not st["n"]:
+                continue
+            out.append({"experiment": experiment, "source": "ours", "method": m, "metric": key,
+                        "dice_reference": summary["dice_reference"] if key == "dice" else "",
+                        "n": st["n"], "mean": st["mean"], "std": st["std"], "ci_low": st["ci_low"],
+                        "ci_high": st["ci_high"], "p_vs_reference": st.get("p_vs_reference")})
+        if with_paper and m in PAPER:
+            for key, (mean, std) in PAPER[m].items():
+                out.append({"experiment": experiment, "source": PAPER_LABEL, "method": m, "metric": key,
+                            "dice_reference": "ground truth" if key == "dice" else "", "n": 75, "mean": mean,
+                            "std": std, "ci_low": None, "ci_high": None, "p_vs_reference": None})
+    return out
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    write_text(path, pd.DataFrame(clean(rows)).to_csv(index=False, float_format="%.6g", na_rep=""))
+
+
+def sampler_markdown(sampler: dict, t0: dict) -> str:
+    lines = ["## LMIDiffusion sampler settings", ""]
+    if sampler.get("status") != "ok":
+        lines += ["Not run (no `data/metrics/sampler/*.csv`).", ""]
+    else:
+        lines += ["LMIDiffusion with several samplers on the same validation slices (one sample each). "
+                  "Time per slice is wall-clock on the machine that translated.", "",
+                  "| setting | sampler | steps | NFE / slice | time / slice (s) | Dice | PSNR (dB) | SSIM | n |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sampler["settings"]:
+            lines.append(f"| {r['setting']} | {r['kind']} | {r['steps']} | {fmt(r['nfe_per_slice'], 0)} | "
+                         f"{fmt(r['wall_s_per_slice'], 3)} | {_cell(r['dice'], 3, ci=False)} | "
+                         f"{_cell(r['psnr'], 2, ci=False)} | {_cell(r['ssim'], 3, ci=False)} | {r['n']} |")
+        lines.append("")
+    lines += ["## SDEdit: t0 chosen on validation slices", ""]
+    if t0.get("status") != "ok":
+        lines += ["Not run (no validation sweep in `data/models/sdedit/train_info.json`).", ""]
+    else:
+        cols = t0["columns"]
+        lines += [f"Chosen t0: {t0['chosen_t0']}" if t0.get("chosen_t0") is not None else "", "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in t0["rows"]:
+            lines.append("| " + " | ".join(_plain(r.get(c)) for c in cols) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plain(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}" if math.isfinite(x) else "—"
+    return "—" if x is None else str(x)
+
+
+# ------------------------------------------------------------------------------------ command
+def aggregate(params, metrics_dir: str | Path, models_dir: str | Path, slices_dir: str | Path,
+              out_dir: str | Path) -> dict:
+    metrics_dir, models_dir, slices_dir, out_dir = map(Path, (metrics_dir, models_dir, slices_dir, out_dir))
+    ev = params.evaluate
+    seed = params.seed + BOOTSTRAP_SEED_OFFSET
+    modalities = experiment_modalities(params)
+    main = next(iter(modalities))
+    if not metrics_dir.is_dir():
+        raise InputFileError(metrics_dir, "metrics folder not found (run 'lmid evaluate' first)")
+    found = sorted(p for p in metrics_dir.iterdir() if p.is_dir() and p.name != "sampler" and any(p.glob("*.csv")))
+    if not any(p.name == main for p in found):
+        raise InputFileError(metrics_dir / main, f"no per-slice metrics of the main experiment {main!r} "
+                                                 "(expected <method>.csv files written by 'lmid evaluate')")
+    # Main first, then the params' extra sources, then anything else found.
+    names = [e for e in modalities if any(p.name == e for p in found)]
+    names += [p.name for p in found if p.name not in names]
+
+    summary: dict = {
+        "main_experiment": main, "reference_method": ev.reference_method, "bootstrap": ev.bootstrap,
+        "confidence": ev.confidence, "bootstrap_seed": seed, "paper": {m: {k: list(v) for k, v in d.items()}
+                                                                      for m, d in PAPER.items()},
+        "experiments": {},
+    }
+    md_parts = ["# Results", "",
+                f"Generated by `lmid aggregate` from `{metrics_dir}`. Numbers are ours unless a row says 'paper'.", ""]
+    tables_dir = out_dir / "tables"
+    for exp in names:
+        frames = load_experiment(metrics_dir / exp)
+        empty = [m for m, df in frames.items() if df.empty]
+        if empty:
+            raise InputFileError(metrics_dir / exp / f"{empty[0]}.csv", "holds no slices")
+        source, target = modalities.get(exp, (exp, params.data.target_modality))
+        s = summarise_experiment(frames, ev.reference_method, ev.bootstrap, ev.confidence, seed)
+        methods = method_order(list(frames), params)
+        with_paper = exp == main
+        # The paper's four methods always have a column in the main table (ours "not run" if absent).
+        columns = method_order(set(frames) | (set(PAPER) if with_paper else set()), params)
+        s.update(source_modality=source, target_modality=target, method_order=methods, table_methods=columns,
+                 column_titles={m: column_title(m, params) for m in columns})
+        if ev.reference_method not in frames:
+            log.warning("%s: reference method %s not evaluated; no Wilcoxon tests", exp, ev.reference_method)
+        rows = table_rows(s, columns, with_paper, ev.reference_method)
+        cap = caption(s, source, target, ev.confidence, ev.bootstrap, ev.reference_method, with_paper)
+        s["caption"] = cap
+        s["rows"] = [{"label": lab, "cells": cells, "kind": kind} for lab, cells, kind in rows]
+        summary["experiments"][exp] = s
+        first = f"{source} → {target}"
+        title = f"{first} (experiment `{exp}`)" + ("" if with_paper else ": zero-shot second source")
+        md_parts.append(markdown_table(title, cap, rows, columns, params, first))
+        if not with_paper:
+            md_parts.append("The paper reports no numbers for this source.\n")
+        stem = "table" if with_paper else f"table_{exp}"
+        write_csv(tables_dir / f"{stem}.csv", tidy_rows(exp, s, columns, with_paper))
+        write_text(tables_dir / f"{stem}.tex", latex_table(cap, rows, columns, params, first, f"tab:{exp}"))
+
+    sampler = summarise_sampler(metrics_dir / "sampler", ev.bootstrap, ev.confidence, seed, list(ev.sampler_settings))
+    infos = read_train_infos(models_dir)
+    t0 = sdedit_sweep(infos.get("sdedit"))
+    summary["sampler"] = sampler
+    summary["sdedit_t0"] = t0
+    summary["timings"] = timings(summary, infos)
+    summary["train_info"] = infos
+    summary["data"] = data_facts(slices_dir / "manifest.json")
+    md_parts.append(sampler_markdown(sampler, t0))
+    if sampler.get("status") == "ok":
+        write_csv(tables_dir / "sampler.csv", [
+            {"setting": r["setting"], "kind": r["kind"], "steps": r["steps"], "n": r["n"],
+             "nfe_per_slice": r["nfe_per_slice"], "wall_s_per_slice": r["wall_s_per_slice"],
+             "dice_reference": r["dice_key"], **{f"{k}_{q}": r[k][q] for k in ("dice", "psnr", "ssim")
+                                                 for q in ("mean", "std", "ci_low", "ci_high")}}
+            for r in sampler["settings"]])
+        write_text(tables_dir / "sampler.tex", sampler_latex(sampler))
+    if t0.get("status") == "ok":
+        write_csv(tables_dir / "sdedit_t0.csv", t0["rows"])
+    write_text(tables_dir / "table.md", "\n".join(md_parts))
+
+    metrics = {exp: {m: {k: e[k]["mean"] for k in ("dice", "dice_km", "psnr", "ssim", "psnr_mask", "ssim_mask")
+                         if k in e} for m, e in s["methods"].items()}
+               for exp, s in summary["experiments"].items()}
+    if sampler.get("status") == "ok":
+        metrics["sampler"] = {r["setting"]: {k: r[k]["mean"] for k in ("dice", "psnr", "ssim")}
+                              for r in sampler["settings"]}
+    write_json(out_dir / "metrics.json", clean(metrics))
+    summary = clean(summary)
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def sampler_latex(sampler: dict) -> str:
+    lines = ["% Generated by `lmid aggregate`; needs \\usepackage{booktabs}.", "\\begin{tabular}{lrrrrccc}",
+             "\\toprule", "setting & steps & NFE & s/slice & Dice & PSNR (dB) & SSIM & n \\\\", "\\midrule"]
+    for r in sampler["settings"]:
+        lines.append(" & ".join(latex_escape(c) for c in (
+            r["setting"], str(r["steps"]), fmt(r["nfe_per_slice"], 0), fmt(r["wall_s_per_slice"], 3),
+            _cell(r["dice"], 3, ci=False), _cell(r["psnr"], 2, ci=False), _cell(r["ssim"], 3, ci=False),
+            str(r["n"]))) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def data_facts(manifest_path: Path) -> dict:
+    """The manifest's description of the data (no per-subject geometry), or a note that it is missing."""
+    if not manifest_path.is_file():
+        return {"status": "manifest not found"}
+    manifest = read_json(manifest_path)
+    keep = ("data_source", "modalities", "has_label", "counts", "splits", "n_skipped", "slice_size")
+    return {k: manifest[k] for k in keep if isinstance(manifest, dict) and k in manifest}
+
+
+def read_train_infos(models_dir: Path) -> dict:
+    infos = {}
+    if not models_dir.is_dir():
+        return infos
+    for path in sorted(models_dir.glob("*/train_info.json")):
+        try:
+            info = read_json(path)
+        except LmidError as err:
+            log.warning("%s", err)
+            continue
+        if isinstance(info, dict):
+            infos[path.parent.name] = info
+    return infos
+
+
+def timings(summary: dict, infos: dict) -> dict:
+    """Per method: training wall time and the main experiment's translation time and NFE per slice."""
+    main = summary["experiments"][summary["main_experiment"]]["methods"]
+    out = {}
+    for m in sorted(set(main) | set(infos)):
+        info = infos.get(m, {})
+        out[m] = {"train_wall_s": info.get("train_wall_s"),
+                  "translate_wall_s_per_slice": main.get(m, {}).get("wall_s_per_slice"),
+                  "nfe_per_slice": main.get(m, {}).get("nfe_per_slice"),
+                  "device": info.get("device")}
+    return out

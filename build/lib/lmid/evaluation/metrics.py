@@ -1,0 +1,181 @@
+"""Per-slice scores of one method's translations: Dice, PSNR and SSIM.
+
+Protocol (the paper states none of it; these are our choices, listed again in the report):
+
+* **Dice** per tissue class c in {CSF, GM, WM}: ``2 |P_c ∩ R_c| / (|P_c| + |R_c|)`` over the
+  slice, where P is the K-Means segmentation of the translation (inside the test slice's brain
+  mask) and R the reference: (a) the ground-truth labels when the split has them
+  (``dice_gt_*``) and (b) the same K-Means applied to the real target slice (``dice_km_*``, the
+  paper's protocol, always available). ``*_mean`` is the unweighted mean of the three classes on
+  that slice; a table's Dice is the mean of those per-slice means. When a class is absent from
+  both P and R the Dice is 1.0 (nothing to find, nothing found); absent from one only gives 0.0.
+* **PSNR** against the real target slice, both on [0, 1] with ``data_range = 1``:
+  ``10 log10(1 / MSE)``, over the whole slice (``psnr``) and over brain-mask pixels only
+  (``psnr_mask``). An MSE below 1e-10 is floored there (PSNR at most 100 dB), so identical images
+  give a finite number.
+* **SSIM** (Wang et al. 2004) with scikit-image's defaults: 7×7 uniform window, sample covariance,
+  K1 = 0.01, K2 = 0.03, ``data_range = 1``. ``ssim`` is the mean of the SSIM map without the
+  3-pixel border (scikit-image's value); ``ssim_mask`` is the mean of the full SSIM map
+  (``full=True``) over brain-mask pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from lmid.errors import InputFileError, LmidError
+from lmid.evaluation.segment import TISSUE_LABELS, KMeansSegmenter
+
+CLASSES = ("csf", "gm", "wm")
+MSE_FLOOR = 1e-10
+#: Column order of a per-slice metrics CSV.
+COLUMNS = (
+    "method", "index", "subject", "slice_index",
+    *(f"dice_gt_{c}" for c in (*CLASSES, "mean")),
+    *(f"dice_km_{c}" for c in (*CLASSES, "mean")),
+    "psnr", "psnr_mask", "ssim", "ssim_mask", "nfe", "wall_s",
+)
+
+
+# --------------------------------------------------------------------------------- primitives
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty, 0.0 when only one is."""
+    pred = np.asarray(pred, dtype=bool)
+    ref = np.asarray(ref, dtype=bool)
+    total = int(pred.sum()) + int(ref.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(pred, ref).sum()) / total
+
+
+def dice_per_class(pred_labels: np.ndarray, ref_labels: np.ndarray) -> dict[str, float]:
+    """Dice for CSF, GM, WM and their unweighted mean (keys ``csf``, ``gm``, ``wm``, ``mean``)."""
+    out = {c: dice(pred_labels == TISSUE_LABELS[c.upper()], ref_labels == TISSUE_LABELS[c.upper()]) for c in CLASSES}
+    out["mean"] = float(np.mean([out[c] for c in CLASSES]))
+    return out
+
+
+def psnr(reference: np.ndarray, image: np.ndarray, mask: np.ndarray | None = None, data_range: float = 1.0) -> float:
+    """PSNR in dB; over ``mask`` pixels only when given (NaN for an empty mask)."""
+    diff = np.asarray(reference, dtype=np.float64) - np.asarray(image, dtype=np.float64)
+    if mask is not None:
+        diff = diff[np.asarray(mask, dtype=bool)]
+        if diff.size == 0:
+            return float("nan")
+    mse = max(float(np.mean(diff * diff)), MSE_FLOOR)
+    return 10.0 * math.log10(data_range * data_range / mse)
+
+
+def ssim(reference: np.ndarray, image: np.ndarray, mask: np.ndarray | None = None, data_range: float = 1.0) -> float:
+    """SSIM (scikit-image defaults); with ``mask``, the mean of the full SSIM map over mask pixels."""
+    from skimage.metrics import structural_similarity
+
+    ref = np.asarray(reference, dtype=np.float64)
+    img = np.asarray(image, dtype=np.float64)
+    if mask is None:
+        return float(structural_similarity(ref, img, data_range=data_range))
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return float("nan")
+    _, smap = structural_similarity(ref, img, data_range=data_range, full=True)
+    return float(smap[mask].mean())
+
+
+def score_slice(translation: np.ndarray, target: np.ndarray, mask: np.ndarray, segmenter: KMeansSegmenter,
+                label: np.ndarray | None = None, target_labels: np.ndarray | None = None) -> dict[str, float]:
+    """Every per-slice score of one translated slice (see the module docstring)."""
+    x = np.clip(np.asarray(translation, dtype=np.float64), 0.0, 1.0)
+    y = np.clip(np.asarray(target, dtype=np.float64), 0.0, 1.0)
+    pred = segmenter.predict(x, mask)
+    if target_labels is None:
+        target_labels = segmenter.predict(y, mask)
+    row: dict[str, float] = {}
+    gt = dice_per_class(pred, label) if label is not None else {c: float("nan") for c in (*CLASSES, "mean")}
+    km = dice_per_class(pred, target_labels)
+    row.update({f"dice_gt_{k}": v for k, v in gt.items()})
+    row.update({f"dice_km_{k}": v for k, v in km.items()})
+    row["psnr"] = psnr(y, x)
+    row["psnr_mask"] = psnr(y, x, mask)
+    row["ssim"] = ssim(y, x)
+    row["ssim_mask"] = ssim(y, x, mask)
+    return row
+
+
+# ------------------------------------------------------------------------------------ command
+def evaluate_translations(method: str, translations_path: str | Path, slices_path: str | Path,
+                          segmenter_path: str | Path, out_path: str | Path) -> "pd.DataFrame":  # noqa: F821
+    """``lmid evaluate``: score every translated slice and write one CSV row per slice."""
+    import pandas as pd
+
+    from lmid.data.slices import load_slices
+    from lmid.io import load_npz
+
+    split = load_slices(slices_path)
+    seg = KMeansSegmenter.load(segmenter_path)
+    tr = load_npz(translations_path, ("image", "index"))
+    image, index = tr["image"], np.asarray(tr["index"]).astype(np.int64)
+    n = len(index)
+    if image.ndim != 3 or image.shape[0] != n:
+        raise InputFileError(translations_path, f"'image' has shape {image.shape}, expected ({n}, H, W)")
+    if image.shape[1:] != split.shape:
+        raise InputFileError(translations_path, f"slices are {image.shape[1:]}, but {slices_path} holds {split.shape}")
+    if n and (index.min() < 0 or index.max() >= len(split)):
+        raise InputFileError(translations_path, f"'index' points outside the {len(split)} slices of {slices_path}")
+    if not np.all(np.isfinite(image)):
+        raise InputFileError(translations_path, "'image' contains NaN/Inf values")
+    if "method" in tr and str(tr["method"]) not in ("", method):
+        raise LmidError(f"{translations_path}: holds translations of {str(tr['method'])!r}, not {method!r}")
+    nfe = _per_slice(tr.get("nfe"), n, 0)
+    wall = _per_slice(tr.get("wall_s"), n, float("nan"))
+    if "wall_s" in tr and np.ndim(tr["wall_s"]) == 0 and n:
+        wall = wall / n  # an un-gathered shard stores its total time
+    rows = []
+    for k, i in enumerate(index):
+        row = {"method": method, "index": int(i), "subject": str(split.subject[i]),
+               "slice_index": int(split.slice_index[i])}
+        row.update(score_slice(image[k], split.target[i], split.mask[i], seg,
+                               label=split.label[i] if split.has_label else None))
+        row["nfe"] = int(nfe[k])
+        row["wall_s"] = float(wall[k])
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    write_metrics_csv(out_path, df)
+    return df
+
+
+def _per_slice(value, n: int, default) -> np.ndarray:
+    if value is None:
+        return np.full(n, default)
+    value = np.asarray(value)
+    if value.ndim == 0:  # one number for the whole file (an un-gathered shard)
+        return np.full(n, value.item())
+    value = value.reshape(-1)
+    return value[:n] if value.size >= n else np.full(n, default)
+
+
+def write_metrics_csv(path: str | Path, df) -> None:
+    """CSV written atomically with a fixed float format (same numbers, same bytes)."""
+    from lmid.io import write_text
+
+    write_text(path, df.to_csv(index=False, float_format="%.8g", na_rep=""))
+
+
+def read_metrics_csv(path: str | Path):
+    """Read a per-slice metrics CSV and check its columns."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "file not found")
+    try:
+        df = pd.read_csv(path, dtype={"subject": str, "method": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputFileError(path, f"not a readable CSV ({err})") from None
+    needed = ("index", "subject", "slice_index", "dice_km_mean", "psnr", "ssim")
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise InputFileError(path, f"missing columns {missing} (written by 'lmid evaluate'?)")
+    return df

@@ -1,0 +1,174 @@
+"""File I/O shared by every step.
+
+Every writer goes through :func:`atomic_path`: it writes to a temporary file in the destination's
+folder and renames it into place, so a killed job never leaves a file that looks complete.
+Readers check what they read and raise :class:`~lmid.errors.InputFileError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from lmid.errors import InputFileError, LmidError
+
+
+# --------------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    ``suffix`` defaults to the destination's full suffix (``.nii.gz``, ``.npz``) so libraries that
+    look at the extension write the right format.
+    """
+    path = Path(path)
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputFileError(parent, f"cannot create output folder ({err.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise InputFileError(parent, "output folder is not writable")
+    suffix = suffix if suffix is not None else "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputFileError(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def save_npz(path: str | Path, **arrays) -> None:
+    """Compressed ``.npz`` written atomically and byte-for-byte reproducibly.
+
+    ``np.savez_compressed`` stamps every member with the current time, so the same arrays would
+    give different bytes (and DVC would see a changed file). Members here carry a fixed date.
+    Strings must be numpy unicode arrays (no pickle).
+    """
+    import zipfile
+
+    with atomic_path(path, suffix=".npz") as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for key, value in arrays.items():
+                value = np.asanyarray(value)
+                if value.dtype == object:
+                    raise TypeError(f"{key}: object arrays would need pickle; use a unicode dtype")
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with zf.open(info, "w") as fh:
+                    np.lib.format.write_array(fh, value, allow_pickle=False)
+
+
+def load_npz(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz`` (never with pickle) and check required keys exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zlib.error) as err:
+        raise InputFileError(path, f"not a readable .npz archive ({err})") from None
+    except Exception as err:  # zipfile.BadZipFile and friends
+        raise InputFileError(path, f"not a readable .npz archive ({type(err).__name__}: {err})") from None
+    missing = [k for k in required if k not in out]
+    if missing:
+        raise InputFileError(path, f"missing arrays {missing}; has {sorted(out)}")
+    return out
+
+
+# ------------------------------------------------------------------------------------- NIfTI
+def load_volume(path: str | Path, dtype=np.float32):
+    """Load a 3-D NIfTI volume, checked: returns ``(array, affine)``.
+
+    Rejects unreadable/truncated files, non-3-D data (a trailing singleton 4th axis is squeezed),
+    NaN/Inf voxels and all-zero volumes, each with the file's name in the message.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as err:
+        raise InputFileError(path, f"cannot read NIfTI volume: corrupt or truncated ({err})") from None
+    except Exception as err:  # nibabel raises a zoo of errors on bad headers
+        raise InputFileError(path, f"cannot read NIfTI volume ({type(err).__name__}: {err})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputFileError(path, f"expected a 3-D volume, got {data.ndim}-D with shape {data.shape}")
+    data = np.asarray(data, dtype=dtype)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise InputFileError(path, f"contains {int(bad.sum())} NaN/Inf voxels")
+    if not np.any(data):
+        raise InputFileError(path, "volume is all zeros (empty image)")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def save_volume(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
+    """Write a NIfTI volume atomically; ``.nii.gz`` is gzipped with a zero mtime so the same
+    volume always gives the same bytes."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    img.header.set_xyzt_units("mm")
+    payload = img.to_bytes()
+    if str(path).endswith(".gz"):
+        payload = gzip.compress(payload, compresslevel=6, mtime=0)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def ensure_dir(path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LmidError(f"{path}: cannot create folder ({err.strerror})") from None
+    return path

@@ -1,0 +1,174 @@
+"""The plumbing around the two verbs: what ``lmid train``, ``lmid translate`` and ``lmid gather`` do.
+
+The methods themselves only see arrays; this module reads the split files, shards the test split,
+times the work, and writes shard files, the gathered translations and NIfTI volumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lmid.checkpoint import device_from_arg
+from lmid.config import Params
+from lmid.data.slices import load_slices
+from lmid.errors import InputFileError, LmidError
+from lmid.io import ensure_dir, load_npz, read_json, save_npz, save_volume, write_json, write_text
+from lmid.methods import TRAIN_PARAM_SECTIONS, get_method
+
+log = logging.getLogger(__name__)
+
+
+def train_method(params: Params, method: str, train_path: Path, val_path: Path, out_dir: Path,
+                 device: str = "auto") -> dict:
+    """Train ``method`` on what it may see; writes ``model.pt`` and ``train_info.json``."""
+    m = get_method(method)
+    train = load_slices(train_path)
+    val = load_slices(val_path, allow_empty=True)
+    data = m.training_data(params, train)
+    out_dir = ensure_dir(out_dir)
+    _discard_stale_checkpoint(params, method, train_path, out_dir)
+    dev = device_from_arg(device)
+    t0 = time.perf_counter()
+    info = m.train(params, data, val, out_dir, dev) or {}
+    info = {"method": method, "access": m.access.value, "device": _device_name(dev),
+            "train_wall_s": round(time.perf_counter() - t0, 3), **info}
+    if not (out_dir / "model.pt").is_file():
+        raise LmidError(f"{method}: training finished without writing {out_dir / 'model.pt'}")
+    if not (out_dir / "train_log.csv").is_file():  # methods without iterations (identity, histmatch)
+        write_text(out_dir / "train_log.csv", "step,loss\n")
+    write_json(out_dir / "train_info.json", info)
+    return info
+
+
+def _device_name(dev) -> str:
+    import torch
+
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def training_fingerprint(params: Params, method: str, train_path: Path) -> str:
+    """Hash of what a training run depends on: its params sections, the seed and the data."""
+    sections = {name: getattr(params, name).model_dump(mode="json") for name in TRAIN_PARAM_SECTIONS[method]}
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"seed": params.seed, "method": method, **sections}, sort_keys=True).encode())
+    with open(train_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _discard_stale_checkpoint(params: Params, method: str, train_path: Path, out_dir: Path) -> None:
+    """Resume only a checkpoint made with the same params and data; otherwise start afresh."""
+    fingerprint = training_fingerprint(params, method, train_path)
+    stamp = out_dir / "fingerprint.txt"
+    ckpt = out_dir / "checkpoint.pt"
+    if ckpt.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
+        log.warning("%s: %s was made with other parameters or data; starting afresh", method, ckpt)
+        ckpt.unlink()
+    elif ckpt.exists():
+        from lmid.checkpoint import load_checkpoint
+
+        step = load_checkpoint(ckpt).get("step", "?")
+        log.info("%s: resuming from %s (step %s)", method, ckpt, step)
+    write_text(stamp, fingerprint + "\n")
+
+
+def shard_indices(n: int, shard: int, num_shards: int) -> np.ndarray:
+    if not 0 <= shard < num_shards:
+        raise LmidError(f"shard {shard} is outside 0..{num_shards - 1}")
+    return np.array_split(np.arange(n), num_shards)[shard]
+
+
+def slice_seeds(seed: int, n: int) -> np.ndarray:
+    """One seed per slice of a split, independent of sharding."""
+    return np.random.default_rng(seed).integers(0, 2**31 - 1, size=n)
+
+
+def translate_shard(params: Params, method: str, model_path: Path | None, slices_path: Path, out_path: Path,
+                    source_modality: str | None = None, shard: int = 0, num_shards: int = 1,
+                    samples: int | None = None, device: str = "auto", limit: int = 0) -> dict:
+    """Translate one shard of a split and write ``out_path`` (.npz)."""
+    split = load_slices(slices_path)
+    m = get_method(method)
+    src_name = source_modality or params.data.source_modality
+    try:
+        source = split.modality(src_name, params.data.source_modality, params.data.target_modality)
+    except KeyError as err:
+        raise InputFileError(slices_path, str(err.args[0])) from None
+    n = len(split) if not limit else min(limit, len(split))
+    idx = shard_indices(n, shard, num_shards)
+    dev = device_from_arg(device)
+    model = m.load(params, Path(model_path) if model_path else None, dev)
+    seeds = slice_seeds(params.seed + 7919, len(split))[idx]
+    samples = samples or (params.lmidiffusion.sampler.samples if method == "lmidiffusion" else 1)
+    t0 = time.perf_counter()
+    result = m.translate(params, model, source[idx], seeds, dev, samples=samples) if len(idx) else None
+    wall = time.perf_counter() - t0
+    h, w = split.shape
+    image = result.image.astype(np.float32) if result else np.zeros((0, h, w), np.float32)
+    if image.shape != (len(idx), h, w):
+        raise LmidError(f"{method}: translate returned shape {image.shape}, expected {(len(idx), h, w)}")
+    std = result.std if result is not None and result.std is not None else np.zeros_like(image)
+    info = dict(result.info) if result else {}
+    save_npz(out_path, image=np.clip(image, 0.0, 1.0), std=std.astype(np.float32), index=idx.astype(np.int64),
+             nfe=np.asarray(result.nfe if result else 0), wall_s=np.asarray(wall),
+             source_modality=np.asarray(src_name), method=np.asarray(method))
+    return {"slices": len(idx), "wall_s": wall, **info}
+
+
+def gather(method: str, shard_paths: list[Path], slices_path: Path, manifest_path: Path, out_path: Path,
+           nifti_dir: Path | None = None) -> dict:
+    """Join shard files in slice order; write translations and per-subject NIfTI volumes."""
+    split = load_slices(slices_path)
+    parts = [load_npz(p, ("image", "std", "index", "nfe", "wall_s")) for p in shard_paths]
+    index = np.concatenate([p["index"] for p in parts]) if parts else np.zeros(0, np.int64)
+    if len(np.unique(index)) != len(index):
+        raise LmidError(f"{method}: shards overlap (slice indices repeated across {list(map(str, shard_paths))})")
+    order = np.argsort(index)
+    index = index[order]
+    image = np.concatenate([p["image"] for p in parts])[order]
+    std = np.concatenate([p["std"] for p in parts])[order]
+    wall = np.concatenate([np.full(len(p["index"]), float(p["wall_s"]) / max(1, len(p["index"]))) for p in parts])[order]
+    nfe = np.concatenate([np.full(len(p["index"]), int(p["nfe"])) for p in parts])[order]
+    src_mod = str(parts[0]["source_modality"]) if parts and "source_modality" in parts[0] else ""
+    save_npz(out_path, image=image, std=std, index=index, subject=split.subject[index],
+             slice_index=split.slice_index[index], nfe=nfe, wall_s=wall, source_modality=np.asarray(src_mod),
+             method=np.asarray(method))
+    if nifti_dir is not None:
+        write_nifti(method, image, std, split.subject[index], split.slice_index[index], manifest_path, Path(nifti_dir))
+    return {"slices": int(len(index)), "wall_s_total": float(wall.sum())}
+
+
+def write_nifti(method: str, image: np.ndarray, std: np.ndarray, subjects: np.ndarray, slice_index: np.ndarray,
+                manifest_path: Path, out_dir: Path) -> None:
+    """One NIfTI per subject on the prepared slice grid, with the affine recorded by ``prepare``.
+
+    Axial slices that were not selected are left at 0; a viewer shows the volume in world
+    coordinates aligned with the source volume.
+    """
+    manifest = read_json(manifest_path)
+    geometry = manifest.get("subjects", {})
+    ensure_dir(out_dir)
+    for sid in np.unique(subjects):
+        g = geometry.get(str(sid))
+        if g is None:
+            raise InputFileError(manifest_path, f"no geometry recorded for subject {sid}")
+        sel = subjects == sid
+        depth = int(g["n_axial"])
+        vol = np.zeros((image.shape[1], image.shape[2], depth), np.float32)
+        unc = np.zeros_like(vol)
+        for img, sd, z in zip(image[sel], std[sel], slice_index[sel]):
+            vol[:, :, int(z)] = img
+            unc[:, :, int(z)] = sd
+        affine = np.asarray(g["slice_affine"], dtype=np.float64)
+        save_volume(out_dir / f"{sid}-{method}.nii.gz", vol, affine)
+        if np.any(unc):
+            save_volume(out_dir / f"{sid}-{method}-std.nii.gz", unc, affine)

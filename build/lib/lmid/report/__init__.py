@@ -1,0 +1,1 @@
+"""The report: figures (matplotlib) and the self-contained HTML page."""
