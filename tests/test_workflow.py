@@ -136,3 +136,26 @@ def test_slurm_profile_resolves_from_root():
     assert res.returncode == 0, res.stderr[-2000:]
     cfg = (ROOT / "slurm" / "config.yaml").read_text()
     assert "executor: slurm" in cfg
+
+
+def test_fresh_copy_without_data_runs_everything(tmp_path):
+    """A copy with the committed demo report but no data/ (an archive, a clone whose checkout gave
+    every file one timestamp) must plan the whole pipeline, not report "nothing to be done"."""
+    import os
+    import shutil
+
+    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    shutil.copytree(ROOT / "reports", tmp_path / "reports")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for path in tmp_path.rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    res = subprocess.run(
+        [str(BIN / "snakemake"), "--cores", "1", "--dry-run", "--nocolor"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, flags=re.M))
+    assert planned.get("generate") == "1" and planned.get("report") == "1", res.stdout[-2000:]

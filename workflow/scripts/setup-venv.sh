@@ -13,6 +13,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "Setting up .venv (first run: a few minutes) ..."
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install --quiet ${LMID_TORCH:-torch==2.13.0}
-  .venv/bin/python -m pip install --quiet -e .
+  .venv/bin/python -m pip install -qq -e .  # -qq: hide setuptools' editable-install notice; errors still show
   echo "$want" > "$stamp"
 fi
