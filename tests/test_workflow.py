@@ -7,7 +7,9 @@ DVC's from its resolved stages. Log redirections are Snakemake's only extra.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -141,9 +143,6 @@ def test_slurm_profile_resolves_from_root():
 def test_fresh_copy_without_data_runs_everything(tmp_path):
     """A copy with the committed demo report but no data/ (an archive, a clone whose checkout gave
     every file one timestamp) must plan the whole pipeline, not report "nothing to be done"."""
-    import os
-    import shutil
-
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
     shutil.copytree(ROOT / "reports", tmp_path / "reports")
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
