@@ -45,6 +45,8 @@ def experiment(source):
 
 
 EXPERIMENTS = {experiment(s): s for s in SOURCES}
+# Per-slice scores of every method and experiment (evaluate's outputs).
+ALL_SCORES = expand(f"{METRICS}/{{experiment}}/{{method}}.csv", experiment=EXPERIMENTS, method=METHODS)
 
 
 def get_raw_input(wildcards=None):

@@ -27,7 +27,7 @@ rule evaluate:
 
 rule aggregate:
     input:
-        metrics=expand(f"{METRICS}/{{experiment}}/{{method}}.csv", experiment=EXPERIMENTS, method=METHODS),
+        metrics=ALL_SCORES,
         sampler=expand(f"{METRICS}/sampler/{{setting}}.csv", setting=P.evaluate.sampler_settings)
         if "lmidiffusion" in METHODS
         else [],

@@ -10,7 +10,7 @@ rule report:
         translations=expand(
             f"{TRANSLATIONS}/{{experiment}}/{{method}}/translations.npz", experiment=EXPERIMENTS, method=METHODS
         ),
-        scores=expand(f"{METRICS}/{{experiment}}/{{method}}.csv", experiment=EXPERIMENTS, method=METHODS),
+        scores=ALL_SCORES,
         logs=expand(f"{MODELS}/{{method}}/train_log.csv", method=METHODS),
         infos=expand(f"{MODELS}/{{method}}/train_info.json", method=METHODS),
         segmenter=f"{MODELS}/kmeans.json",
