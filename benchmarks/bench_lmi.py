@@ -123,7 +123,7 @@ def loop_reference(source, target, mode="authors", window=3):
     def at(img, row, col):
         return img[row, col] if row is not None and col is not None and 0 <= row < h and 0 <= col < w else 0.0
 
-    def fold(i, k, n):  # R(i, k) of METHOD.md section 3
+    def fold(i, k, n):  # R(i, k), the folded rows of docs/method.md §3
         if k == -1:
             return i if i > 0 else None
         if k == 3:

@@ -10,7 +10,15 @@ compilation or the memory of one measurement does not touch the others:
   Adam step and EMA update (the project's ``Ema``);
 * ``unet`` — the U-Net alone on a fixed 3-channel input: forward, ε-MSE, backward (no LMI, no
   optimiser step);
-* ``lmi`` — the two LMI maps of a step alone (no grad; float32 whatever the variant, as in training).
+* ``lmi`` — the step's LMI work alone (no grad; float32 whatever the variant, as in training):
+  LMI(x_0, x_{t+1}) plus LMI(x_0, x_0) looked up in the trainer's per-slice cache;
+* ``full_nocache`` / ``lmi_nocache`` — the same with ``train.cache_self_lmi`` off, i.e. both maps
+  computed at every step;
+* ``full_baseline`` / ``lmi_baseline`` — also without the LMI layer's source-bin window
+  (``lmid.lmi.SOURCE_WINDOW = 0``): the step as it was before either speed-up.
+
+The cached parts time the steady state of a long run: before timing, the cache is filled for
+every training slice (at most 32 of them) and every augmentation variant.
 
 Variants of the U-Net part of the step:
 
@@ -55,7 +63,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("fp32", "bf16", "channels_last", "bf16_channels_last", "compile")
 CUDA_ONLY = {"bf16", "channels_last", "bf16_channels_last"}
-PARTS = ("full", "unet", "lmi")
+PARTS = ("full", "full_nocache", "full_baseline", "unet", "lmi", "lmi_nocache", "lmi_baseline")
 
 
 # --------------------------------------------------------------------------- worker
@@ -71,7 +79,7 @@ def _worker(spec: dict) -> dict:
     sys.path.insert(0, str(ROOT))
     from lmid.config import load_params
     from lmid.diffusion.model import autocast_for
-    from lmid.diffusion.trainer import Ema, LmiDiffusionTrainer
+    from lmid.diffusion.trainer import Ema, LmiDiffusionTrainer, gaussian_blur
     from lmid.diffusion.unet import build_unet, check_image_size, count_parameters
 
     if spec["threads"]:
@@ -89,12 +97,12 @@ def _worker(spec: dict) -> dict:
     if data_path is not None and data_path.is_file():
         from lmid.data.slices import load_slices
 
-        images = torch.as_tensor(load_slices(data_path).target[:256])[:, None]
+        images = torch.as_tensor(load_slices(data_path).target[:32])[:, None]
         if images.shape[-1] != size or images.shape[-2] != size:
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         images = images.clamp(0.0, 1.0)
     else:
-        images = torch.rand((64, 1, size, size), generator=torch.Generator().manual_seed(0))
+        images = torch.rand((32, 1, size, size), generator=torch.Generator().manual_seed(0))
     data = images.to(device)
 
     torch.manual_seed(0)
@@ -110,14 +118,34 @@ def _worker(spec: dict) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=dp.train.lr)
     ema = Ema(net, dp.train.ema_decay)
 
+    trainer.prepare_data(data)
+    if part.endswith("_baseline"):
+        import lmid.lmi
+
+        lmid.lmi.SOURCE_WINDOW = 0
+    if part.endswith(("_nocache", "_baseline")):
+        trainer._self_cache = None
+    elif part in ("full", "lmi") and trainer._self_cache is not None:
+        # Steady state of a long run: every (slice, variant) map already cached.
+        levels = trainer.blur_sigmas()
+        n_aug = (len(levels) if levels is not None else 0) + 1
+        for v in range(trainer._self_cache.shape[1]):
+            flip, level = divmod(v, n_aug)
+            x = data.flip(-1) if flip else data
+            if level:
+                radius = max(1, int(np.ceil(3.0 * max(dp.train.blur_sigma))))
+                x = gaussian_blur(x, levels[level - 1].expand(len(x)).to(device), radius)
+            idx = torch.arange(len(data), device=device)
+            trainer.self_lmi(x, idx, torch.full_like(idx, v))
+
     def draw():
         idx = torch.randint(0, len(data), (batch,), generator=gen)
-        x0 = trainer._augment(data[idx.to(device)], gen)
+        x0, variant = trainer._augment(data[idx.to(device)], gen)
         t = trainer._timesteps(batch, gen).to(device)
         eps = torch.randn(x0.shape, generator=gen).to(device)
         x_t = schedule.add_noise(x0, eps, t)
         x_next = schedule.add_noise(x0, eps, (t + 1).clamp_max(schedule.T - 1))
-        return x0, x_t, x_next, t, eps
+        return x0, x_t, x_next, t, eps, idx, variant
 
     def forward_backward(inp, t, eps):
         if channels_last:
@@ -128,27 +156,27 @@ def _worker(spec: dict) -> dict:
         loss.backward()
         return loss
 
-    if part == "full":
+    if part.startswith("full"):
         def step():
-            x0, x_t, x_next, t, eps = draw()
-            inp = trainer.network_input(x0, x_t, x_next)
+            x0, x_t, x_next, t, eps, idx, variant = draw()
+            inp = trainer.network_input(x0, x_t, x_next, idx, variant)
             opt.zero_grad(set_to_none=True)
             forward_backward(inp, t, eps)
             torch.nn.utils.clip_grad_norm_(net.parameters(), dp.train.grad_clip)
             opt.step()
             ema.update(net)
     elif part == "unet":
-        x0, x_t, x_next, t_fixed, eps_fixed = draw()
+        x0, x_t, x_next, t_fixed, eps_fixed, _, _ = draw()
         inp_fixed = trainer.network_input(x0, x_t, x_next)
 
         def step():
             net.zero_grad(set_to_none=True)
             forward_backward(inp_fixed, t_fixed, eps_fixed)
     else:
-        x0, x_t, x_next, _, _ = draw()
+        x0, x_t, x_next, _, _, idx, variant = draw()
 
         def step():
-            trainer.network_input(x0, x_t, x_next)
+            trainer.network_input(x0, x_t, x_next, idx, variant)
 
     def sync():
         if device.type == "cuda":
@@ -224,6 +252,22 @@ def _device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible)"
 
 
+def _speedup_lines(rows: list[dict]) -> list[str]:
+    """Throughput of the whole step against the step before the speed-ups, and LMI's share of it."""
+    by = {(r["preset"], r["size"], r["batch"], r["part"], r["variant"]): r for r in rows if r.get("status") == "ok"}
+    out = []
+    for (preset, size, batch, part, variant), r in sorted(by.items()):
+        base = by.get((preset, size, batch, "full_baseline", variant))
+        if part != "full" or base is None:
+            continue
+        lmi = by.get((preset, size, batch, "lmi", "fp32"))
+        share = f"; LMI is {100 * lmi['s_per_step'] / r['s_per_step']:.0f} % of the step" if lmi else ""
+        out.append(f"- {preset} {size} px, batch {batch}, {variant}: {r['images_per_s'] / base['images_per_s']:.2f}x "
+                   f"the images/s of the step before the speed-ups ({base['s_per_step']:.3f} -> "
+                   f"{r['s_per_step']:.3f} s){share}")
+    return (["## Speed-up", ""] + out) if out else []
+
+
 def _markdown(result: dict) -> str:
     meta = result["meta"]
     lines = [
@@ -232,9 +276,11 @@ def _markdown(result: dict) -> str:
         f"- device: {meta['device_name'] if meta['device'] == 'cpu' else meta['device'] + ' (' + meta['device_name'] + ')'}; "
         f"torch {meta['torch']}; "
         f"{meta['torch_threads']} torch thread(s) per worker; last run {meta['date']}",
-        "- `full`: one whole LMIDiffusion training step (augment, noise, two LMI maps, U-Net forward + backward, "
-        "clip, Adam, EMA); `unet`: U-Net forward + ε-MSE + backward on a fixed input; `lmi`: the step's two LMI "
-        "maps alone",
+        "- `full`: one whole LMIDiffusion training step (augment, noise, LMI(x0, x_t+1) and the cached "
+        "LMI(x0, x0), U-Net forward + backward, clip, Adam, EMA); `full_nocache`: the same with both maps "
+        "computed every step; `full_baseline`: also without the LMI source-bin window (the step before either "
+        "speed-up); `unet`: U-Net forward + ε-MSE + backward on a fixed "
+        "input; `lmi` / `lmi_nocache` / `lmi_baseline`: the step's LMI work alone, likewise",
         "- images/s = batch x timed steps / wall time of the timed loop (after the warm-up steps; "
         "device synchronised on CUDA); first step = the first warm-up step (includes compilation)",
         "",
@@ -257,7 +303,7 @@ def _markdown(result: dict) -> str:
             mem = f"{r['peak_rss_bytes'] / 2**20:.0f} (+{grow:.0f})"
         lines.append(f"{head} {r['images_per_s']:.2f} | {r['s_per_step']:.3f} | {r['cpu_s_per_step']:.3f} "
                      f"| {r['first_step_s']:.2f} | {mem} |")
-    lines += ["", "Peak memory: " + meta["memory_metric"]]
+    lines += ["", "Peak memory: " + meta["memory_metric"], "", *_speedup_lines(result["results"])]
     if meta.get("notes"):
         lines += ["", "## Notes", "", *[f"- {n}" for n in meta["notes"]]]
     lines += ["", "Commands:", "", "```", *meta["commands"], "```"]
@@ -309,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = []
     for part in args.parts:
-        for variant in (["fp32"] if part == "lmi" else args.variants):
+        for variant in (["fp32"] if part.startswith("lmi") else args.variants):
             plan.append((part, variant))
     rows = []
     for part, variant in plan:

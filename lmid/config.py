@@ -200,6 +200,16 @@ class DiffusionTrainParams(TrainParams):
     flip_prob: float = Field(default=0.5, ge=0, le=1)
     blur_prob: float = Field(default=0.5, ge=0, le=1)
     blur_sigma: tuple[float, float] = (0.1, 1.0)
+    #: Blur σ levels: 0 draws σ uniformly from ``blur_sigma``; N > 0 draws one of N evenly spaced
+    #: levels on it, so every augmented slice is one of 2·(N + 1) variants whose LMI(x_0, x_0)
+    #: map can be cached (see ``cache_self_lmi``).
+    blur_levels: int = Field(default=4, ge=0, le=64)
+    #: LMIDiffusion: compute LMI(x_0, x_0) once per training slice and augmentation variant
+    #: instead of at every step (same numbers; off only to time the uncached step).
+    cache_self_lmi: bool = True
+    #: Also keep the EMA weights every this many steps (0 = never) under ``snapshots/``, for the
+    #: convergence curve; a snapshot is a few MB at demo size.
+    snapshot_every: int = Field(default=0, ge=0)
     #: bf16 autocast and channels_last on CUDA (ignored on CPU).
     mixed_precision: bool = True
 
@@ -210,6 +220,9 @@ class SamplerParams(Section):
     #: Network evaluations per chain. Ancestral with ``steps`` >= T walks every timestep (the
     #: paper); fewer walks an evenly spaced sub-sequence (respaced DDPM).
     steps: int = Field(default=1000, ge=1)
+    #: How few-step samplers place their steps: ``uniform``, ``quad`` (dense at small t, where
+    #: the LMI map of x_t is informative) or ``trailing``; see ``NoiseSchedule.timesteps``.
+    spacing: Literal["uniform", "quad", "trailing"] = "uniform"
     eta: float = Field(default=0.0, ge=0, le=1)
     #: Start from pure noise (the paper) or from the source noised to ``start_t`` (a fraction of T).
     start: Literal["noise", "source"] = "noise"
@@ -362,22 +375,39 @@ class SegmentParams(Section):
         return self
 
 
+#: A sampler setting of the sampler table, e.g. ``ddim-20-quad`` (kind, steps, optional spacing).
+SAMPLER_SETTING = r"(ancestral|ddim)-[1-9][0-9]*(-(uniform|quad|trailing))?"
+
+
+def parse_sampler_setting(setting: str) -> dict:
+    """``ddim-20-quad`` → {kind: ddim, steps: 20, spacing: quad} (spacing defaults to uniform)."""
+    import re
+
+    if not re.fullmatch(SAMPLER_SETTING, setting):
+        raise ValueError(f"{setting!r} is not '<ancestral|ddim>-<steps>[-<uniform|quad|trailing>]'")
+    kind, steps, *rest = setting.split("-")
+    return {"kind": kind, "steps": int(steps), "spacing": rest[0] if rest else "uniform"}
+
+
 class EvaluateParams(Section):
     bootstrap: int = Field(default=2000, ge=100)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     #: The method every other one is compared against (paired Wilcoxon signed-rank test).
     reference_method: MethodName = "lmidiffusion"
-    #: Sampler table: LMIDiffusion settings ``<kind>-<steps>`` run on ``sampler_slices`` validation slices.
+    #: Sampler table: LMIDiffusion settings ``<kind>-<steps>[-<spacing>]`` (spacing ``uniform`` when
+    #: left out) run on ``sampler_slices`` validation slices.
     sampler_settings: list[str] = ["ancestral-1000", "ddim-100", "ddim-50", "ddim-25", "ddim-10"]
     sampler_slices: int = Field(default=16, ge=1)
+    #: Validation slices of ``lmid diagnose`` (ablation, oracle, convergence curve).
+    diagnostic_slices: int = Field(default=16, ge=2)
 
     @model_validator(mode="after")
     def _settings(self):
         import re
 
         for s in self.sampler_settings:
-            if not re.fullmatch(r"(ancestral|ddim)-[1-9][0-9]*", s):
-                raise ValueError(f"sampler_settings: {s!r} is not '<ancestral|ddim>-<steps>'")
+            if not re.fullmatch(SAMPLER_SETTING, s):
+                raise ValueError(f"sampler_settings: {s!r} is not '<ancestral|ddim>-<steps>[-<uniform|quad|trailing>]'")
         return self
 
 
@@ -388,10 +418,20 @@ class ReportParams(Section):
 
 
 # -------------------------------------------------------------------------------------- root
+class PathsParams(Section):
+    """Where a run writes: intermediate files (git-ignored, DVC-tracked) and the report a reader opens.
+
+    Each preset gets its own pair, so the study does not overwrite the committed demo report."""
+
+    data: str = "data"
+    reports: str = "reports"
+
+
 class Params(Section):
     seed: int = Field(default=1234, ge=0)
-    preset: Literal["demo", "paper", "test"] = "demo"
+    preset: Literal["demo", "study", "paper", "test"] = "demo"
     methods: list[MethodName] = list(METHOD_NAMES)
+    paths: PathsParams = PathsParams()
     data: DataParams = DataParams()
     simulate: SimulateParams = SimulateParams()
     prepare: PrepareParams = PrepareParams()

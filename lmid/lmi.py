@@ -5,7 +5,7 @@ candidate target patches near it and keeps the largest normalised mutual informa
 
     LMI(i, j) = max over candidates (a, b) of  NMI(P_s(i, j), P_t(i, j; a, b))
 
-Estimator (one patch pair of ``n = window**2`` pixels, see METHOD.md section 3):
+Estimator (one patch pair of ``n = window**2`` pixels, see docs/method.md §3):
 
 * intensities ``u = 255 * source``, ``v = 255 * target`` (``trunc``-ated to integers in
   ``"authors"`` mode); pixels outside the image have value 0 (zero padding);
@@ -25,7 +25,7 @@ About ``sigma``: the released layer stores ``2 * sigma**2`` in the attribute it 
 ``exp(-r**2 / 128)``; it is *not* ``exp(-r**2 / 8)``.  We keep ``sigma`` as the configured value
 and apply the same mapping in both modes.  (Checked: with std 8 an identical random 3x3 patch
 scores ~0.52 and independent noise ~0.39 before the max over candidates, ~0.515 / ~0.40 after
-it, close to the ~0.53 / ~0.41 quoted in METHOD.md; with std 2 the NMI would exceed 1.)
+it, close to the ~0.53 / ~0.41 quoted in docs/method.md §3; with std 2 the NMI would exceed 1.)
 Validated against the released code run as is: max abs difference <= 9e-7 (float32) on
 128x128 random, identical, smooth and out-of-range image pairs.
 
@@ -122,6 +122,52 @@ def _normalise(p: torch.Tensor, dim) -> torch.Tensor:
     return p / (p.sum(dim=dim, keepdim=True) + EPS)
 
 
+#: Source-side bin window of the no-grad path (0 = off). A clean image's 3x3 patch usually spans a
+#: few grey levels, so its kernel vectors are negligible outside ~11-14 of the 27 bins; joints and
+#: their entropy are then taken over those bins only (about half the work). See _source_window.
+SOURCE_WINDOW = 14
+#: A source bin is left out when every patch pixel's kernel value there is below this fraction of
+#: that pixel's own largest kernel value: the joint mass left out is then at most bins * tau of
+#: the total (2.7e-8 for 27 bins), which moves an entropy by ~1e-6 bits at most.
+WINDOW_TAU = 1e-9
+
+
+def _source_window(ks: torch.Tensor, width: int):
+    """Per pixel, the first bin of a ``width``-bin window holding every non-negligible source bin.
+
+    ``ks``: (n, w*w, bins) source kernel vectors of each pixel's patch. Returns ``(start, fits)``:
+    ``fits[p]`` is False where the significant bins span more than ``width``.
+    """
+    bins = ks.shape[-1]
+    peak = ks.amax(dim=-1, keepdim=True)
+    keep = (ks >= WINDOW_TAU * peak) & (peak > 0)
+    used = keep.any(dim=1)  # (n, bins)
+    idx = torch.arange(bins, device=ks.device)
+    lo = torch.where(used, idx, bins).amin(dim=-1)
+    hi = torch.where(used, idx, -1).amax(dim=-1)
+    fits = (hi - lo + 1) <= width
+    start = lo.clamp(min=0, max=bins - width)
+    return start, fits
+
+
+def _joint_entropy_nograd(rhs, ks, total, out, log_buf):
+    """Joint entropies (n, cand) from K_t (n, cand*bins, npx) and K_s (n, npx, bs); no autograd.
+
+    Reused buffers (fresh multi-MB allocations cost page faults on CPU) and few passes over the
+    joint. With p = J / T, -sum p log2 p = (T' log2 T - sum J log2 J) / T, T' = sum J = T - eps.
+    Leaving out the released layer's "+ eps" inside the log changes each term by at most ~eps,
+    i.e. the entropy by < 1e-7 bits. Zeros are lifted to the smallest normal float
+    (0 * log2(tiny) = 0): log2 of 0 or of subnormals is ~10x slower on x86. Every non-zero joint
+    entry is >= 4 tiny already (see _parzen), so nothing else moves.
+    """
+    n, cand = total.shape
+    joint = torch.bmm(rhs, ks, out=out).view(n * cand, -1)
+    log_j = log_buf.view(n * cand, -1)
+    torch.clamp_min(joint, torch.finfo(joint.dtype).tiny, out=log_j).log2_()
+    jlogj = log_j.mul_(joint).sum(-1).view(n, cand)
+    return ((total - EPS) * torch.log2(total) - jlogj) / total
+
+
 def _chunk_nmi(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride, workspace=None):
     """Max-over-candidates NMI for a chunk of pixels.
 
@@ -160,18 +206,31 @@ def _chunk_nmi(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride, workspace=No
         joint = torch.bmm(rhs, ks).view(n, cand, bins * bins) / total[..., None]
         h_st = _entropy_bits(joint, -1)  # (n, cand)
     else:
-        # No autograd: reused buffers (fresh multi-MB allocations cost page faults on CPU)
-        # and few passes over the joint.  With p = J / T,
-        #   -sum p log2 p = (T' log2 T - sum J log2 J) / T,   T' = sum J = T - eps.
-        # Leaving out the released layer's "+ eps" inside the log changes each term by at most
-        # ~eps, i.e. the entropy by < 1e-7 bits.  Zeros are lifted to the smallest normal
-        # float (0 * log2(tiny) = 0): log2 of 0 or of subnormals is ~10x slower on x86.  Every
-        # non-zero joint entry is >= 4 tiny already (see _parzen), so nothing else moves.
-        joint = torch.bmm(rhs, ks, out=workspace[0][:n]).view(n * cand, bins * bins)
-        log_j = workspace[1][:n].view(n * cand, bins * bins)
-        torch.clamp_min(joint, torch.finfo(joint.dtype).tiny, out=log_j).log2_()
-        jlogj = log_j.mul_(joint).sum(-1).view(n, cand)
-        h_st = ((total - EPS) * torch.log2(total) - jlogj) / total
+        buf, log_buf = workspace[0].view(-1), workspace[1].view(-1)
+        width = SOURCE_WINDOW
+        if 0 < width < bins:
+            start, fits = _source_window(ks, width)
+        else:
+            fits = torch.zeros(n, dtype=torch.bool, device=ks.device)
+        h_st = torch.empty_like(total)
+        narrow = fits.nonzero().squeeze(1)
+        wide = (~fits).nonzero().squeeze(1)
+        if len(narrow):
+            # Only the source bins start .. start + width - 1 of each pixel (see SOURCE_WINDOW).
+            cols = (start[narrow, None] + torch.arange(width, device=ks.device)).unsqueeze(1)
+            ks_w = ks[narrow].gather(2, cols.expand(-1, npx, -1))
+            m = len(narrow)
+            size = m * cand * bins * width
+            h_st[narrow] = _joint_entropy_nograd(rhs[narrow], ks_w, total[narrow],
+                                                 buf[:size].view(m, cand * bins, width),
+                                                 log_buf[:size].view(m, cand * bins, width))
+        if len(wide):
+            m = len(wide)
+            size = m * cand * bins * bins
+            sub = rhs if m == n else rhs[wide]
+            h_st[wide] = _joint_entropy_nograd(sub, ks if m == n else ks[wide], total[wide],
+                                               buf[:size].view(m, cand * bins, bins),
+                                               log_buf[:size].view(m, cand * bins, bins))
 
     nmi = 2.0 * (h_s + h_t - h_st + EPS) / (h_s + h_t + EPS)
     return nmi.amax(dim=1)

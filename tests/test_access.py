@@ -2,7 +2,7 @@
 
 The synthetic training split makes leaks visible: every slice is distinct, the source slice is
 1 − its target, and every subject has its own id. Each method's ``training_data`` must then hold
-exactly what its ``access`` allows (METHOD.md §2 and §5):
+exactly what its ``access`` allows (docs/method.md §2 and §5):
 
 * lmidiffusion, sdedit, stylegan2, histmatch: target slices only, nothing equal to a source slice;
 * cyclegan: the targets plus round(0.11·N) source slices of training subjects, not paired;

@@ -201,8 +201,8 @@ def test_lmi_trainer_input_channels(tmp_path):
     seen = []
     real = trainer.network_input
 
-    def spy(x0, x_t, x_next):
-        out = real(x0, x_t, x_next)
+    def spy(x0, x_t, x_next, idx=None, variant=None):
+        out = real(x0, x_t, x_next, idx, variant)
         seen.append((x0, x_t, x_next, out))
         return out
 
@@ -216,6 +216,38 @@ def test_lmi_trainer_input_channels(tmp_path):
     assert torch.allclose(inp[:, 1:2], local_mutual_information(x0, x_next))
     assert torch.allclose(inp[:, 2:3], local_mutual_information(x0, x0))
     assert not torch.equal(x_t, x_next)
+
+
+@pytest.mark.parametrize("blur_levels", [2, 0])
+def test_cached_self_lmi_equals_recomputed(tmp_path, blur_levels):
+    """LMI(x_0, x_0) from the per-slice cache is the map of the augmented slice, at every step,
+    and training with and without the cache gives the same weights."""
+    from lmid.lmi import local_mutual_information
+
+    params = tiny_diffusion(steps=12, blur_levels=blur_levels, flip_prob=0.5, blur_prob=0.5)
+    trainer = LmiDiffusionTrainer(params, LmiParams(), seed=3, out_dir=tmp_path / "a", device=CPU)
+    seen = []
+    real = trainer.network_input
+
+    def spy(x0, x_t, x_next, idx=None, variant=None):
+        out = real(x0, x_t, x_next, idx, variant)
+        seen.append((x0, variant, out))
+        return out
+
+    trainer.network_input = spy
+    trainer.fit(blobs(3))
+    for x0, variant, inp in seen:
+        assert torch.allclose(inp[:, 2:3], local_mutual_information(x0, x0), atol=1e-6)
+    variants = torch.cat([v for _, v, _ in seen])
+    assert (variants >= 0).all() if blur_levels else (variants >= -1).all()
+    assert int(trainer._cached.sum()) >= 2  # some variants were cached ...
+    assert len(seen) * 4 > int(trainer._cached.sum())  # ... and reused
+
+    params = tiny_diffusion(steps=12, blur_levels=blur_levels, flip_prob=0.5, blur_prob=0.5, cache_self_lmi=False)
+    plain = LmiDiffusionTrainer(params, LmiParams(), seed=3, out_dir=tmp_path / "b", device=CPU)
+    plain.fit(blobs(3))
+    for k, v in trainer.ema.shadow.items():
+        assert torch.allclose(v, plain.ema.shadow[k], atol=1e-6), k
 
 
 def test_model_file_roundtrip(tmp_path):
@@ -233,3 +265,53 @@ def test_model_file_roundtrip(tmp_path):
 
     with pytest.raises(InputFileError, match="not 'lmidiffusion'"):
         DiffusionModel.load(tmp_path / "model.pt", CPU, method="lmidiffusion")
+
+
+def test_timestep_spacings():
+    s = NoiseSchedule(ScheduleParams())
+    for spacing in ("uniform", "quad", "trailing"):
+        seq = s.timesteps(999, 10, spacing)
+        assert seq[0] == 999 and seq == sorted(set(seq), reverse=True) and len(seq) <= 10
+    assert s.timesteps(999, 10, "uniform")[-1] == 0 and s.timesteps(999, 10, "quad")[-1] == 0
+    # quad: half of its steps below t = 250; uniform: a quarter of them
+    assert sum(t < 250 for t in s.timesteps(999, 10, "quad")) >= 5
+    assert sum(t < 250 for t in s.timesteps(999, 10, "uniform")) <= 3
+    # trailing: equal strides from the start, the last step at stride - 1
+    assert s.timesteps(999, 5, "trailing") == [999, 799, 599, 399, 199]
+    assert s.timesteps(9, 20, "quad") == list(range(9, -1, -1))  # enough steps: every index
+    with pytest.raises(ValueError, match="spacing"):
+        s.timesteps(999, 10, "cosine")
+
+
+def test_sampler_setting_strings():
+    from lmid.config import EvaluateParams, parse_sampler_setting
+
+    assert parse_sampler_setting("ddim-20-quad") == {"kind": "ddim", "steps": 20, "spacing": "quad"}
+    assert parse_sampler_setting("ancestral-1000") == {"kind": "ancestral", "steps": 1000, "spacing": "uniform"}
+    for bad in ("ddim-0", "ddim-20-cosine", "plms-10"):
+        with pytest.raises(ValueError):
+            parse_sampler_setting(bad)
+    with pytest.raises(ValueError, match="sampler_settings"):
+        EvaluateParams(sampler_settings=["ddim-20-cosine"])
+
+
+def test_training_fingerprint_ignores_run_length_and_sampler(tmp_path):
+    """A longer run of the same configuration resumes; a change of what it learns does not."""
+    from lmid.config import Params
+    from lmid.methods.runner import training_fingerprint
+
+    train = tmp_path / "train.npz"
+    train.write_bytes(b"slices")
+    base = Params()
+    fp = training_fingerprint(base, "lmidiffusion", train)
+    longer = base.model_copy(deep=True)
+    dump = longer.model_dump()
+    dump["diffusion"]["train"].update(steps=6000, checkpoint_every=7, snapshot_every=100)
+    dump["lmidiffusion"]["sampler"].update(steps=20, spacing="quad")
+    assert training_fingerprint(Params.model_validate(dump), "lmidiffusion", train) == fp
+    dump["diffusion"]["train"]["lr"] = 1e-3
+    assert training_fingerprint(Params.model_validate(dump), "lmidiffusion", train) != fp
+    dump = base.model_dump()
+    dump["cyclegan"]["train"]["steps"] = 10  # CycleGAN's learning-rate decay depends on its length
+    assert training_fingerprint(Params.model_validate(dump), "cyclegan", train) != \
+        training_fingerprint(base, "cyclegan", train)

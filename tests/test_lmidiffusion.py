@@ -122,6 +122,30 @@ def test_samples_give_mean_and_std(trained):
     assert (out.std >= 0).all() and out.std.max() > 0
     assert out.image.min() >= 0 and out.image.max() <= 1
     assert out.nfe == 3 * 3
+    # The scored image is chain 0 itself, not the (blurrier) mean of the chains.
+    one = method.translate(p, model, source, np.array([1, 2]), CPU, samples=1)
+    np.testing.assert_allclose(out.image, one.image, atol=1e-6)
+    assert out.mean.shape == out.image.shape and not np.allclose(out.mean, out.image)
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quad", "trailing"])
+def test_spacing_sets_the_visited_timesteps(trained, spacing):
+    params, _, model, _, _ = trained
+    seen = []
+    real = model.net.forward
+
+    def spy(x, timesteps, *args, **kwargs):
+        seen.append(int(timesteps[0]))
+        return real(x, timesteps, *args, **kwargs)
+
+    model.net.forward = spy
+    try:
+        sp = tiny_params(kind="ddim", steps=5, spacing=spacing).lmidiffusion.sampler
+        out = lmi_translate(model, slice_set(1, seed=7).source, np.array([1]), sp, 1, CPU)
+    finally:
+        del model.net.forward
+    assert seen == model.schedule.timesteps(39, 5, spacing)
+    assert out.info["spacing"] == spacing
 
 
 @pytest.mark.parametrize("kind,eta", [("ancestral", 0.0), ("ddim", 0.5)])
@@ -175,3 +199,36 @@ def test_wrong_model_is_refused(trained, tmp_path):
     params, method, _, _, out = trained
     with pytest.raises(InputFileError):
         get_method("sdedit").load(params, out / "model.pt", CPU)
+
+
+def test_diagnose_ablation_oracle_and_convergence(tmp_path):
+    """``lmid diagnose`` on a tiny model: a finite loss pair per timestep, oracle and source scores,
+    and one convergence point per training snapshot (plus the final model)."""
+    import json
+
+    from lmid.evaluation.diagnostics import diagnose
+    from lmid.evaluation.segment import KMeansSegmenter
+
+    params = Params.model_validate({**tiny_params().model_dump(), "diffusion": {
+        **tiny_params().diffusion.model_dump(), "train": {**tiny_params().diffusion.train.model_dump(),
+                                                        "steps": 4, "snapshot_every": 2}}})
+    method = get_method("lmidiffusion")
+    method.train(params, method.training_data(params, slice_set(6)), slice_set(2, seed=1), tmp_path, CPU)
+    snaps = sorted((tmp_path / "snapshots").glob("step*.pt"))
+    assert [p.name for p in snaps] == ["step0000002.pt", "step0000004.pt"]
+    val = slice_set(4, seed=8)
+    val.label[:] = np.where(val.target > 0.5, 3, 1)
+    val.has_label = True
+    val.save(tmp_path / "val.npz")
+    seg = KMeansSegmenter(centroids=(0.2, 0.5, 0.8), mapping=(1, 2, 3))
+    (tmp_path / "kmeans.json").write_text(json.dumps(seg.to_dict()))
+    out = diagnose(params, tmp_path / "model.pt", snaps, tmp_path / "val.npz", tmp_path / "kmeans.json",
+                   tmp_path / "diag.json", slices=3, device="cpu")
+    back = json.loads((tmp_path / "diag.json").read_text())
+    assert back["slices"] == 3 and len(back["ablation"]["timesteps"]) == 8
+    for row in back["ablation"]["timesteps"]:
+        assert row["loss_true"] > 0 and row["loss_shuffled"] > 0
+    assert [r["step"] for r in back["convergence"]] == [2, 4]
+    # The last snapshot is the final EMA model: its point equals the final model's score.
+    assert back["convergence"][-1]["ssim"] == pytest.approx(back["source"]["ssim"], abs=1e-6)
+    assert -1 <= out["oracle"]["ssim"] <= 1 and out["oracle"]["ssim"] != out["source"]["ssim"]

@@ -180,3 +180,45 @@ def test_evaluate_rejects_mismatched_inputs(tmp_path):
         evaluate_translations("sdedit", tmp_path / "tr.npz", tmp_path / "test.npz", tmp_path / "kmeans.json",
                               tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
+
+
+# ------------------------------------------------------------------------------ tissue contrast
+def _tissue_slice():
+    """Labels in three bands (CSF, GM, WM) and a T1-like target: CSF 0.2, GM 0.5, WM 0.8."""
+    label = np.zeros((12, 12), np.uint8)
+    label[2:10, 2:4], label[2:10, 4:7], label[2:10, 7:10] = 1, 2, 3
+    target = np.choose(label, [0.0, 0.2, 0.5, 0.8]).astype(np.float32)
+    return label, target
+
+
+def test_tissue_contrast_hand_values():
+    from lmid.evaluation.metrics import tissue_contrast
+
+    label, target = _tissue_slice()
+    same = tissue_contrast(target, target, label)
+    assert same == {"contrast_wm_gm": pytest.approx(1.0), "contrast_gm_csf": pytest.approx(1.0), "tissue_order": 1.0}
+    # Half the contrast around the same mean: both ratios 0.5, order kept.
+    half = np.where(label > 0, 0.5 + 0.5 * (target - 0.5), 0.0)
+    got = tissue_contrast(half, target, label)
+    assert got["contrast_wm_gm"] == pytest.approx(0.5) and got["contrast_gm_csf"] == pytest.approx(0.5)
+    # A flat (saturated) disc has no contrast and not the T1 order, whatever its SSIM.
+    flat = np.where(label > 0, 1.0, 0.0)
+    got = tissue_contrast(flat, target, label)
+    assert got == {"contrast_wm_gm": 0.0, "contrast_gm_csf": 0.0, "tissue_order": 0.0}
+    # PD-like order (CSF brightest) is reversed contrast.
+    inverted = np.where(label > 0, 1.0 - target, 0.0)
+    got = tissue_contrast(inverted, target, label)
+    assert got["contrast_wm_gm"] == pytest.approx(-1.0) and got["tissue_order"] == 0.0
+    # A missing class gives NaN rather than a number.
+    assert math.isnan(tissue_contrast(target, target, np.where(label == 1, 2, label))["contrast_gm_csf"])
+
+
+def test_score_slice_reports_the_ceiling():
+    label, target = _tissue_slice()
+    seg = KMeansSegmenter(centroids=(0.2, 0.5, 0.8), mapping=(1, 2, 3))
+    mask = label > 0
+    row = score_slice(np.zeros_like(target), target, mask, seg, label=label)
+    # K-Means on the real target finds the three bands exactly: the ceiling is 1 whatever the translation.
+    assert row["dice_ceiling"] == pytest.approx(1.0)
+    assert row["tissue_order"] == 0.0
+    assert set(COLUMNS) >= set(row)

@@ -116,21 +116,39 @@ def test_params_schema_is_current():
     assert committed == json.loads(json.dumps(json_schema())), "regenerate with: lmid schema --out workflow/schemas/params.schema.json"
 
 
-def test_paper_preset_is_complete_and_valid():
-    """The paper preset is a whole params file (Snakemake --configfile and `dvc` both read one)."""
+def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            out.add(f"{prefix}{key}")
+    return out
+
+
+@pytest.mark.parametrize("preset", ["paper", "study"])
+def test_presets_are_complete_and_valid(preset):
+    """A preset is a whole params file (Snakemake --configfile and `dvc` both read one): it sets
+    every key, so no default of lmid/config.py (the paper's values) fills a gap silently."""
     import yaml
 
-    from lmid.config import load_params
+    from lmid.config import Params, load_params
 
-    demo = yaml.safe_load((ROOT / "params.yaml").read_text())
-    paper_path = ROOT / "workflow/presets/paper.yaml"
-    paper = yaml.safe_load(paper_path.read_text())
-    assert set(paper) == set(demo)
-    p = load_params(paper_path)
-    assert p.preset == "paper" and p.prepare.size == 128
+    path = ROOT / f"workflow/presets/{preset}.yaml"
+    tree = yaml.safe_load(path.read_text())
+    assert _leaf_keys(tree) == _leaf_keys(Params().model_dump(mode="json"))
+    p = load_params(path)
+    assert p.preset == preset
     assert (p.prepare.slices.train, p.prepare.slices.test) == (300, 75)
-    assert p.lmidiffusion.sampler.kind == "ancestral" and p.lmidiffusion.sampler.steps == 1000
-    assert p.diffusion.unet.channels == (64, 128, 128, 128)
+    # Each preset writes under its own folders, so it never overwrites the demo's report.
+    assert p.paths.data != "data" and p.paths.reports != "reports"
+    assert p.data.root.startswith(p.paths.data + "/")
+    if preset == "paper":
+        assert p.prepare.size == 128
+        assert p.lmidiffusion.sampler.kind == "ancestral" and p.lmidiffusion.sampler.steps == 1000
+        assert p.diffusion.unet.channels == (64, 128, 128, 128)
+    else:
+        assert p.prepare.size == 64 and p.diffusion.train.snapshot_every > 0
 
 
 def test_slurm_profile_resolves_from_root():

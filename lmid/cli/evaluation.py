@@ -32,6 +32,22 @@ def register(sub) -> None:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
+        "diagnose", help="LMIDiffusion diagnostics: conditioning ablation, oracle, convergence curve",
+        description="On validation slices: the network's ε-loss with true and with shuffled LMI channels, the real "
+                    "target translated as if it were the source (oracle), and the translation scored at every "
+                    "training snapshot (MODEL_DIR/snapshots/step*.pt). Written as one JSON file.")
+    add_common(p)
+    p.add_argument("--model", type=Path, required=True, help="LMIDiffusion model.pt")
+    p.add_argument("--snapshots-dir", type=Path, default=None,
+                   help="folder of training snapshots step*.pt (default: MODEL_DIR/snapshots)")
+    p.add_argument("--val", type=Path, required=True, help="validation split (.npz)")
+    p.add_argument("--segmenter", type=Path, required=True, help="JSON written by 'lmid fit-segmenter'")
+    p.add_argument("--slices", type=int, default=8, help="validation slices used (0 = all; default %(default)s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, required=True, help="diagnostics (.json)")
+    p.set_defaults(func=_diagnose)
+
+    p = sub.add_parser(
         "aggregate", help="the paper's table with CIs and tests; DVC metrics",
         description="Summarise METRICS_DIR/<experiment>/<method>.csv (and METRICS_DIR/sampler/*.csv if present) "
                     "into OUT_DIR/metrics.json, OUT_DIR/summary.json and OUT_DIR/tables/ (Markdown, CSV, LaTeX), "
@@ -69,6 +85,18 @@ def _evaluate(args) -> None:
 
     load_params_from_args(args)  # validates the file even though scoring needs no parameter
     evaluate_translations(args.method, args.translations, args.slices, args.segmenter, args.out)
+
+
+def _diagnose(args) -> None:
+    from lmid.errors import LmidError
+    from lmid.evaluation.diagnostics import diagnose
+
+    if args.slices < 0:
+        raise LmidError(f"--slices must be >= 0, got {args.slices}")
+    folder = args.snapshots_dir or args.model.parent / "snapshots"
+    snapshots = sorted(folder.glob("step*.pt")) if folder.is_dir() else []
+    diagnose(load_params_from_args(args), args.model, snapshots, args.val, args.segmenter, args.out,
+             slices=args.slices, device=args.device)
 
 
 def _aggregate(args) -> None:

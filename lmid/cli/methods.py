@@ -29,8 +29,9 @@ def register(sub) -> None:
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--samples", type=int, default=None, help="samples per slice (mean + std map)")
-    p.add_argument("--sampler", default=None, metavar="KIND-STEPS",
-                   help="lmidiffusion sampler, e.g. ancestral-1000 or ddim-25 (overrides lmidiffusion.sampler)")
+    p.add_argument("--sampler", default=None, metavar="KIND-STEPS[-SPACING]",
+                   help="lmidiffusion sampler, e.g. ancestral-1000, ddim-25 or ddim-25-quad "
+                        "(overrides lmidiffusion.sampler)")
     p.add_argument("--limit", type=int, default=0, help="only the first N slices (0 = all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True, help="shard output (.npz)")
@@ -56,8 +57,14 @@ def _translate(args) -> None:
     from lmid.methods.runner import translate_shard
 
     if args.sampler:
-        kind, _, steps = args.sampler.partition("-")
-        args.overrides += [f"lmidiffusion.sampler.kind={kind}", f"lmidiffusion.sampler.steps={steps}"]
+        from lmid.config import parse_sampler_setting
+        from lmid.errors import ParamsError
+
+        try:
+            setting = parse_sampler_setting(args.sampler)
+        except ValueError as err:
+            raise ParamsError(f"--sampler: {err}") from None
+        args.overrides += [f"lmidiffusion.sampler.{k}={v}" for k, v in setting.items()]
     translate_shard(load_params_from_args(args), args.method, args.model, args.slices, args.out,
                     source_modality=args.source_modality, shard=args.shard, num_shards=args.num_shards,
                     samples=args.samples, device=args.device, limit=args.limit)

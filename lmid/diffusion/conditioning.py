@@ -1,6 +1,6 @@
 """What the network sees: x_t alone (SDEdit) or x_t with two LMI maps (LMIDiffusion).
 
-LMIDiffusion's 3-channel input, with s the image that steers the sampling (METHOD.md §4):
+LMIDiffusion's 3-channel input, with s the image that steers the sampling (docs/method.md §4):
 
 * training (target slices only, s = x_0 the clean T1 slice):
   ``[x_t, LMI(x_0, x_{t+1}), LMI(x_0, x_0)]`` where x_t and x_{t+1} share one ε;

@@ -99,7 +99,9 @@ def translate_batched(source: np.ndarray, seeds: np.ndarray, samples: int, batch
 
     Chain (i, k) — sample k of slice i — draws its noise from a generator seeded with
     ``chain_seed(seeds[i], k)``, so its result does not depend on batching or sharding.
-    Returns ``(mean over samples (N, H, W), per-pixel std over samples or None)``.
+    Returns ``(chain 0 (N, H, W), mean over samples or None, per-pixel std over samples or None)``:
+    chain 0 is what gets scored (a mean of chains is blurrier than any sample), the mean and std
+    are the uncertainty product, reported apart; both are None for one sample.
     """
     source = np.asarray(source, dtype=np.float32)
     if source.ndim != 3:
@@ -119,6 +121,7 @@ def translate_batched(source: np.ndarray, seeds: np.ndarray, samples: int, batch
         if progress is not None:
             progress(len(part))
     out = out.reshape(n, samples, h, w)
-    mean = out.mean(axis=1)
-    std = out.std(axis=1) if samples > 1 else None
-    return np.clip(mean, 0.0, 1.0).astype(np.float32), (std.astype(np.float32) if std is not None else None)
+    first = np.clip(out[:, 0], 0.0, 1.0).astype(np.float32)
+    if samples == 1:
+        return first, None, None
+    return first, np.clip(out.mean(axis=1), 0.0, 1.0).astype(np.float32), out.std(axis=1).astype(np.float32)

@@ -23,6 +23,10 @@ from monai.networks.schedulers import DDPMScheduler
 from lmid.config import ScheduleParams
 
 
+#: Timestep spacings of :meth:`NoiseSchedule.timesteps` for few-step samplers.
+SPACINGS = ("uniform", "quad", "trailing")
+
+
 class NoiseSchedule:
     """β_t, ᾱ_t and the forward process q(x_t | x_0) for one :class:`ScheduleParams`."""
 
@@ -73,21 +77,37 @@ class NoiseSchedule:
             raise ValueError(f"noise level fraction must be in (0, 1], got {fraction}")
         return int(min(self.T, max(1, round(fraction * self.T)))) - 1
 
-    def timesteps(self, start: int, steps: int) -> list[int]:
-        """Decreasing timestep indices from ``start`` to 0 with at most ``steps`` entries.
+    def timesteps(self, start: int, steps: int, spacing: str = "uniform") -> list[int]:
+        """Decreasing timestep indices from ``start`` with at most ``steps`` entries.
 
-        ``steps ≥ start + 1`` gives every index (the full ancestral chain); fewer gives an evenly
-        spaced sub-sequence that contains ``start`` and, for two steps or more, 0 (DDIM / respaced DDPM).
+        ``steps ≥ start + 1`` gives every index (the full ancestral chain). Fewer steps:
+
+        * ``uniform``: evenly spaced from ``start`` to 0 (DDIM / respaced DDPM);
+        * ``quad``: t_k = (k / (S − 1))² · start, dense at small t where the LMI map of x_t carries
+          information (the DDIM reference's quadratic skip, scaled to end at ``start``);
+          indices that round together are kept once, so it can return fewer than S;
+        * ``trailing``: start, start − Δ, … with Δ = (start + 1) / S, ending at Δ − 1 rather than 0
+          (Lin et al. 2024); the last DDIM step then jumps straight to x̂_0.
         """
         if not 0 <= start < self.T:
             raise ValueError(f"start index {start} outside 0..{self.T - 1}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
         if steps >= start + 1:
             return list(range(start, -1, -1))
         if steps == 1:
             return [start]
-        grid = np.unique(np.round(np.linspace(0, start, steps)).astype(np.int64))
+        k = np.arange(steps, dtype=np.float64) / (steps - 1)
+        if spacing == "uniform":
+            grid = np.round(k * start)
+        elif spacing == "quad":
+            grid = np.round(k**2 * start)
+        else:
+            delta = (start + 1) / steps
+            grid = np.round((start + 1) - np.arange(steps) * delta) - 1
+        grid = np.unique(grid.astype(np.int64))
         return [int(t) for t in grid[::-1]]
 
     def fixed_large_variance(self) -> np.ndarray:

@@ -1,6 +1,6 @@
 """ε-prediction DDPM training on target slices, shared by LMIDiffusion and SDEdit.
 
-One loop (METHOD.md §4, the authors' recipe), two small variants:
+One loop (docs/method.md §4, the authors' recipe), two small variants:
 
 * :class:`DiffusionTrainer` — unconditional, 1 input channel (SDEdit's DDPM);
 * :class:`LmiDiffusionTrainer` — 3 input channels ``[x_t, LMI(x_0, x_{t+1}), LMI(x_0, x_0)]``.
@@ -105,9 +105,17 @@ class DiffusionTrainer:
         self.ema: Ema | None = None
 
     # ------------------------------------------------------------------ variant hooks
-    def network_input(self, x0: torch.Tensor, x_t: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
-        """What ε_θ sees for a training pair; the unconditional DDPM sees x_t only."""
+    def network_input(self, x0: torch.Tensor, x_t: torch.Tensor, x_next: torch.Tensor,
+                      idx: torch.Tensor | None = None, variant: torch.Tensor | None = None) -> torch.Tensor:
+        """What ε_θ sees for a training pair; the unconditional DDPM sees x_t only.
+
+        ``idx`` (training-slice index) and ``variant`` (from :meth:`_augment`) identify x_0 for
+        variants that cache work per slice.
+        """
         return x_t
+
+    def prepare_data(self, data: torch.Tensor) -> None:
+        """Hook called once with the (N, 1, H, W) training tensor before the loop."""
 
     def meta(self) -> dict:
         """Method-specific facts stored in ``model.pt``."""
@@ -118,20 +126,45 @@ class DiffusionTrainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / "checkpoint.pt"
 
-    def _augment(self, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Horizontal flip and random Gaussian blur, each per image with its probability."""
+    def blur_sigmas(self) -> torch.Tensor | None:
+        """The fixed blur levels (``train.blur_levels`` > 0), else None (σ drawn continuously)."""
+        tp = self.params.train
+        if tp.blur_levels == 0:
+            return None
+        lo, hi = tp.blur_sigma
+        return torch.linspace(lo, hi, tp.blur_levels, dtype=torch.float64).float()
+
+    def _augment(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Horizontal flip and random Gaussian blur, each per image with its probability.
+
+        Returns the augmented batch and each image's variant: ``flip · (L + 1) + level`` with
+        level 0 for no blur and 1..L for the fixed blur levels, or -1 for a continuously drawn σ
+        (a variant that recurs, so its LMI(x_0, x_0) can be cached).
+        """
         tp = self.params.train
         b = x0.shape[0]
         # Always draw the same amount of randomness, whatever the probabilities.
         flip = (torch.rand(b, generator=gen) < tp.flip_prob).to(self.device)
         blur = (torch.rand(b, generator=gen) < tp.blur_prob).to(self.device)
+        u = torch.rand(b, generator=gen)
         lo, hi = tp.blur_sigma
-        sigma = (lo + (hi - lo) * torch.rand(b, generator=gen)).to(self.device)
+        levels = self.blur_sigmas()
+        if levels is None:
+            sigma = (lo + (hi - lo) * u).to(self.device)
+            level = torch.full((b,), -1, dtype=torch.long, device=self.device)
+        else:
+            k = (u * len(levels)).long().clamp_max(len(levels) - 1)
+            sigma = levels[k].to(self.device)
+            level = (k + 1).to(self.device)
         x = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        if tp.blur_prob > 0 and hi > 0:
+        blurred = blur & torch.tensor(tp.blur_prob > 0 and hi > 0, device=self.device)
+        if bool(blurred.any()):
             radius = max(1, int(math.ceil(3.0 * max(lo, hi))))
-            x = torch.where(blur[:, None, None, None], gaussian_blur(x, sigma.clamp_min(1e-3), radius), x)
-        return x
+            x = torch.where(blurred[:, None, None, None], gaussian_blur(x, sigma.clamp_min(1e-3), radius), x)
+        n_var = (len(levels) if levels is not None else 0) + 1
+        level = torch.where(blurred, level, torch.zeros_like(level))
+        variant = torch.where(level < 0, level, flip.long() * n_var + level)
+        return x, variant
 
     def _timesteps(self, b: int, gen: torch.Generator) -> torch.Tensor:
         """Antithetic pairs: t for the first half, T−1−t for the second (step 1)."""
@@ -154,6 +187,15 @@ class DiffusionTrainer:
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         save_checkpoint(self.checkpoint_path, state)
+
+    def _save_snapshot(self, step: int) -> None:
+        """The EMA weights at ``step`` as a loadable ``model.pt`` (for the convergence curve)."""
+        net = build_unet(self.params.unet, in_channels=self.in_channels)
+        net.load_state_dict({k: v.detach().cpu() for k, v in self.ema.shadow.items()})
+        model = DiffusionModel(net=net, schedule=self.schedule, unet=self.params.unet, in_channels=self.in_channels,
+                               method=self.method, meta={**self.meta(), "step": int(step)},
+                               mixed_precision=self.params.train.mixed_precision)
+        model.save(self.out_dir / "snapshots" / f"step{int(step):07d}.pt")
 
     # ------------------------------------------------------------------ training
     def fit(self, images: np.ndarray, stop_after: int | None = None) -> dict:
@@ -200,20 +242,21 @@ class DiffusionTrainer:
         end = total if stop_after is None else min(total, int(stop_after))
         t_start = time.perf_counter()
         window: list[float] = []
+        self.prepare_data(data)
         bar = tqdm(total=total, initial=step, desc=f"train {self.method}", disable=_progress_disabled(),
                    dynamic_ncols=True)
         self.net.train()
         while step < end:
             # ---- data: a batch of target slices, augmented
             idx = torch.randint(0, len(data), (tp.batch_size,), generator=gen)
-            x0 = self._augment(data[idx.to(self.device)], gen)
+            x0, variant = self._augment(data[idx.to(self.device)], gen)
             # ---- steps 1-2: antithetic t, one ε shared by x_t and x_{t+1}
             t = self._timesteps(tp.batch_size, gen)
             eps = torch.randn(x0.shape, generator=gen).to(self.device)
             t_dev = t.to(self.device)
             x_t = self.schedule.add_noise(x0, eps, t_dev)
             x_next = self.schedule.add_noise(x0, eps, (t_dev + 1).clamp_max(self.schedule.T - 1))
-            inp = self.network_input(x0, x_t, x_next)
+            inp = self.network_input(x0, x_t, x_next, idx, variant)
             if self.device.type == "cuda":
                 inp = inp.contiguous(memory_format=torch.channels_last)
             # ---- step 3: ε-MSE
@@ -235,10 +278,13 @@ class DiffusionTrainer:
                 rows.append((step, float(np.mean(window))))
                 bar.set_postfix(loss=f"{rows[-1][1]:.4f}")
                 window = []
+            if tp.snapshot_every and step % tp.snapshot_every == 0:
+                self._save_snapshot(step)
             if step % tp.checkpoint_every == 0 or step == end:
                 self._save_checkpoint(step, opt, gen, rows, wall_before + time.perf_counter() - t_start)
                 self._write_log(rows)
         bar.close()
+        self.steps_done = int(step)
         wall = wall_before + time.perf_counter() - t_start
         if not self.checkpoint_path.exists():  # nothing to do (already trained) but keep files
             self._save_checkpoint(step, opt, gen, rows, wall)
@@ -259,8 +305,9 @@ class DiffusionTrainer:
         net.eval()
         if self.device.type == "cuda":
             net.to(memory_format=torch.channels_last)
+        meta = {**self.meta(), "step": getattr(self, "steps_done", None)}
         return DiffusionModel(net=net, schedule=self.schedule, unet=self.params.unet, in_channels=self.in_channels,
-                              method=self.method, meta=self.meta(), mixed_precision=self.params.train.mixed_precision)
+                              method=self.method, meta=meta, mixed_precision=self.params.train.mixed_precision)
 
 
 class LmiDiffusionTrainer(DiffusionTrainer):
@@ -273,8 +320,40 @@ class LmiDiffusionTrainer(DiffusionTrainer):
         super().__init__(params, seed, out_dir, device, method=method)
         self.lmi = lmi
 
-    def network_input(self, x0, x_t, x_next):
-        return torch.cat([x_t, lmi_map(x0, x_next, self.lmi), lmi_map(x0, x0, self.lmi)], dim=1)
+    def prepare_data(self, data: torch.Tensor) -> None:
+        # LMI(x_0, x_0) depends only on the slice and its augmentation variant: filled lazily,
+        # one (N, V, 1, H, W) table; variants drawn with a continuous σ (-1) are never cached.
+        self._data = data
+        levels = self.blur_sigmas()
+        n_var = 2 * ((len(levels) if levels is not None else 0) + 1)
+        self._self_cache = None
+        if self.params.train.cache_self_lmi:
+            self._self_cache = torch.zeros((len(data), n_var, *data.shape[1:]), dtype=torch.float32,
+                                           device=self.device)
+            self._cached = torch.zeros((len(data), n_var), dtype=torch.bool, device=self.device)
+
+    def self_lmi(self, x0: torch.Tensor, idx: torch.Tensor | None, variant: torch.Tensor | None) -> torch.Tensor:
+        """LMI(x_0, x_0) of an augmented batch, from the per-slice cache where possible."""
+        cache = getattr(self, "_self_cache", None)
+        if cache is None or idx is None or variant is None:
+            return lmi_map(x0, x0, self.lmi)
+        idx = idx.to(self.device)
+        out = torch.empty_like(x0, dtype=torch.float32)
+        known = variant >= 0
+        hit = torch.zeros_like(known)
+        hit[known] = self._cached[idx[known], variant[known]]
+        miss = ~hit
+        if bool(miss.any()):
+            out[miss] = lmi_map(x0[miss], x0[miss], self.lmi)
+            store = miss & known
+            cache[idx[store], variant[store]] = out[store]
+            self._cached[idx[store], variant[store]] = True
+        if bool(hit.any()):
+            out[hit] = cache[idx[hit], variant[hit]]
+        return out
+
+    def network_input(self, x0, x_t, x_next, idx=None, variant=None):
+        return torch.cat([x_t, lmi_map(x0, x_next, self.lmi), self.self_lmi(x0, idx, variant)], dim=1)
 
     def meta(self) -> dict:
         return {"lmi": self.lmi.model_dump(mode="json")}

@@ -13,6 +13,14 @@ Protocol (the paper states none of it; these are our choices, listed again in th
   ``10 log10(1 / MSE)``, over the whole slice (``psnr``) and over brain-mask pixels only
   (``psnr_mask``). An MSE below 1e-10 is floored there (PSNR at most 100 dB), so identical images
   give a finite number.
+* **Tissue contrast** (needs no segmenter, so a flat or saturated image cannot score well): with
+  the tissue classes of the slice (ground truth when the split has labels, else K-Means of the real
+  target), ``contrast_wm_gm`` = (mean WM − mean GM) of the translation over the same difference on
+  the real target, ``contrast_gm_csf`` likewise; 1 means the real contrast, 0 none, < 0 reversed.
+  ``tissue_order`` is 1 when the translation's class means run WM > GM > CSF (T1 order), else 0.
+  NaN when a class is missing from the slice or the real contrast is below 1e-3.
+* **Ceiling**: ``dice_ceiling`` is the Dice of the K-Means segmentation of the *real* target slice
+  against the ground truth (NaN without labels): what a perfect translation would score.
 * **SSIM** (Wang et al. 2004) with scikit-image's defaults: 7×7 uniform window, sample covariance,
   K1 = 0.01, K2 = 0.03, ``data_range = 1``. ``ssim`` is the mean of the SSIM map without the
   3-pixel border (scikit-image's value); ``ssim_mask`` is the mean of the full SSIM map
@@ -36,8 +44,11 @@ COLUMNS = (
     "method", "index", "subject", "slice_index",
     *(f"dice_gt_{c}" for c in (*CLASSES, "mean")),
     *(f"dice_km_{c}" for c in (*CLASSES, "mean")),
-    "psnr", "psnr_mask", "ssim", "ssim_mask", "nfe", "wall_s",
+    "psnr", "psnr_mask", "ssim", "ssim_mask",
+    "contrast_wm_gm", "contrast_gm_csf", "tissue_order", "dice_ceiling", "nfe", "wall_s",
 )
+#: Smallest real tissue contrast a ratio is taken against.
+MIN_CONTRAST = 1e-3
 
 
 # --------------------------------------------------------------------------------- primitives
@@ -84,6 +95,25 @@ def ssim(reference: np.ndarray, image: np.ndarray, mask: np.ndarray | None = Non
     return float(smap[mask].mean())
 
 
+def tissue_contrast(image: np.ndarray, target: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+    """Translated tissue contrasts relative to the real target's, and the T1 order flag."""
+    x = np.asarray(image, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    means = {}
+    for c in CLASSES:
+        sel = classes == TISSUE_LABELS[c.upper()]
+        if not sel.any():
+            return {"contrast_wm_gm": float("nan"), "contrast_gm_csf": float("nan"), "tissue_order": float("nan")}
+        means[c] = (float(x[sel].mean()), float(y[sel].mean()))
+
+    def ratio(a: str, b: str) -> float:
+        real = means[a][1] - means[b][1]
+        return (means[a][0] - means[b][0]) / real if abs(real) >= MIN_CONTRAST else float("nan")
+
+    order = means["wm"][0] > means["gm"][0] > means["csf"][0]
+    return {"contrast_wm_gm": ratio("wm", "gm"), "contrast_gm_csf": ratio("gm", "csf"), "tissue_order": float(order)}
+
+
 def score_slice(translation: np.ndarray, target: np.ndarray, mask: np.ndarray, segmenter: KMeansSegmenter,
                 label: np.ndarray | None = None, target_labels: np.ndarray | None = None) -> dict[str, float]:
     """Every per-slice score of one translated slice (see the module docstring)."""
@@ -101,6 +131,9 @@ def score_slice(translation: np.ndarray, target: np.ndarray, mask: np.ndarray, s
     row["psnr_mask"] = psnr(y, x, mask)
     row["ssim"] = ssim(y, x)
     row["ssim_mask"] = ssim(y, x, mask)
+    classes = label if label is not None else np.where(mask, target_labels, 0)
+    row.update(tissue_contrast(x, y, classes))
+    row["dice_ceiling"] = dice_per_class(target_labels, label)["mean"] if label is not None else float("nan")
     return row
 
 

@@ -50,8 +50,9 @@ class TrainingData:
 class Translation:
     """Output of :meth:`Method.translate` for a batch of N slices."""
 
-    image: np.ndarray  # (N, H, W) float32 in [0, 1] (the mean over samples)
+    image: np.ndarray  # (N, H, W) float32 in [0, 1]: one sample per slice, the one that is scored
     std: np.ndarray | None = None  # (N, H, W) per-pixel std over samples, when samples > 1
+    mean: np.ndarray | None = None  # (N, H, W) mean over samples, when samples > 1
     nfe: int = 0  # network evaluations per slice (per sample × samples)
     info: dict = field(default_factory=dict)
 

@@ -1,7 +1,7 @@
 """LMIDiffusion: a DDPM trained on target slices only, steered at sampling time by LMI maps.
 
 Training (:class:`~lmid.diffusion.trainer.LmiDiffusionTrainer`): target slices x_0 only, network
-input ``[x_t, LMI(x_0, x_{t+1}), LMI(x_0, x_0)]``, ε-MSE (METHOD.md §4).
+input ``[x_t, LMI(x_0, x_{t+1}), LMI(x_0, x_0)]``, ε-MSE (docs/method.md §4).
 
 Translation of a source slice s (``lmidiffusion.sampler``):
 
@@ -43,7 +43,7 @@ def sampler_plan(model: DiffusionModel, sp: SamplerParams) -> tuple[int, list[in
     schedule = model.schedule
     start = schedule.T - 1 if sp.start == "noise" else schedule.index_of_fraction(sp.start_t)
     steps = sp.steps if sp.kind == "ddim" else min(sp.steps, start + 1)
-    return start, schedule.timesteps(start, steps)
+    return start, schedule.timesteps(start, steps, sp.spacing)
 
 
 def lmi_translate(model: DiffusionModel, source: np.ndarray, seeds: np.ndarray, sp: SamplerParams,
@@ -63,10 +63,10 @@ def lmi_translate(model: DiffusionModel, source: np.ndarray, seeds: np.ndarray, 
             x = samplers.noised(schedule, src, start, noise)  # x_start = √ᾱ s + √(1−ᾱ) z
         return samplers.run(sp.kind, model.eps_fn(guide), schedule, x, seq, noise, eta=sp.eta)
 
-    image, std = translate_batched(source, seeds, samples, sp.batch_size, device, one_batch, progress=progress)
-    info = {"sampler": sp.kind, "steps": len(seq), "start": sp.start, "start_index": start, "eta": sp.eta,
+    image, mean, std = translate_batched(source, seeds, samples, sp.batch_size, device, one_batch, progress=progress)
+    info = {"sampler": sp.kind, "steps": len(seq), "spacing": sp.spacing, "start": sp.start, "start_index": start, "eta": sp.eta,
             "samples": samples, "lmi_mode": lmi.mode}
-    return Translation(image=image, std=std, nfe=len(seq) * samples, info=info)
+    return Translation(image=image, std=std, mean=mean, nfe=len(seq) * samples, info=info)
 
 
 class LmiDiffusion(Method):

@@ -54,9 +54,26 @@ def _device_name(dev) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+#: Keys that do not change a training trajectory, only how long it runs or what it records: a
+#: checkpoint made under other values of them is resumed (train 2,000 steps, then on to 6,000).
+#: Sampler settings are read at translation time only.
+_NOT_IN_FINGERPRINT = {
+    "diffusion": {"train": ("steps", "checkpoint_every", "log_every", "snapshot_every", "cache_self_lmi")},
+    "lmidiffusion": {"sampler": None},
+}
+
+
 def training_fingerprint(params: Params, method: str, train_path: Path) -> str:
     """Hash of what a training run depends on: its params sections, the seed and the data."""
     sections = {name: getattr(params, name).model_dump(mode="json") for name in TRAIN_PARAM_SECTIONS[method]}
+    for name, subsections in _NOT_IN_FINGERPRINT.items():
+        if name in sections and method in ("lmidiffusion", "sdedit"):
+            for sub, keys in subsections.items():
+                if keys is None:
+                    sections[name].pop(sub, None)
+                else:
+                    for key in keys:
+                        sections[name].get(sub, {}).pop(key, None)
     digest = hashlib.sha256()
     digest.update(json.dumps({"seed": params.seed, "method": method, **sections}, sort_keys=True).encode())
     with open(train_path, "rb") as fh:
@@ -117,8 +134,10 @@ def translate_shard(params: Params, method: str, model_path: Path | None, slices
     if image.shape != (len(idx), h, w):
         raise LmidError(f"{method}: translate returned shape {image.shape}, expected {(len(idx), h, w)}")
     std = result.std if result is not None and result.std is not None else np.zeros_like(image)
+    mean = result.mean if result is not None and result.mean is not None else image
     info = dict(result.info) if result else {}
-    save_npz(out_path, image=np.clip(image, 0.0, 1.0), std=std.astype(np.float32), index=idx.astype(np.int64),
+    save_npz(out_path, image=np.clip(image, 0.0, 1.0), std=std.astype(np.float32),
+             mean=np.clip(mean, 0.0, 1.0).astype(np.float32), index=idx.astype(np.int64),
              nfe=np.asarray(result.nfe if result else 0), wall_s=np.asarray(wall),
              source_modality=np.asarray(src_name), method=np.asarray(method))
     return {"slices": len(idx), "wall_s": wall, **info}
@@ -136,10 +155,12 @@ def gather(method: str, shard_paths: list[Path], slices_path: Path, manifest_pat
     index = index[order]
     image = np.concatenate([p["image"] for p in parts])[order]
     std = np.concatenate([p["std"] for p in parts])[order]
+    # Shards written before the mean was stored carry only the scored image.
+    mean = np.concatenate([p["mean"] if "mean" in p else p["image"] for p in parts])[order]
     wall = np.concatenate([np.full(len(p["index"]), float(p["wall_s"]) / max(1, len(p["index"]))) for p in parts])[order]
     nfe = np.concatenate([np.full(len(p["index"]), int(p["nfe"])) for p in parts])[order]
     src_mod = str(parts[0]["source_modality"]) if parts and "source_modality" in parts[0] else ""
-    save_npz(out_path, image=image, std=std, index=index, subject=split.subject[index],
+    save_npz(out_path, image=image, std=std, mean=mean, index=index, subject=split.subject[index],
              slice_index=split.slice_index[index], nfe=nfe, wall_s=wall, source_modality=np.asarray(src_mod),
              method=np.asarray(method))
     if nifti_dir is not None:

@@ -59,9 +59,9 @@ def sdedit_translate(model: DiffusionModel, source: np.ndarray, seeds: np.ndarra
             y = samplers.run(sp.kind, eps_fn, schedule, x, seq, noise, eta=0.0)  # steps 2-3
         return y
 
-    image, std = translate_batched(source, seeds, samples, sp.batch_size, device, one_batch)
+    image, mean, std = translate_batched(source, seeds, samples, sp.batch_size, device, one_batch)
     info = {"t0": t0, "t0_index": start, "sampler": sp.kind, "steps": len(seq), "repeats": sp.repeats}
-    return Translation(image=image, std=std, nfe=len(seq) * sp.repeats * samples, info=info)
+    return Translation(image=image, std=std, mean=mean, nfe=len(seq) * sp.repeats * samples, info=info)
 
 
 def choose_t0(model: DiffusionModel, val: SliceSet, sp: SdeditParams, seed: int, device: torch.device) -> tuple[float, list[dict]]:

@@ -273,3 +273,24 @@ def sampler_tradeoff(path, settings: list[dict]) -> Path:
         ax.grid(color="#ececec", linewidth=0.6)
     fig.tight_layout()
     return save(fig, path)
+
+
+def convergence_curve(path, curve: list[dict]) -> Path:
+    """Validation scores of LMIDiffusion at each training snapshot (one panel per score)."""
+    panels = [(("dice_gt_mean", "vs ground truth"), ("dice_km_mean", "vs K-Means of real T1")), "Dice",
+              (("ssim", "whole slice"), ("ssim_mask", "in brain")), "SSIM",
+              (("psnr", "whole slice"), ("psnr_mask", "in brain")), "PSNR (dB)",
+              (("contrast_wm_gm", "WM−GM"), ("contrast_gm_csf", "GM−CSF")), "contrast (× real)"]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.9), squeeze=False)
+    steps = np.array([r["step"] for r in curve], dtype=float)
+    for ax, series, title in zip(axes[0], panels[0::2], panels[1::2]):
+        for key, label in series:
+            y = np.array([np.nan if r.get(key) is None else r[key] for r in curve], dtype=float)
+            if np.isfinite(y).any():
+                ax.plot(steps, y, marker="o", markersize=3, linewidth=1.2, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("training step")
+        ax.grid(color="#ececec", linewidth=0.6)
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return save(fig, path)

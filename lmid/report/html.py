@@ -23,7 +23,7 @@ import numpy as np
 
 from lmid.errors import InputFileError, LmidError
 from lmid.evaluation.aggregate import (DISPLAY, PAPER, PAPER_LABEL, ROWS, best_method, column_title, fmt, fmt_p,
-                                       method_order, method_stats, role)
+                                      method_order, method_stats, role, smallest_nfe_sentence)
 from lmid.evaluation.metrics import read_metrics_csv
 from lmid.io import load_npz, read_json, write_text
 from lmid.report import environment, figures
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 FIGURE_FILES = {
     "grid": "grid_{experiment}.png", "segmentation": "segmentation.png", "metrics": "metrics_{experiment}.png",
     "lmi": "lmi.png", "loss_curves": "loss_curves.png", "uncertainty": "uncertainty.png", "sampler": "sampler.png",
+    "convergence": "convergence.png",
 }
 
 
@@ -41,6 +42,12 @@ def _preset_notice(params) -> str:
     """The demo and test presets train every network for minutes on a CPU: say so first."""
     if params.preset == "paper":
         return ""
+    if params.preset == "study":
+        steps = params.diffusion.train.steps
+        return ("<p class=\"notice\"><strong>Preset <code>study</code>:</strong> the comparison trained on a CPU at "
+                f"64 px ({steps:,} diffusion steps at batch {params.diffusion.train.batch_size}, against the authors' "
+                "750,000). Whether that is enough is measured, not assumed: see the convergence curve and the "
+                "conditioning ablation under Diagnostics.</p>")
     return ("<p class=\"notice\"><strong>Preset "
             f"<code>{esc(params.preset)}</code>:</strong> every network here was trained for a few minutes at most on "
             "a CPU, so the diffusion models are far from converged. These numbers show that every step of the "
@@ -113,7 +120,7 @@ class Figures:
 
 
 def draw_figures(params, summary: dict, split, translations: dict, metrics_dir: Path, models_dir: Path,
-                 fig_dir: Path) -> Figures:
+                 fig_dir: Path, diagnostics: dict | None = None) -> Figures:
     """Every figure of the report, in the order the page shows them."""
     figs = Figures(fig_dir)
     main = summary["main_experiment"]
@@ -126,7 +133,56 @@ def draw_figures(params, summary: dict, split, translations: dict, metrics_dir: 
     _loss_figure(figs, params, models_dir)
     _uncertainty_figure(figs, params, split, translations.get(main, {}))
     _sampler_figure(figs, summary)
+    _convergence_figure(figs, diagnostics)
     return figs
+
+
+def _convergence_figure(figs: Figures, diagnostics: dict | None) -> None:
+    path = figs.out_dir / FIGURE_FILES["convergence"]
+    title = "LMIDiffusion convergence on validation slices"
+    curve = (diagnostics or {}).get("convergence") or []
+    if len(curve) < 2:
+        figs.add("convergence", title, path, "", "fewer than two training snapshots (diffusion.train.snapshot_every)")
+        return
+    figures.convergence_curve(path, curve)
+    figs.add("convergence", title, path,
+             f"PD → T1 translation of {diagnostics['slices']} validation slices with the EMA weights kept every "
+             "snapshot_every steps, scored like the test set (one sample per slice, the run's sampler). When the "
+             "curves flatten, more training would not help.")
+
+
+def diagnostics_section(diagnostics: dict | None, params) -> str:
+    """Conditioning ablation and oracle tables (``lmid diagnose``)."""
+    if not diagnostics:
+        return '<p class="notrun">Not run: no <code>diagnostics.json</code> (LMIDiffusion not in the methods?).</p>'
+    ab = diagnostics["ablation"]
+    rows = "".join(f"<tr><td>{r['t']}</td><td>{fmt(r['loss_true'], 4)}</td><td>{fmt(r['loss_shuffled'], 4)}</td>"
+                   f"<td>{fmt(r['ratio'], 2)}</td></tr>" for r in ab["timesteps"])
+    rows += (f"<tr><th scope='row'>mean</th><td>{fmt(ab['loss_true'], 4)}</td><td>{fmt(ab['loss_shuffled'], 4)}"
+             f"</td><td>{fmt(ab['ratio'], 2)}</td></tr>")
+    tgt = params.data.target_modality
+    src = params.data.source_modality
+    keys = (("dice_gt_mean", "Dice vs ground truth", 3), ("dice_km_mean", f"Dice vs K-Means of real {tgt}", 3),
+            ("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 3), ("ssim_mask", "SSIM in brain", 3),
+            ("contrast_wm_gm", "contrast WM−GM (× real)", 2), ("contrast_gm_csf", "contrast GM−CSF (× real)", 2),
+            ("tissue_order", "WM > GM > CSF (fraction)", 2))
+    orc = "".join(f"<tr><th scope='row'>{esc(label)}</th><td>{fmt(diagnostics['source'].get(k), d)}</td>"
+                  f"<td>{fmt(diagnostics['oracle'].get(k), d)}</td></tr>" for k, label, d in keys)
+    return (
+        "<h3>Does the network use its conditioning?</h3>"
+        '<div class="scroll"><table class="results narrow" id="table-ablation"><thead><tr><th>t</th>'
+        "<th>ε-loss, true LMI</th><th>ε-loss, LMI of another slice</th><th>ratio</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>"
+        f'<p class="caption">Validation ε-MSE of the trained network on {ab["slices"]} clean validation {tgt} slices '
+        "with the network input built as in training, and with the two LMI channels taken from another slice of the "
+        "batch (same x_t and ε). A ratio near 1 means the network ignores its conditioning.</p>"
+        f"<h3>Oracle: the real {tgt} as the source</h3>"
+        f'<div class="scroll"><table class="results narrow" id="table-oracle"><thead><tr><th>score</th>'
+        f"<th>{esc(src)} → {esc(tgt)}</th><th>{esc(tgt)} → {esc(tgt)} (oracle)</th></tr></thead>"
+        f"<tbody>{orc}</tbody></table></div>"
+        f'<p class="caption">The same {diagnostics["slices"]} validation slices translated from {esc(src)} and from '
+        f"the real {esc(tgt)} itself, with the run's sampler. The oracle bounds what LMI conditioning can deliver "
+        "with this network; a weak oracle points at the learned prior or the sampler, not at the modality gap.</p>")
 
 
 def _available(trs: dict, order: list[str]) -> dict:
@@ -414,7 +470,8 @@ def sampler_section(summary: dict) -> str:
             f"<th>n</th></tr></thead><tbody>{rows}</tbody></table></div>"
             f'<p class="caption">LMIDiffusion translating the same validation slices with each sampler (one sample '
             f"per slice). Dice {dice}; mean ± std over slices [bootstrap CI]; time is wall-clock per slice on the "
-            "machine that translated (batched, so it is the batch time divided by its slices).</p>")
+            "machine that translated (batched, so it is the batch time divided by its slices). "
+            f"{esc(smallest_nfe_sentence(sampler.get('smallest_nfe')))}</p>")
     t0 = summary.get("sdedit_t0", {})
     parts.append("<h3>SDEdit: noise level t0 chosen on validation slices</h3>")
     if t0.get("status") != "ok":
@@ -695,7 +752,9 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
                                      or np.max(tr["index"], initial=-1) >= len(test)):
                 raise InputFileError(translations_dir / exp / m / "translations.npz",
                                      f"does not match the test split {slices_dir / 'test.npz'}")
-    figs = draw_figures(params, summary, test, translations, metrics_dir, models_dir, fig_dir)
+    diag_path = reports_dir / "diagnostics.json"
+    diagnostics = read_json(diag_path) if diag_path.is_file() else None
+    figs = draw_figures(params, summary, test, translations, metrics_dir, models_dir, fig_dir, diagnostics)
 
     git = environment.git_commit()
     vers = environment.versions()
@@ -728,6 +787,8 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
     sec.append("</section>")
     sections.append("".join(sec))
     sections.append(f'<section id="sampler"><h2>Sampling settings</h2>{sampler_section(summary)}</section>')
+    sections.append(f'<section id="diagnostics"><h2>Diagnostics</h2>{diagnostics_section(diagnostics, params)}'
+                    "</section>")
     sections.append('<section id="figures"><h2>Figures</h2>' + "".join(_figure_html(i) for i in figs.items)
                     + "</section>")
     sections.append(f'<section id="timings"><h2>Methods and timings</h2>{timings_table(summary, params)}</section>')
@@ -749,6 +810,7 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
 
     nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in (
         ("results", "Main table"), ("second-source", "Second source"), ("sampler", "Sampling"),
+        ("diagnostics", "Diagnostics"),
         ("figures", "Figures"), ("timings", "Timings"), ("data", "Data"), ("protocol", "Protocol"),
         ("params", "Parameters"), ("software", "Software")))
     page = f"""<!DOCTYPE html>

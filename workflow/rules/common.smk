@@ -22,10 +22,13 @@ SHARDS = P.translate.shards
 RAW = P.data.root
 # The conda environment of every rule (used with --sdm conda); pip users need none.
 ENV = "../../environment.yml"
-SLICES = "data/slices"
-MODELS = "data/models"
-TRANSLATIONS = "data/translations"
-METRICS = "data/metrics"
+# Each preset writes under its own folders (params `paths`), so the study keeps the demo's report.
+DATA = P.paths.data
+REPORTS = P.paths.reports
+SLICES = f"{DATA}/slices"
+MODELS = f"{DATA}/models"
+TRANSLATIONS = f"{DATA}/translations"
+METRICS = f"{DATA}/metrics"
 
 # GPUs per job for the rules that train or sample networks. A cluster without GPUs (the CI test
 # cluster) sets LMID_GPUS=0 in the environment; nothing in the rules changes.

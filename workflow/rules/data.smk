@@ -9,9 +9,9 @@ rule generate:
         out=lambda w, output: os.path.dirname(output[0]),
         simulate=P.simulate.model_dump(mode="json"),
     log:
-        "data/logs/generate.log",
+        f"{DATA}/logs/generate.log",
     benchmark:
-        "data/benchmarks/generate.tsv"
+        f"{DATA}/benchmarks/generate.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -37,9 +37,9 @@ rule prepare:
         data=P.data.model_dump(mode="json"),
         prepare=P.prepare.model_dump(mode="json"),
     log:
-        "data/logs/prepare.log",
+        f"{DATA}/logs/prepare.log",
     benchmark:
-        "data/benchmarks/prepare.tsv"
+        f"{DATA}/benchmarks/prepare.tsv"
     resources:
         mem_mb=8000,
         runtime=60,

@@ -11,9 +11,9 @@ rule evaluate:
     params:
         cfg=PARAMS_FILE,
     log:
-        "data/logs/evaluate/{experiment}/{method}.log",
+        f"{DATA}/logs/evaluate/{{experiment}}/{{method}}.log",
     benchmark:
-        "data/benchmarks/evaluate/{experiment}/{method}.tsv"
+        f"{DATA}/benchmarks/evaluate/{{experiment}}/{{method}}.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -34,10 +34,10 @@ rule aggregate:
         infos=expand(f"{MODELS}/{{method}}/train_info.json", method=METHODS),
         manifest=f"{SLICES}/manifest.json",
     output:
-        metrics="reports/metrics.json",
-        summary="reports/summary.json",
-        table="reports/tables/table.md",
-        tables=multiext("reports/tables/table", ".csv", ".tex"),
+        metrics=f"{REPORTS}/metrics.json",
+        summary=f"{REPORTS}/summary.json",
+        table=f"{REPORTS}/tables/table.md",
+        tables=multiext(f"{REPORTS}/tables/table", ".csv", ".tex"),
     params:
         cfg=PARAMS_FILE,
         metrics=lambda w, input: os.path.dirname(os.path.dirname(input.metrics[0])),
@@ -46,9 +46,9 @@ rule aggregate:
         out=lambda w, output: os.path.dirname(output.metrics),
         evaluate=P.evaluate.model_dump(mode="json"),
     log:
-        "data/logs/aggregate.log",
+        f"{DATA}/logs/aggregate.log",
     benchmark:
-        "data/benchmarks/aggregate.tsv"
+        f"{DATA}/benchmarks/aggregate.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -58,3 +58,34 @@ rule aggregate:
     shell:
         "lmid aggregate --params {params.cfg} --metrics-dir {params.metrics} --models-dir {params.models}"
         " --slices-dir {params.slices} --out-dir {params.out} > {log} 2>&1"
+
+
+rule diagnose:
+    """LMIDiffusion on validation slices: conditioning ablation, oracle, convergence over snapshots.
+
+    The snapshots (MODEL_DIR/snapshots/step*.pt) are written by the same training job as model.pt,
+    before it; the command reads every one it finds there.
+    """
+    input:
+        model=f"{MODELS}/lmidiffusion/model.pt",
+        val=f"{SLICES}/val.npz",
+        segmenter=f"{MODELS}/kmeans.json",
+    output:
+        f"{REPORTS}/diagnostics.json",
+    params:
+        cfg=PARAMS_FILE,
+        slices=P.evaluate.diagnostic_slices,
+    log:
+        f"{DATA}/logs/diagnose.log",
+    benchmark:
+        f"{DATA}/benchmarks/diagnose.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=get_gpus,
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "lmid diagnose --params {params.cfg} --model {input.model} --val {input.val}"
+        " --segmenter {input.segmenter} --slices {params.slices} --out {output} > {log} 2>&1"

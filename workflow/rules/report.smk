@@ -4,9 +4,9 @@
 
 rule report:
     input:
-        metrics="reports/metrics.json",
-        summary="reports/summary.json",
-        table="reports/tables/table.md",
+        metrics=f"{REPORTS}/metrics.json",
+        summary=f"{REPORTS}/summary.json",
+        table=f"{REPORTS}/tables/table.md",
         translations=expand(
             f"{TRANSLATIONS}/{{experiment}}/{{method}}/translations.npz", experiment=EXPERIMENTS, method=METHODS
         ),
@@ -16,27 +16,31 @@ rule report:
         segmenter=f"{MODELS}/kmeans.json",
         splits=expand(f"{SLICES}/{{split}}.npz", split=("train", "val", "test")),
         manifest=f"{SLICES}/manifest.json",
+        diagnostics=[f"{REPORTS}/diagnostics.json"] if "lmidiffusion" in METHODS else [],
     output:
-        html="reports/index.html",
+        html=f"{REPORTS}/index.html",
         grids=report(
-            expand("reports/figures/grid_{experiment}.png", experiment=EXPERIMENTS),
+            expand(f"{REPORTS}/figures/grid_{{experiment}}.png", experiment=EXPERIMENTS),
             caption="../report/grid.rst",
             category="Translations",
         ),
         metrics=report(
-            expand("reports/figures/metrics_{experiment}.png", experiment=EXPERIMENTS),
+            expand(f"{REPORTS}/figures/metrics_{{experiment}}.png", experiment=EXPERIMENTS),
             caption="../report/metrics.rst",
             category="Metrics",
         ),
         segmentation=report(
-            "reports/figures/segmentation.png", caption="../report/segmentation.rst", category="Segmentation"
+            f"{REPORTS}/figures/segmentation.png", caption="../report/segmentation.rst", category="Segmentation"
         ),
-        lmi=report("reports/figures/lmi.png", caption="../report/lmi.rst", category="LMI conditioning"),
-        loss=report("reports/figures/loss_curves.png", caption="../report/loss_curves.rst", category="Training"),
+        lmi=report(f"{REPORTS}/figures/lmi.png", caption="../report/lmi.rst", category="LMI conditioning"),
+        loss=report(f"{REPORTS}/figures/loss_curves.png", caption="../report/loss_curves.rst", category="Training"),
         uncertainty=report(
-            "reports/figures/uncertainty.png", caption="../report/uncertainty.rst", category="Translations"
+            f"{REPORTS}/figures/uncertainty.png", caption="../report/uncertainty.rst", category="Translations"
         ),
-        sampler=report("reports/figures/sampler.png", caption="../report/sampler.rst", category="Sampler"),
+        sampler=report(f"{REPORTS}/figures/sampler.png", caption="../report/sampler.rst", category="Sampler"),
+        convergence=report(
+            f"{REPORTS}/figures/convergence.png", caption="../report/convergence.rst", category="Training"
+        ),
     params:
         cfg=PARAMS_FILE,
         reports=lambda w, input: os.path.dirname(input.metrics),
@@ -47,9 +51,9 @@ rule report:
         # The page shows every parameter, so any change of params.yaml rebuilds it.
         everything=P.model_dump(mode="json"),
     log:
-        "data/logs/report.log",
+        f"{DATA}/logs/report.log",
     benchmark:
-        "data/benchmarks/report.tsv"
+        f"{DATA}/benchmarks/report.tsv"
     resources:
         mem_mb=4000,
         runtime=30,

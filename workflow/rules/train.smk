@@ -15,9 +15,9 @@ rule train:
         sections=lambda wc: get_train_params(wc.method),
         out=lambda w, output: os.path.dirname(output.model),
     log:
-        "data/logs/train/{method}.log",
+        f"{DATA}/logs/train/{{method}}.log",
     benchmark:
-        "data/benchmarks/train/{method}.tsv"
+        f"{DATA}/benchmarks/train/{{method}}.tsv"
     resources:
         mem_mb=16000,
         runtime=600,
@@ -40,9 +40,9 @@ rule fit_segmenter:
         cfg=PARAMS_FILE,
         segment=P.segment.model_dump(mode="json"),
     log:
-        "data/logs/fit_segmenter.log",
+        f"{DATA}/logs/fit_segmenter.log",
     benchmark:
-        "data/benchmarks/fit_segmenter.tsv"
+        f"{DATA}/benchmarks/fit_segmenter.tsv"
     resources:
         mem_mb=4000,
         runtime=30,

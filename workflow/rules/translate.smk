@@ -11,9 +11,9 @@ rule translate:
         cfg=PARAMS_FILE,
         source=get_source_modality,
     log:
-        "data/logs/translate/{experiment}/{method}/shard-{shard}-of-{n}.log",
+        f"{DATA}/logs/translate/{{experiment}}/{{method}}/shard-{{shard}}-of-{{n}}.log",
     benchmark:
-        "data/benchmarks/translate/{experiment}/{method}/shard-{shard}-of-{n}.tsv"
+        f"{DATA}/benchmarks/translate/{{experiment}}/{{method}}/shard-{{shard}}-of-{{n}}.tsv"
     resources:
         mem_mb=8000,
         runtime=240,
@@ -37,9 +37,9 @@ rule gather:
         translations=f"{TRANSLATIONS}/{{experiment}}/{{method}}/translations.npz",
         nifti=directory(f"{TRANSLATIONS}/{{experiment}}/{{method}}/nifti"),
     log:
-        "data/logs/gather/{experiment}/{method}.log",
+        f"{DATA}/logs/gather/{{experiment}}/{{method}}.log",
     benchmark:
-        "data/benchmarks/gather/{experiment}/{method}.tsv"
+        f"{DATA}/benchmarks/gather/{{experiment}}/{{method}}.tsv"
     resources:
         mem_mb=4000,
         runtime=20,
@@ -66,9 +66,9 @@ rule sampler_sweep:
         cfg=PARAMS_FILE,
         limit=P.evaluate.sampler_slices,
     log:
-        "data/logs/sampler/{setting}.log",
+        f"{DATA}/logs/sampler/{{setting}}.log",
     benchmark:
-        "data/benchmarks/sampler/{setting}.tsv"
+        f"{DATA}/benchmarks/sampler/{{setting}}.tsv"
     resources:
         mem_mb=8000,
         runtime=240,

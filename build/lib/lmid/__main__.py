@@ -1,5 +1,0 @@
-import sys
-
-from lmid.cli import main
-
-sys.exit(main())

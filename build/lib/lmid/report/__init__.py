@@ -1,1 +1,0 @@
-"""The report: figures (matplotlib) and the self-contained HTML page."""
