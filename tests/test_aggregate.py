@@ -172,3 +172,30 @@ def test_optional_sections_not_run(metrics):
     md = (root / "a" / "tables" / "table.md").read_text()
     assert md.count("Not run") == 2
     assert "sampler" not in json.loads((root / "a" / "metrics.json").read_text())
+
+
+def test_table_rows_ceiling_contrast_and_paper_beside_kmeans_dice(metrics):
+    root, params, data = metrics
+    for m, scale in (("lmidiffusion", 0.8), ("identity", -0.5)):
+        path = root / "metrics" / "pd2t1" / f"{m}.csv"
+        df = pd.read_csv(path)
+        df["contrast_wm_gm"] = scale
+        df["contrast_gm_csf"] = scale / 2
+        df["tissue_order"] = float(scale > 0)
+        df["dice_ceiling"] = 0.72
+        write_metrics_csv(path, df)
+    s = _run(root, params, "a")
+    e = s["experiments"]["pd2t1"]["methods"]
+    assert e["lmidiffusion"]["contrast_wm_gm"]["mean"] == pytest.approx(0.8)
+    assert e["identity"]["tissue_order"]["mean"] == 0.0
+    assert e["identity"]["contrast_wm_gm"]["p_vs_reference"] < 0.01
+    lines = (root / "a" / "tables" / "table.md").read_text().splitlines()
+    labels = [ln.split("|")[1].strip() for ln in lines if ln.startswith("| ") and "---" not in ln]
+    # The paper's Dice (IXI: no labels) stands beside our Dice against K-Means of the real target.
+    i = labels.index("Dice vs K-Means of real target")
+    assert labels[i + 1].startswith("Dice — paper") and labels[i + 2] == "Dice ceiling: K-Means on the real target"
+    row = next(ln for ln in lines if ln.startswith("| Dice ceiling"))
+    assert "0.72" in row
+    assert any(lbl.startswith("Tissue contrast WM−GM") for lbl in labels)
+    # Sampler: both settings score the same slices alike, so the cheaper one is "as good".
+    assert s["sampler"]["smallest_nfe"]["setting"] == "ddim-10"

@@ -103,6 +103,8 @@ class DiffusionTrainer:
         self.step_losses: list[float] = []
         self.net = None
         self.ema: Ema | None = None
+        #: Training steps done when :meth:`fit` returned (stored with the inference model).
+        self.steps_done: int | None = None
 
     # ------------------------------------------------------------------ variant hooks
     def network_input(self, x0: torch.Tensor, x_t: torch.Tensor, x_next: torch.Tensor,
@@ -305,7 +307,7 @@ class DiffusionTrainer:
         net.eval()
         if self.device.type == "cuda":
             net.to(memory_format=torch.channels_last)
-        meta = {**self.meta(), "step": getattr(self, "steps_done", None)}
+        meta = {**self.meta(), "step": self.steps_done}
         return DiffusionModel(net=net, schedule=self.schedule, unet=self.params.unet, in_channels=self.in_channels,
                               method=self.method, meta=meta, mixed_precision=self.params.train.mixed_precision)
 

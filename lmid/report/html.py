@@ -392,11 +392,13 @@ def _uncertainty_figure(figs: Figures, params, split, trs: dict) -> None:
         figs.add("uncertainty", title, path, "", "no method was sampled more than once per slice")
         return
     rows = _grid_rows(with_std, split, min(params.report.grid_slices, 3))
-    cols = {DISPLAY.get(m, m): (_rows_of(t, rows), _rows_of(t, rows, "std")) for m, t in with_std.items()}
+    cols = {DISPLAY.get(m, m): (_rows_of(t, rows, "mean" if "mean" in t else "image"), _rows_of(t, rows, "std"))
+            for m, t in with_std.items()}
     figures.uncertainty_maps(path, cols, _row_labels(split, rows))
     figs.add("uncertainty", title, path,
-             "For methods that drew several samples per slice: the mean translation (what is scored) and the "
-             "per-pixel standard deviation over the samples, on one colour scale.")
+             "For methods that drew several samples per slice: the mean over the samples and the per-pixel "
+             "standard deviation, on one colour scale. The tables score one sample per slice (the first), "
+             "not this mean, which is blurrier than any sample.")
 
 
 # ------------------------------------------------------------------------------------ HTML parts

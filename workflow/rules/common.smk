@@ -59,6 +59,11 @@ def get_raw_input(wildcards=None):
     return []
 
 
+def get_train_priority(wildcards):
+    """Longest training first, so that the shorter jobs fill the other cores around it."""
+    return {"lmidiffusion": 2, "sdedit": 1}.get(wildcards.method, 0)
+
+
 def get_train_params(method):
     """Only the params.yaml sections this method's training reads (for rerun triggers)."""
     return {"seed": P.seed, **{s: getattr(P, s).model_dump(mode="json") for s in TRAIN_PARAM_SECTIONS[method]}}

@@ -23,6 +23,7 @@ rule train:
         runtime=600,
         gpu=get_gpus,
     threads: 1
+    priority: get_train_priority
     retries: 1
     conda:
         ENV
