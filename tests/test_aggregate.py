@@ -36,6 +36,31 @@ def test_bootstrap_ci_contains_mean_and_narrows():
     assert all(np.isnan(bootstrap_ci([np.nan], 100)))
 
 
+def test_subject_bootstrap_matches_plain_with_one_slice_per_subject():
+    x = np.random.default_rng(3).normal(0.5, 0.1, 40)
+    plain = bootstrap_ci(x, 500, 0.95, seed=4)
+    clustered = bootstrap_ci(x, 500, 0.95, seed=4, groups=[f"s{i}" for i in range(40)])
+    np.testing.assert_allclose(clustered, plain, rtol=0, atol=1e-12)  # the same draws
+
+
+def test_subject_bootstrap_resamples_whole_subjects():
+    """Ten identical slices per subject carry one subject's information, not ten slices'."""
+    subject_means = np.random.default_rng(5).normal(0.5, 0.1, 6)
+    x = np.repeat(subject_means, 10)
+    groups = np.repeat([f"IXI{i:03d}" for i in range(6)], 10)
+    by_subject = bootstrap_ci(x, 2000, 0.95, seed=6, groups=groups)
+    assert by_subject == pytest.approx(bootstrap_ci(subject_means, 2000, 0.95, seed=6), abs=1e-12)
+    by_slice = bootstrap_ci(x, 2000, 0.95, seed=6)
+    assert (by_subject[1] - by_subject[0]) > 2.5 * (by_slice[1] - by_slice[0])  # ~sqrt(10) wider
+    # Unequal subject sizes: each draw's mean is over all drawn slices (brute force on one draw).
+    y = np.array([1.0, 1.0, 1.0, 0.0])
+    lo, hi = bootstrap_ci(y, 4000, 1.0, seed=0, groups=["a", "a", "a", "b"])
+    assert (lo, hi) == (0.0, 1.0)  # draws {b,b} and {a,a}; {a,b} gives 3/4
+    assert bootstrap_ci(y, 100, 0.95, groups=["a"] * 4) == (0.75, 0.75)  # one subject: no spread
+    with pytest.raises(ValueError, match="groups"):
+        bootstrap_ci(y, 100, groups=["a"])
+
+
 # ------------------------------------------------------------------------------------- Wilcoxon
 def test_wilcoxon_small_for_a_clearly_better_method():
     rng = np.random.default_rng(1)
@@ -129,6 +154,10 @@ def test_summary_statistics(metrics):
     st = e["methods"]["sdedit"]["psnr"]
     assert st["std"] == pytest.approx(np.std(psnr, ddof=1), abs=1e-6)
     assert st["ci_low"] < st["mean"] < st["ci_high"]
+    # The CI resamples the 4 subjects (4 slices each): the brute-force subject bootstrap gives it.
+    assert e["methods"]["sdedit"]["n_subjects"] == 4 and st["n_groups"] == 4
+    assert (st["ci_low"], st["ci_high"]) == pytest.approx(
+        bootstrap_ci(psnr, 300, 0.95, seed=params.seed + 907, groups=np.arange(16) // 4), abs=1e-6)
     p = wilcoxon(psnr, data["lmidiffusion"][1]).pvalue
     assert st["p_vs_reference"] == pytest.approx(p, abs=1e-6)
     assert e["methods"]["lmidiffusion"]["psnr"]["p_vs_reference"] is None
@@ -146,6 +175,7 @@ def test_tables_show_paper_numbers_labelled(metrics):
     assert "paper (IXI, not our data)" in md and "Dice against the ground-truth labels" in md
     assert "Dice against K-Means of the real T1 slice" in md  # the t22t1 caption
     assert "StyleGAN2-ADA" in md and "not run" in md  # a paper method we did not run keeps its column
+    assert "| subjects (n) | 0 | 0 | 4 | 4 | 4 |" in md and "resamples of whole subjects" in md
     tidy = pd.read_csv(root / "a" / "tables" / "table.csv")
     assert set(tidy["source"]) == {"ours", "paper (IXI, not our data)"}
     tex = (root / "a" / "tables" / "table.tex").read_text()

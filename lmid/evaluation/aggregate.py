@@ -167,10 +167,13 @@ def summarise_experiment(frames: dict, reference: str, n_boot: int, confidence: 
     out = {"dice_reference": "ground truth" if dice_key == "dice_gt" else "K-Means of the real target",
            "dice_key": dice_key, "methods": {}}
     for method, df in frames.items():
-        entry: dict = {"n": int(len(df))}
+        # Subject-level bootstrap: slices of one subject are not independent (lmid/evaluation/stats.py).
+        subjects = df["subject"].astype(str).to_numpy() if "subject" in df.columns else None
+        entry: dict = {"n": int(len(df)),
+                       "n_subjects": int(len(set(subjects))) if subjects is not None else None}
         for key, col in SUMMARY_COLUMNS.items():
             if col in df.columns:
-                entry[key] = summarise(df[col].to_numpy(dtype=float), n_boot, confidence, seed)
+                entry[key] = summarise(df[col].to_numpy(dtype=float), n_boot, confidence, seed, groups=subjects)
         entry["dice"] = dict(entry.get(dice_key, summarise([], n_boot, confidence, seed)))
         for key in ("dice", "psnr", "ssim", "dice_km", "psnr_mask", "ssim_mask", "contrast_wm_gm", "contrast_gm_csf"):
             if key not in entry:
@@ -352,6 +355,8 @@ def table_rows(summary: dict, methods: list[str], with_paper: bool, reference: s
         rows.append((f"p {label.split()[0]} (Wilcoxon vs {ref_name})",
                      ["ref." if m == reference else "—" if method_stats(summary, m, key) is None
                       else fmt_p(method_stats(summary, m, key).get("p_vs_reference")) for m in methods], "p"))
+    rows.append(("subjects (n)", [str(summary["methods"][m].get("n_subjects") or "—") if m in summary["methods"]
+                                  else "0" for m in methods], "n"))
     rows.append(("slices (n)", [str(summary["methods"][m]["n"]) if m in summary["methods"] else "0"
                                 for m in methods], "n"))
     return rows
@@ -362,9 +367,11 @@ def caption(summary: dict, source: str, target: str, confidence: float, n_boot: 
     dice = ("Dice against the ground-truth labels" if summary["dice_key"] == "dice_gt"
             else f"Dice against K-Means of the real {target} slice (no ground-truth labels)")
     text = (f"{source} → {target}. {dice}: per slice the unweighted mean over CSF, GM and WM, then mean ± std over "
-            f"test slices, [{100 * confidence:g} % percentile bootstrap CI of the mean, {n_boot} resamples]. PSNR/SSIM "
+            f"test slices, [{100 * confidence:g} % percentile bootstrap CI of the mean, {n_boot} resamples of whole "
+            f"subjects, since slices of one subject are not independent]. PSNR/SSIM "
             f"against the real {target} slice on [0, 1] (data range 1), whole slice; 'in brain' rows use the brain "
-            f"mask only. p: two-sided paired Wilcoxon signed-rank test against {DISPLAY.get(reference, reference)}. "
+            f"mask only. p: two-sided paired Wilcoxon signed-rank test over slices against "
+            f"{DISPLAY.get(reference, reference)}. "
             f"Bold: best of the paper's four methods.")
     if with_paper:
         text += (" Rows marked 'paper' are the published numbers on IXI (300 training / 75 test slices), "

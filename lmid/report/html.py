@@ -460,6 +460,9 @@ def experiment_table(exp: str, s: dict, params, summary: dict) -> str:
                         f"<td>{esc(fmt_p(method_stats(s, m, key).get('p_vs_reference')))}</td>" for m in methods)
         body.append(f'<tr class="pval"><th scope="row">p {esc(label.split()[0])} vs {esc(DISPLAY.get(ref, ref))}</th>'
                     f"{cells}</tr>")
+    cells = "".join(f"<td>{s['methods'][m].get('n_subjects') or '—' if m in s['methods'] else 0}</td>"
+                    for m in methods)
+    body.append(f'<tr class="pval"><th scope="row">subjects (n)</th>{cells}</tr>')
     cells = "".join(f"<td>{s['methods'][m]['n'] if m in s['methods'] else 0}</td>" for m in methods)
     body.append(f'<tr class="pval"><th scope="row">slices (n)</th>{cells}</tr>')
     first = f"{esc(s['source_modality'])} → {esc(s['target_modality'])}"
@@ -645,10 +648,11 @@ def protocol_items(params, summary: dict, models_dir: Path) -> list[tuple[str, s
         ("LMIDiffusion sampler", f"{sampler.kind}, {sampler.steps} steps, start from {sampler.start}, "
                                  f"{sampler.samples} sample(s) per slice (paper: 1000 ancestral steps from noise, "
                                  "one sample)."),
-        ("Statistics", f"{100 * ev.confidence:g} % percentile bootstrap CI of the mean ({ev.bootstrap} resamples, "
-                       f"seeded); two-sided paired Wilcoxon signed-rank test against "
-                       f"{DISPLAY.get(ev.reference_method, ev.reference_method)}. Slices of one subject are not "
-                       "independent, so both are optimistic."),
+        ("Statistics", f"{100 * ev.confidence:g} % percentile bootstrap CI of the mean ({ev.bootstrap} resamples of "
+                       "whole test subjects, seeded: slices of one subject are not independent); two-sided paired "
+                       f"Wilcoxon signed-rank test over slices against "
+                       f"{DISPLAY.get(ev.reference_method, ev.reference_method)}, which is optimistic for the same "
+                       "reason. The sampler table resamples slices."),
     ]
 
 
