@@ -119,6 +119,38 @@ class SimulateParams(Section):
     }
 
 
+class UnseenProtocolParams(Section):
+    """A second simulated protocol that no model is trained on (``lmid generate --protocol unseen``).
+
+    The same subjects (same anatomy, labels and split) are simulated again with another field
+    strength's tissue values and other TR/TE, then translated by the models trained on the main
+    protocol as they are: the zero-shot promise of adapting to a changed source without retraining.
+    """
+
+    #: Run the unseen-protocol experiments. ``null``: yes for simulated data, no for IXI/BraTS
+    #: folders (which have no twin on another protocol); ``true`` needs simulated data.
+    enabled: bool | None = None
+    #: Experiment suffix: PD → T1 on this protocol is experiment ``pd2t1_<name>``.
+    name: str = Field(default="3t", pattern=r"^[a-z0-9]{1,12}$")
+    #: SNR of the second scanner (``null`` keeps ``simulate.snr``).
+    snr: float | None = Field(default=30.0, gt=0)
+    tissues: dict[Literal["csf", "gm", "wm"], TissueParams] = {
+        # 3 T, in vivo. T1/T2: Wansapura et al., JMRI 9:531 (1999): WM 832/80, GM 1331/110 ms;
+        # CSF T1 ≈ 4.3 s (Lu et al., MRM 2005). T2*: Peters et al., MRI 25:748 (2007), 3 T: WM 53.2,
+        # GM 66.0 ms. PD is water content and does not change with the field.
+        "csf": TissueParams(pd=1.00, t1_ms=4300.0, t2_ms=1800.0, t2s_ms=1200.0),
+        "gm": TissueParams(pd=0.80, t1_ms=1330.0, t2_ms=110.0, t2s_ms=66.0),
+        "wm": TissueParams(pd=0.70, t1_ms=830.0, t2_ms=80.0, t2s_ms=53.0),
+    }
+    #: Sequences replaced for this protocol; modalities not named keep ``simulate.sequences``.
+    #: A shorter TR (6 s) and other echo times: on PD, CSF falls towards GM (0.75 vs 0.71 of
+    #: the CSF PD) where the main protocol keeps it clearly brightest.
+    sequences: dict[str, SequenceParams] = {
+        "PD": SequenceParams(kind="spin_echo", tr_ms=6000.0, te_ms=12.0),
+        "T2": SequenceParams(kind="spin_echo", tr_ms=6000.0, te_ms=90.0),
+    }
+
+
 class SplitFractions(Section):
     train: float = Field(default=0.6, gt=0, lt=1)
     val: float = Field(default=0.2, ge=0, lt=1)
@@ -434,6 +466,7 @@ class Params(Section):
     paths: PathsParams = PathsParams()
     data: DataParams = DataParams()
     simulate: SimulateParams = SimulateParams()
+    unseen_protocol: UnseenProtocolParams = UnseenProtocolParams()
     prepare: PrepareParams = PrepareParams()
     lmi: LmiParams = LmiParams()
     diffusion: DiffusionParams = DiffusionParams()
@@ -454,7 +487,31 @@ class Params(Section):
             raise ValueError("methods lists a method twice")
         if self.data.source_modality == self.data.target_modality:
             raise ValueError("data.source_modality and data.target_modality must differ")
+        unseen = self.unseen_protocol
+        if unseen.enabled is not False:
+            if unseen.enabled and self.data.source != "simulated":
+                raise ValueError(f"unseen_protocol.enabled needs data.source: simulated (got {self.data.source!r}); "
+                                 "set unseen_protocol.enabled: false for your own data")
+            missing = sorted(set(unseen.sequences) - set(self.simulate.sequences))
+            if missing:
+                raise ValueError(f"unseen_protocol.sequences names {missing}, which simulate.sequences does not simulate")
         return self
+
+    @property
+    def unseen_protocol_active(self) -> bool:
+        """Whether the unseen-protocol experiments run (``unseen_protocol.enabled``)."""
+        enabled = self.unseen_protocol.enabled
+        return self.data.source == "simulated" if enabled is None else enabled
+
+    def unseen_simulation(self) -> "Params":
+        """These params with ``simulate`` switched to the unseen protocol (same seed: same subjects)."""
+        u = self.unseen_protocol
+        sim = self.simulate.model_copy(update={
+            "tissues": dict(u.tissues),
+            "sequences": {**self.simulate.sequences, **u.sequences},
+            "snr": self.simulate.snr if u.snr is None else u.snr,
+        })
+        return self.model_copy(update={"simulate": sim})
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:

@@ -64,8 +64,19 @@ def test_report_and_every_method(snakemake_run):
     text = json.dumps(metrics)
     for method in ("lmidiffusion", "sdedit", "cyclegan", "stylegan2", "cdm", "identity", "histmatch"):
         assert method in text, method
+    # The unseen-protocol experiments ran with the PD → T1 models as they are.
+    assert {"pd2t1_3t", "t22t1_3t"} <= set(metrics)
+    summary = json.loads((snakemake_run / "reports/summary.json").read_text())
+    shift = summary["protocol_shift"]["experiments"]["pd2t1"]["methods"]["lmidiffusion"]
+    assert shift["pairs"] == summary["experiments"]["pd2t1"]["methods"]["lmidiffusion"]["n"]
+    assert shift["change"]["mean"] == pytest.approx(shift["unseen"] - shift["main"], abs=1e-5)
+    baselines = json.loads((snakemake_run / "reports/baselines.json").read_text())
+    for method in ("stylegan2", "sdedit", "cyclegan"):
+        assert baselines["methods"][method]["status"] == "ok", method
+    assert baselines["floor"]["w1_to_real"] < baselines["methods"]["stylegan2"]["w1_to_real"]  # 6 steps: untrained
     html = (snakemake_run / "reports/index.html").read_text()
     assert "<table" in html and "data:image/png;base64," in html
+    assert 'id="shift-pd2t1"' in html and 'id="table-baselines"' in html and 'id="table-cyclegan"' in html
     nifti = list((snakemake_run / "data/translations/pd2t1/lmidiffusion/nifti").glob("*.nii.gz"))
     assert nifti
 

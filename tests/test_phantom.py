@@ -221,3 +221,46 @@ def test_cli_generate_matches_an_in_process_run_byte_for_byte(tmp_path):
     assert "phantom.json" in names and names == sorted(p.name for p in (tmp_path / "here").iterdir())
     for name in names:  # another process, same bytes
         assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "here" / name).read_bytes(), name
+
+
+# ------------------------------------------------------------------------------ unseen protocol
+def test_unseen_protocol_keeps_the_subjects_and_changes_the_contrast(tmp_path):
+    """Same anatomy and labels; PD on the 3 T / TR 6 s protocol follows the physics of that protocol."""
+    params = tiny(axial_planes=6, snr=1e4)
+    unseen = params.unseen_simulation()
+    assert unseen.simulate.sequences["T1"] == params.simulate.sequences["T1"]  # T1 not replaced
+    assert unseen.simulate.sequences["PD"].tr_ms == 6000.0 and unseen.simulate.snr == 30.0
+    a = phantom.simulate_subject(params.model_copy(update={"simulate": params.simulate.model_copy(
+        update={"tissue_jitter": 0.0, "sequence_jitter": 0.0, "bias_strength": 0.0})}), 0)
+    b_params = unseen.model_copy(update={"simulate": unseen.simulate.model_copy(
+        update={"tissue_jitter": 0.0, "sequence_jitter": 0.0, "bias_strength": 0.0, "snr": 1e4})})
+    b = phantom.simulate_subject(b_params, 0)
+    assert a["id"] == b["id"]
+    np.testing.assert_array_equal(a["label"], b["label"])
+    # Pure-tissue voxels: the PD ratio CSF/GM is the spin-echo equation's, per protocol.
+    def ratio(subj, p):
+        img, lab = subj["images"]["PD"], subj["label"]
+        seq = p.simulate.sequences["PD"].model_dump()
+        expected = (phantom.tissue_signal(seq, p.simulate.tissues["csf"].model_dump())
+                    / phantom.tissue_signal(seq, p.simulate.tissues["gm"].model_dump()))
+        return img[lab == 1].mean() / img[lab == 2].mean(), expected
+    got_a, want_a = ratio(a, params)
+    got_b, want_b = ratio(b, b_params)
+    assert want_a > 1.15 and 0.95 < want_b < 1.1  # CSF clearly brightest on the main protocol only
+    assert got_a == pytest.approx(want_a, rel=0.1) and got_b == pytest.approx(want_b, rel=0.1)
+
+
+def test_cli_generate_unseen_records_its_protocol(tmp_path):
+    res = run_lmid("generate", "--params", TINY, "--set", "simulate.n_subjects=3", "--set", "simulate.axial_planes=2",
+                   "--protocol", "unseen", "--out", tmp_path / "u")
+    assert res.returncode == 0, res.stderr
+    record = read_json(tmp_path / "u" / "phantom.json")
+    assert record["protocol"] == "unseen"
+    assert record["simulate"]["sequences"]["PD"]["tr_ms"] == 6000.0 and record["simulate"]["snr"] == 30.0
+
+
+def test_unseen_protocol_is_refused_for_own_data():
+    with pytest.raises(ValueError, match="unseen_protocol.enabled"):
+        Params.model_validate({"data": {"source": "ixi", "root": "x"}, "unseen_protocol": {"enabled": True}})
+    assert not Params.model_validate({"data": {"source": "ixi", "root": "x"}}).unseen_protocol_active
+    assert Params.model_validate({}).unseen_protocol_active

@@ -13,6 +13,9 @@ def register(sub) -> None:
                                    "2009 template (section 'simulate' of params.yaml), written in the IXI layout.")
     add_common(p)
     p.add_argument("--out", type=Path, required=True, help="output folder for the volumes")
+    p.add_argument("--protocol", choices=("main", "unseen"), default="main",
+                   help="main: section 'simulate'; unseen: the same subjects on the protocol of section "
+                        "'unseen_protocol' (tissue values, sequences, SNR), which no model trains on")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("prepare", help="axial slices, normalisation and subject-level splits",
@@ -28,7 +31,9 @@ def _generate(args) -> None:
     params = load_params_from_args(args)  # fail on bad params before any heavy import
     from lmid.data.phantom import generate
 
-    generate(params, args.out)
+    if args.protocol == "unseen":
+        params = params.unseen_simulation()
+    generate(params, args.out, protocol=args.protocol)
 
 
 def _prepare(args) -> None:

@@ -48,6 +48,20 @@ def register(sub) -> None:
     p.set_defaults(func=_diagnose)
 
     p = sub.add_parser(
+        "check-baselines", help="sanity evidence for the baselines: samples, histograms, both directions",
+        description="StyleGAN2-ADA's random samples and SDEdit's unconditional DDPM samples against real target "
+                    "slices (foreground intensity histograms), and CycleGAN's two directions and cycles on the test "
+                    "split. Numbers to a JSON file, the images the report shows to an .npz file.")
+    add_common(p)
+    p.add_argument("--models-dir", type=Path, required=True, help="e.g. data/models")
+    p.add_argument("--test", type=Path, required=True, help="test split (.npz)")
+    p.add_argument("--samples", type=int, default=16, help="samples per generator (default %(default)s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, required=True, help="numbers (.json), e.g. reports/baselines.json")
+    p.add_argument("--images", type=Path, required=True, help="images (.npz), e.g. data/baselines/samples.npz")
+    p.set_defaults(func=_check_baselines)
+
+    p = sub.add_parser(
         "aggregate", help="the paper's table with CIs and tests; DVC metrics",
         description="Summarise METRICS_DIR/<experiment>/<method>.csv (and METRICS_DIR/sampler/*.csv if present) "
                     "into OUT_DIR/metrics.json, OUT_DIR/summary.json and OUT_DIR/tables/ (Markdown, CSV, LaTeX), "
@@ -70,6 +84,10 @@ def register(sub) -> None:
     p.add_argument("--metrics-dir", type=Path, required=True, help="e.g. data/metrics")
     p.add_argument("--translations-dir", type=Path, required=True, help="e.g. data/translations")
     p.add_argument("--slices-dir", type=Path, required=True, help="e.g. data/slices")
+    p.add_argument("--unseen-slices-dir", type=Path, default=None,
+                   help="slices of the unseen protocol, e.g. data/slices_3t (its experiments' figures)")
+    p.add_argument("--baseline-images", type=Path, default=None,
+                   help="images written by 'lmid check-baselines' (its numbers are read from REPORTS_DIR/baselines.json)")
     p.add_argument("--out", type=Path, required=True, help="HTML file, e.g. reports/index.html")
     p.set_defaults(func=_report)
 
@@ -99,6 +117,16 @@ def _diagnose(args) -> None:
              slices=args.slices, device=args.device)
 
 
+def _check_baselines(args) -> None:
+    from lmid.errors import LmidError
+    from lmid.evaluation.baselines import check_baselines
+
+    if args.samples < 1:
+        raise LmidError(f"--samples must be >= 1, got {args.samples}")
+    check_baselines(load_params_from_args(args), args.models_dir, args.test, args.out, args.images,
+                    samples=args.samples, device=args.device)
+
+
 def _aggregate(args) -> None:
     from lmid.evaluation.aggregate import aggregate
 
@@ -109,4 +137,5 @@ def _report(args) -> None:
     from lmid.report.html import build_report
 
     build_report(load_params_from_args(args), args.params, args.reports_dir, args.models_dir, args.metrics_dir,
-                 args.translations_dir, args.slices_dir, args.out)
+                 args.translations_dir, args.slices_dir, args.out, unseen_slices_dir=args.unseen_slices_dir,
+                 baseline_images_path=args.baseline_images)

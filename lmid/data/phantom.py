@@ -409,12 +409,13 @@ def _remove_stale(out_dir: Path, written: set[str]) -> None:
             (out_dir / name).unlink(missing_ok=True)
 
 
-def generate(params, out_dir: Path) -> dict:
+def generate(params, out_dir: Path, protocol: str = "main") -> dict:
     """Simulate ``params.simulate.n_subjects`` subjects into ``out_dir`` in the IXI layout.
 
     Writes ``IXI{nnn}-{site}-{mmmm}-{MOD}.nii.gz`` per modality of ``simulate.sequences`` and
     ``...-label.nii.gz`` per subject, then ``phantom.json``. Returns a summary (also timing, which
-    the JSON leaves out so that it is byte-identical between runs).
+    the JSON leaves out so that it is byte-identical between runs). ``protocol`` is recorded
+    there: ``unseen`` when ``params`` is ``Params.unseen_simulation()``.
     """
     from tqdm import tqdm
 
@@ -452,6 +453,7 @@ def generate(params, out_dir: Path) -> dict:
     mean_intensity = {mod: {k: float(np.mean(v)) if v else None for k, v in d.items()} for mod, d in sums.items()}
     record = {
         "generator": "lmid.data.phantom",
+        "protocol": protocol,
         "seed": params.seed,
         "simulate": sim.model_dump(mode="json"),
         "template": tpl.source,

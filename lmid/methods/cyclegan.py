@@ -207,8 +207,10 @@ class CycleGan(Method):
             write_train_log(out_dir / "train_log.csv", columns, rows)
 
         g_ab = nets["g_ab"].eval()
+        # G_BA travels along only for the report's sanity check (target → source); translate uses G_AB.
         save_checkpoint(out_dir / "model.pt",
-                        {"method": self.name, "arch": self.arch(params), "generator": g_ab.state_dict()})
+                        {"method": self.name, "arch": self.arch(params), "generator": g_ab.state_dict(),
+                         "generator_ba": nets["g_ba"].eval().state_dict()})
         info = {
             "steps": cfg.steps, "steps_this_run": cfg.steps - start, "train_loop_s": round(wall, 3),
             "s_per_step": round(wall / max(1, cfg.steps - start), 4),
@@ -232,6 +234,15 @@ class CycleGan(Method):
         state = load_checkpoint(model_path, required=("arch", "generator"))
         net = ResnetGenerator(**state["arch"])
         load_module_state(net, state["generator"], model_path, what="cyclegan generator")
+        return net.to(device).eval()
+
+    def load_reverse(self, model_path: Path, device: torch.device):
+        """G_BA (target → source), stored beside G_AB; ``None`` in a model.pt written without it."""
+        state = load_checkpoint(model_path, required=("arch", "generator"))
+        if "generator_ba" not in state:
+            return None
+        net = ResnetGenerator(**state["arch"])
+        load_module_state(net, state["generator_ba"], model_path, what="cyclegan reverse generator")
         return net.to(device).eval()
 
     @torch.no_grad()

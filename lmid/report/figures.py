@@ -294,3 +294,18 @@ def convergence_curve(path, curve: list[dict]) -> Path:
         ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return save(fig, path)
+
+
+def sample_rows(path, rows: list[tuple[str, np.ndarray]], per_row: int = 8) -> Path:
+    """One row of images per label (e.g. real slices, a generator's random samples), on [0, 1]."""
+    n = min(per_row, max(len(imgs) for _, imgs in rows))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.3 * len(rows) + 0.2), squeeze=False)
+    for r, (label, imgs) in enumerate(rows):
+        for c in range(n):
+            if c < len(imgs):
+                _image_axis(axes[r, c], imgs[c])
+            else:
+                axes[r, c].axis("off")
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    fig.subplots_adjust(wspace=0.03, hspace=0.08)
+    return save(fig, path)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 FIGURE_FILES = {
     "grid": "grid_{experiment}.png", "segmentation": "segmentation.png", "metrics": "metrics_{experiment}.png",
     "lmi": "lmi.png", "loss_curves": "loss_curves.png", "uncertainty": "uncertainty.png", "sampler": "sampler.png",
-    "convergence": "convergence.png",
+    "convergence": "convergence.png", "baselines": "baselines.png",
 }
 
 
@@ -120,12 +120,15 @@ class Figures:
 
 
 def draw_figures(params, summary: dict, split, translations: dict, metrics_dir: Path, models_dir: Path,
-                 fig_dir: Path, diagnostics: dict | None = None) -> Figures:
+                 fig_dir: Path, diagnostics: dict | None = None, unseen_split=None, baselines: dict | None = None,
+                 baseline_images: dict | None = None) -> Figures:
     """Every figure of the report, in the order the page shows them."""
     figs = Figures(fig_dir)
     main = summary["main_experiment"]
     for exp, s in summary["experiments"].items():
-        _grid_figure(figs, params, exp, s, split, translations.get(exp, {}))
+        # An unseen-protocol experiment's sources and targets are its own slices, not the main split's.
+        own = unseen_split if is_unseen_experiment(exp, params) else split
+        _grid_figure(figs, params, exp, s, own, translations.get(exp, {}))
     _segmentation_figure(figs, params, split, translations.get(main, {}), summary["experiments"][main], models_dir)
     for exp, s in summary["experiments"].items():
         _metrics_figure(figs, params, exp, s, metrics_dir)
@@ -134,6 +137,7 @@ def draw_figures(params, summary: dict, split, translations: dict, metrics_dir: 
     _uncertainty_figure(figs, params, split, translations.get(main, {}))
     _sampler_figure(figs, summary)
     _convergence_figure(figs, diagnostics)
+    _baselines_figure(figs, baselines, baseline_images)
     return figs
 
 
@@ -149,6 +153,65 @@ def _convergence_figure(figs: Figures, diagnostics: dict | None) -> None:
              f"PD → T1 translation of {diagnostics['slices']} validation slices with the EMA weights kept every "
              "snapshot_every steps, scored like the test set (one sample per slice, the run's sampler). When the "
              "curves flatten, more training would not help.")
+
+
+def _baselines_figure(figs: Figures, baselines: dict | None, images: dict | None) -> None:
+    path = figs.out_dir / FIGURE_FILES["baselines"]
+    title = "Baselines on their own: random samples and the reverse direction"
+    if not baselines or not images:
+        figs.add("baselines", title, path, "", "no baseline checks (lmid check-baselines) in this run")
+        return
+    labels = {"real": "real T1 (random)", "stylegan2_samples": "StyleGAN2-ADA samples",
+              "sdedit_samples": "SDEdit DDPM samples", "cyclegan_target_to_source": "CycleGAN G_BA(T1)"}
+    rows = [(label, images[key]) for key, label in labels.items() if key in images]
+    figures.sample_rows(path, rows)
+    figs.add("baselines", title, path,
+             "Top: real target slices drawn at random. Then random samples of StyleGAN2-ADA's EMA generator "
+             "(no inversion) and unconditional samples of SDEdit's DDPM, which should look like brains of the "
+             "target modality; CycleGAN's reverse generator on the same real slices should look like the source. "
+             "Numbers in the Baseline checks section.")
+
+
+def baselines_section(baselines: dict | None, params) -> str:
+    """The numbers of ``lmid check-baselines``: are the baselines trained?"""
+    if not baselines:
+        return '<p class="notrun">Not run: no <code>baselines.json</code> (no StyleGAN2, SDEdit or CycleGAN?).</p>'
+    floor, real = baselines["floor"], baselines["real"]
+    rows = [("real target (all test slices)", real), (f"floor: {floor['what']}", floor)]
+    for m in ("stylegan2", "sdedit"):
+        e = baselines["methods"].get(m)
+        if e and e.get("status") == "ok":
+            rows.append((f"{DISPLAY.get(m, m)}: {e['what']}", e))
+    body = "".join(
+        f"<tr><th scope='row'>{esc(label)}</th><td>{fmt(e.get('foreground_fraction'), 3)}</td>"
+        f"<td>{fmt(e.get('foreground_mean'), 3)}</td><td>{fmt(e.get('saturated_fraction'), 3)}</td>"
+        f"<td>{fmt(e.get('w1_to_real'), 3)}</td></tr>" for label, e in rows)
+    parts = ['<div class="scroll"><table class="results narrow" id="table-baselines"><thead><tr><th>images</th>'
+             "<th>foreground fraction</th><th>foreground mean</th><th>saturated (&gt; 0.98)</th>"
+             "<th>W₁ to real foreground</th></tr></thead>"
+             f"<tbody>{body}</tbody></table></div>",
+             f'<p class="caption">{baselines["samples"]} samples per generator. Foreground: pixels above '
+             f"{baselines['foreground_threshold']:g} on [0, 1], for generated and real slices alike. W₁: 1-Wasserstein "
+             "distance between foreground intensity distributions; a generator whose samples sit near the floor "
+             "cannot be told from real slices by their intensities; one far above it has not learnt the target's "
+             "tissue intensities.</p>"]
+    for m, e in baselines["methods"].items():
+        if e.get("status") != "ok":
+            parts.append(f'<p class="notrun">{esc(DISPLAY.get(m, m))}: {esc(e.get("status"))}</p>')
+    cg = baselines["methods"].get("cyclegan")
+    if cg and cg.get("status") == "ok":
+        src, tgt = params.data.source_modality, params.data.target_modality
+        items = [(f"{src} → {tgt} (G_AB, the translation scored)", cg["psnr_mask_source_to_target"]),
+                 (f"{tgt} → {src} (G_BA)", cg["psnr_mask_target_to_source"]),
+                 (f"cycle {src} → {tgt} → {src}", cg["psnr_mask_cycle_source"]),
+                 (f"cycle {tgt} → {src} → {tgt}", cg["psnr_mask_cycle_target"])]
+        body = "".join(f"<tr><th scope='row'>{esc(k)}</th><td>{fmt(v, 2)}</td></tr>" for k, v in items)
+        parts.append("<h3>CycleGAN, both directions</h3>"
+                     '<div class="scroll"><table class="results narrow" id="table-cyclegan"><thead><tr><th>test split'
+                     f"</th><th>PSNR in brain (dB)</th></tr></thead><tbody>{body}</tbody></table></div>"
+                     '<p class="caption">A cycle far better than either direction is the CycleGAN failure mode of '
+                     "hiding the source in the translation instead of translating it.</p>")
+    return "".join(parts)
 
 
 def diagnostics_section(diagnostics: dict | None, params) -> str:
@@ -746,8 +809,40 @@ def _figure_html(item: dict) -> str:
             f"<figcaption><b>{esc(Path(item['path']).name)}.</b> {esc(item['caption'])}</figcaption></figure>")
 
 
+def is_unseen_experiment(exp: str, params) -> bool:
+    return params.unseen_protocol_active and exp.endswith(f"_{params.unseen_protocol.name}")
+
+
+def protocol_shift_section(summary: dict, params) -> str:
+    shift = summary.get("protocol_shift") or {}
+    if shift.get("status") != "ok":
+        return '<p class="notrun">Not run: no unseen-protocol experiment in the metrics.</p>'
+    u = params.unseen_protocol
+    seqs = ", ".join(f"{m} TR {q.tr_ms:g} / TE {q.te_ms:g} ms" for m, q in u.sequences.items())
+    parts = [f'<p class="lead">The test subjects simulated again on protocol <code>{esc(u.name)}</code> ({esc(seqs)}; '
+             "tissue T1/T2 of another field strength; SNR "
+             f"{esc(f'{u.snr if u.snr is not None else params.simulate.snr:g}')}), translated by the models trained on "
+             "the main protocol as they are. Change = unseen − main, paired over the same slices, [subject-level "
+             "bootstrap CI].</p>"]
+    for exp, e in shift["experiments"].items():
+        methods = [m for m in summary["experiments"][exp]["method_order"] if m in e["methods"]]
+        head = "".join(f'<th scope="col">{esc(column_title(m, params))}</th>' for m in methods)
+        rows = []
+        for key, label in (("main", "Dice, main protocol"), ("unseen", "Dice, unseen protocol")):
+            rows.append(f'<tr><th scope="row">{label}</th>'
+                        + "".join(f"<td>{esc(fmt(e['methods'][m][key]))}</td>" for m in methods) + "</tr>")
+        cells = "".join(
+            f"<td>{e['methods'][m]['change']['mean']:+.2f} <span class=\"ci\">[{e['methods'][m]['change']['ci_low']:+.2f}, "
+            f"{e['methods'][m]['change']['ci_high']:+.2f}]</span></td>" for m in methods)
+        rows.append(f'<tr class="ours"><th scope="row">change</th>{cells}</tr>')
+        parts.append(f"<h3><code>{esc(exp)}</code> → <code>{esc(e['unseen_experiment'])}</code></h3>"
+                     f'<div class="scroll"><table class="results" id="shift-{esc(exp)}"><thead><tr><th scope="col">Dice'
+                     f"</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return "".join(parts)
+
+
 def build_report(params, params_path, reports_dir, models_dir, metrics_dir, translations_dir, slices_dir,
-                 out_path) -> Path:
+                 out_path, unseen_slices_dir=None, baseline_images_path=None) -> Path:
     import yaml
 
     reports_dir, models_dir, metrics_dir, translations_dir, slices_dir, out_path = map(
@@ -774,7 +869,12 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
                                      f"does not match the test split {slices_dir / 'test.npz'}")
     diag_path = reports_dir / "diagnostics.json"
     diagnostics = read_json(diag_path) if diag_path.is_file() else None
-    figs = draw_figures(params, summary, test, translations, metrics_dir, models_dir, fig_dir, diagnostics)
+    unseen_test = _load_split(Path(unseen_slices_dir) / "test.npz") if unseen_slices_dir else None
+    base_path = reports_dir / "baselines.json"
+    baselines = read_json(base_path) if base_path.is_file() else None
+    baseline_images = load_npz(baseline_images_path) if baselines and baseline_images_path else None
+    figs = draw_figures(params, summary, test, translations, metrics_dir, models_dir, fig_dir, diagnostics,
+                        unseen_split=unseen_test, baselines=baselines, baseline_images=baseline_images)
 
     git = environment.git_commit()
     vers = environment.versions()
@@ -794,7 +894,8 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
            "histogram matching are references.</p>",
            experiment_table(main, s_main, params, summary), "</section>"]
     sections.append("".join(res))
-    others = [e for e in experiments if e != main]
+    others = [e for e in experiments if e != main and not is_unseen_experiment(e, params)]
+    unseen = [e for e in experiments if is_unseen_experiment(e, params)]
     sec = ['<section id="second-source"><h2>Zero-shot second source</h2>']
     if not others:
         sec.append('<p class="notrun">Not run: no second-source experiment in the metrics.</p>')
@@ -806,9 +907,20 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
                    f"for this source.</p>" + experiment_table(exp, s, params, summary))
     sec.append("</section>")
     sections.append("".join(sec))
+    sec = ['<section id="unseen-protocol"><h2>Unseen protocol, no retraining</h2>',
+           protocol_shift_section(summary, params)]
+    for exp in unseen:
+        s = summary["experiments"][exp]
+        sec.append(f"<h3>{esc(s['source_modality'])} → {esc(s['target_modality'])} on the unseen protocol "
+                   f"(experiment <code>{esc(exp)}</code>)</h3>" + experiment_table(exp, s, params, summary))
+    sec.append("</section>")
+    sections.append("".join(sec))
     sections.append(f'<section id="sampler"><h2>Sampling settings</h2>{sampler_section(summary)}</section>')
     sections.append(f'<section id="diagnostics"><h2>Diagnostics</h2>{diagnostics_section(diagnostics, params)}'
                     "</section>")
+    sections.append('<section id="baselines"><h2>Baseline checks</h2><p class="lead">Is each competitor trained? '
+                    "What its generator makes on its own, apart from the translation it is scored on; the training "
+                    "curves are in the Figures section.</p>" + baselines_section(baselines, params) + "</section>")
     sections.append('<section id="figures"><h2>Figures</h2>' + "".join(_figure_html(i) for i in figs.items)
                     + "</section>")
     sections.append(f'<section id="timings"><h2>Methods and timings</h2>{timings_table(summary, params)}</section>')
@@ -829,8 +941,9 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
     sections.append(f'<section id="software"><h2>Software and device</h2>{_kv_table(env_items)}</section>')
 
     nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in (
-        ("results", "Main table"), ("second-source", "Second source"), ("sampler", "Sampling"),
-        ("diagnostics", "Diagnostics"),
+        ("results", "Main table"), ("second-source", "Second source"), ("unseen-protocol", "Unseen protocol"),
+        ("sampler", "Sampling"),
+        ("diagnostics", "Diagnostics"), ("baselines", "Baselines"),
         ("figures", "Figures"), ("timings", "Timings"), ("data", "Data"), ("protocol", "Protocol"),
         ("params", "Parameters"), ("software", "Software")))
     page = f"""<!DOCTYPE html>

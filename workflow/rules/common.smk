@@ -35,6 +35,8 @@ METRICS = f"{DATA}/metrics"
 GPUS = int(os.environ.get("LMID_GPUS", "1"))
 # identity and histmatch are array arithmetic: they never ask for a GPU.
 NETWORK_METHODS = {"lmidiffusion", "sdedit", "cyclegan", "stylegan2", "cdm"}
+# Baselines whose generators `lmid check-baselines` inspects on their own.
+BASELINE_CHECKED = [m for m in ("stylegan2", "sdedit", "cyclegan") if m in METHODS]
 
 
 def get_gpus(wildcards):
@@ -48,6 +50,16 @@ def experiment(source):
 
 
 EXPERIMENTS = {experiment(s): s for s in SOURCES}
+# Slices each experiment translates. The unseen-protocol experiments (pd2t1_3t, ...) take the same
+# subjects simulated on another protocol and reuse the models trained on the main one.
+EXPERIMENT_SLICES = {name: SLICES for name in EXPERIMENTS}
+UNSEEN = P.unseen_protocol.name if P.unseen_protocol_active else None
+RAW_UNSEEN = f"{DATA}/raw_{UNSEEN}"
+SLICES_UNSEEN = f"{DATA}/slices_{UNSEEN}"
+if UNSEEN:
+    for s in SOURCES:
+        EXPERIMENTS[f"{experiment(s)}_{UNSEEN}"] = s
+        EXPERIMENT_SLICES[f"{experiment(s)}_{UNSEEN}"] = SLICES_UNSEEN
 # Per-slice scores of every method and experiment (evaluate's outputs).
 ALL_SCORES = expand(f"{METRICS}/{{experiment}}/{{method}}.csv", experiment=EXPERIMENTS, method=METHODS)
 
@@ -77,6 +89,14 @@ def get_shards(wildcards):
         shard=range(SHARDS),
         n=SHARDS,
     )
+
+
+def get_test_slices(wildcards):
+    return f"{EXPERIMENT_SLICES[wildcards.experiment]}/test.npz"
+
+
+def get_manifest(wildcards):
+    return f"{EXPERIMENT_SLICES[wildcards.experiment]}/manifest.json"
 
 
 def get_model(wildcards):

@@ -48,3 +48,55 @@ rule prepare:
         ENV
     shell:
         "lmid prepare --params {params.cfg} --raw {params.raw} --out {params.out} > {log} 2>&1"
+
+
+rule generate_unseen:
+    """The same simulated subjects on the unseen protocol (params section unseen_protocol)."""
+    output:
+        f"{RAW_UNSEEN}/phantom.json",
+    params:
+        cfg=PARAMS_FILE,
+        out=lambda w, output: os.path.dirname(output[0]),
+        simulate=P.simulate.model_dump(mode="json"),
+        unseen=P.unseen_protocol.model_dump(mode="json"),
+    log:
+        f"{DATA}/logs/generate_unseen.log",
+    benchmark:
+        f"{DATA}/benchmarks/generate_unseen.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "lmid generate --params {params.cfg} --protocol unseen --out {params.out} > {log} 2>&1"
+
+
+rule prepare_unseen:
+    """Slices of the unseen protocol, split by subject exactly as the main protocol's."""
+    input:
+        f"{RAW_UNSEEN}/phantom.json",
+    output:
+        train=f"{SLICES_UNSEEN}/train.npz",
+        val=f"{SLICES_UNSEEN}/val.npz",
+        test=f"{SLICES_UNSEEN}/test.npz",
+        manifest=f"{SLICES_UNSEEN}/manifest.json",
+    params:
+        cfg=PARAMS_FILE,
+        raw=lambda w, input: os.path.dirname(input[0]),
+        out=lambda w, output: os.path.dirname(output.train),
+        data=P.data.model_dump(mode="json"),
+        prepare=P.prepare.model_dump(mode="json"),
+    log:
+        f"{DATA}/logs/prepare_unseen.log",
+    benchmark:
+        f"{DATA}/benchmarks/prepare_unseen.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "lmid prepare --params {params.cfg} --raw {params.raw} --out {params.out} > {log} 2>&1"

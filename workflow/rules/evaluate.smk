@@ -4,7 +4,7 @@
 rule evaluate:
     input:
         translations=f"{TRANSLATIONS}/{{experiment}}/{{method}}/translations.npz",
-        slices=f"{SLICES}/test.npz",
+        slices=get_test_slices,
         segmenter=f"{MODELS}/kmeans.json",
     output:
         f"{METRICS}/{{experiment}}/{{method}}.csv",
@@ -89,3 +89,30 @@ rule diagnose:
     shell:
         "lmid diagnose --params {params.cfg} --model {input.model} --val {input.val}"
         " --segmenter {input.segmenter} --slices {params.slices} --out {output} > {log} 2>&1"
+
+
+rule check_baselines:
+    """Sanity evidence for StyleGAN2-ADA, SDEdit and CycleGAN: samples, histograms, both directions."""
+    input:
+        models=expand(f"{MODELS}/{{method}}/model.pt", method=BASELINE_CHECKED),
+        test=f"{SLICES}/test.npz",
+    output:
+        numbers=f"{REPORTS}/baselines.json",
+        images=f"{DATA}/baselines/samples.npz",
+    params:
+        cfg=PARAMS_FILE,
+        models=lambda w, input: os.path.dirname(os.path.dirname(input.models[0])),
+    log:
+        f"{DATA}/logs/check_baselines.log",
+    benchmark:
+        f"{DATA}/benchmarks/check_baselines.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=get_gpus,
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "lmid check-baselines --params {params.cfg} --models-dir {params.models} --test {input.test}"
+        " --out {output.numbers} --images {output.images} > {log} 2>&1"

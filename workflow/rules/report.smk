@@ -17,6 +17,8 @@ rule report:
         splits=expand(f"{SLICES}/{{split}}.npz", split=("train", "val", "test")),
         manifest=f"{SLICES}/manifest.json",
         diagnostics=[f"{REPORTS}/diagnostics.json"] if "lmidiffusion" in METHODS else [],
+        unseen=[f"{SLICES_UNSEEN}/test.npz"] if UNSEEN else [],
+        baselines=[f"{REPORTS}/baselines.json", f"{DATA}/baselines/samples.npz"] if BASELINE_CHECKED else [],
     output:
         html=f"{REPORTS}/index.html",
         grids=report(
@@ -41,6 +43,7 @@ rule report:
         convergence=report(
             f"{REPORTS}/figures/convergence.png", caption="../report/convergence.rst", category="Training"
         ),
+        baselines=report(f"{REPORTS}/figures/baselines.png", caption="../report/baselines.rst", category="Training"),
     params:
         cfg=PARAMS_FILE,
         reports=lambda w, input: os.path.dirname(input.metrics),
@@ -48,6 +51,8 @@ rule report:
         models=lambda w, input: os.path.dirname(input.segmenter),
         slices=lambda w, input: os.path.dirname(input.manifest),
         translations=lambda w, input: os.path.dirname(os.path.dirname(os.path.dirname(input.translations[0]))),
+        unseen=lambda w, input: f"--unseen-slices-dir {os.path.dirname(input.unseen[0])}" if input.unseen else "",
+        baselines=lambda w, input: f"--baseline-images {input.baselines[1]}" if input.baselines else "",
         # The page shows every parameter, so any change of params.yaml rebuilds it.
         everything=P.model_dump(mode="json"),
     log:
@@ -63,4 +68,4 @@ rule report:
     shell:
         "lmid report --params {params.cfg} --reports-dir {params.reports} --models-dir {params.models}"
         " --metrics-dir {params.metrics} --translations-dir {params.translations} --slices-dir {params.slices}"
-        " --out {output.html} > {log} 2>&1"
+        " {params.unseen} {params.baselines} --out {output.html} > {log} 2>&1"

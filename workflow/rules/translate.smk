@@ -4,7 +4,7 @@
 rule translate:
     input:
         model=get_model,
-        slices=f"{SLICES}/test.npz",
+        slices=get_test_slices,
     output:
         f"{TRANSLATIONS}/{{experiment}}/{{method}}/shard-{{shard}}-of-{{n}}.npz",
     params:
@@ -31,8 +31,8 @@ rule translate:
 rule gather:
     input:
         shards=get_shards,
-        slices=f"{SLICES}/test.npz",
-        manifest=f"{SLICES}/manifest.json",
+        slices=get_test_slices,
+        manifest=get_manifest,
     output:
         translations=f"{TRANSLATIONS}/{{experiment}}/{{method}}/translations.npz",
         nifti=directory(f"{TRANSLATIONS}/{{experiment}}/{{method}}/nifti"),
