@@ -258,3 +258,27 @@ def test_renders_in_headless_chromium(project, tmp_path):
         assert name in dom
     # Keep a copy for a human to look at (pytest's tmp folders are kept for the last runs).
     shutil.copy(shot, root / "reports" / "screenshot.png")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install chromium)")
+@pytest.mark.parametrize("page", ["reports/index.html", "reports/study/index.html"])
+def test_committed_preset_pages_render_with_every_section(page, tmp_path):
+    """The pages a reader opens (one per preset, committed) render, and show every method and section."""
+    from PIL import Image
+
+    path = ROOT / page
+    assert path.is_file(), f"{page} is not committed"
+    shot = tmp_path / "shot.png"
+    res = _chromium([f"--screenshot={shot}", "--window-size=1280,2000", "--hide-scrollbars", path.resolve().as_uri()],
+                    tmp_path)
+    assert shot.is_file(), res.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    assert img.std() > 20, "screenshot looks blank"
+    dom = _chromium(["--dump-dom", path.resolve().as_uri()], tmp_path).stdout
+    for anchor in ('id="table-pd2t1"', 'id="table-t22t1"', 'id="shift-pd2t1"', 'id="table-baselines"',
+                   'id="table-cyclegan"', 'id="table-ablation"', 'id="unseen-protocol"'):
+        assert anchor in dom, anchor
+    for name in ("LMIDiffusion", "SDEdit", "CycleGAN", "StyleGAN2-ADA", "CDM", "Identity", "Hist. matching"):
+        assert f">{name}" in dom, name
+    assert dom.count("data:image/png;base64,") >= 10  # the figures are embedded, none missing
+    assert "not run" not in dom.split('id="results"')[1].split("</section>")[0]  # every method in the main table
