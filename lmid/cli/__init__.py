@@ -13,6 +13,7 @@ import os
 import sys
 
 from lmid.errors import LmidError
+from lmid.progress import progress_disabled  # noqa: F401  (re-exported for the commands)
 
 # Step groups, each registering its sub-commands (kept apart so they stay short).
 _GROUPS = ("lmid.cli.data", "lmid.cli.methods", "lmid.cli.evaluation")
@@ -80,8 +81,3 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def progress_disabled() -> bool:
-    """Progress bars off when not on a terminal (logs of cluster jobs) unless LMID_PROGRESS=1."""
-    if os.environ.get("LMID_PROGRESS") == "1":
-        return False
-    return not sys.stderr.isatty()

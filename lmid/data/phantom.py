@@ -59,6 +59,7 @@ from scipy import ndimage
 
 from lmid.errors import InputFileError, ParamsError
 from lmid.io import ensure_dir, read_json, save_volume, write_json
+from lmid.progress import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +420,6 @@ def generate(params, out_dir: Path, protocol: str = "main") -> dict:
     """
     from tqdm import tqdm
 
-    from lmid.cli import progress_disabled
 
     _check(params)
     sim = params.simulate

@@ -63,6 +63,7 @@ from lmid.data.ixi import LABEL, FolderScan, SubjectFiles
 from lmid.data.slices import SliceSet
 from lmid.errors import InputFileError, LmidError, ParamsError
 from lmid.io import ensure_dir, load_volume, write_json
+from lmid.progress import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +445,6 @@ def prepare(params: Params, raw_dir: Path, out_dir: Path) -> dict:
     """
     from tqdm import tqdm
 
-    from lmid.cli import progress_disabled
 
     t_start = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)

@@ -39,18 +39,11 @@ from lmid.diffusion.schedule import NoiseSchedule
 from lmid.diffusion.unet import build_unet, check_image_size, count_parameters
 from lmid.errors import InputFileError, LmidError
 from lmid.io import write_text
+from lmid.progress import progress_disabled
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "lmid-diffusion-checkpoint"
-
-
-def _progress_disabled() -> bool:
-    try:
-        from lmid.cli import progress_disabled
-    except ImportError:  # pragma: no cover - the CLI package is always there
-        return True
-    return progress_disabled()
 
 
 class Ema:
@@ -245,7 +238,7 @@ class DiffusionTrainer:
         t_start = time.perf_counter()
         window: list[float] = []
         self.prepare_data(data)
-        bar = tqdm(total=total, initial=step, desc=f"train {self.method}", disable=_progress_disabled(),
+        bar = tqdm(total=total, initial=step, desc=f"train {self.method}", disable=progress_disabled(),
                    dynamic_ncols=True)
         self.net.train()
         while step < end:

@@ -35,6 +35,7 @@ from lmid.io import write_text
 from lmid.methods.base import Access, Method, TrainingData, Translation
 from lmid.networks.cdm import (ConditionalUNet, MaskedAutoencoder, VectorDenoiser, VectorDiffusion,
                                count_parameters, masked_l2, random_patch_mask)
+from lmid.progress import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,6 @@ STAGES = ("mrm", "mdn", "unet")
 #: Added to ``params.seed`` so CDM's random streams differ from the other methods'.
 SEED_OFFSET = 4_000
 LOG_COLUMNS = ("stage", "step", "loss")
-
-
-def _progress_disabled() -> bool:
-    from lmid.cli import progress_disabled
-
-    return progress_disabled()
 
 
 def architecture(params: Params, image_size: int) -> dict:
@@ -207,7 +202,7 @@ class _Trainer:
         net.train()
         t0 = time.perf_counter()
         wall0 = self.walls[stage]
-        bar = tqdm(total=tp.steps, initial=self.step, desc=f"cdm {stage}", disable=_progress_disabled(),
+        bar = tqdm(total=tp.steps, initial=self.step, desc=f"cdm {stage}", disable=progress_disabled(),
                    dynamic_ncols=True)
         while self.step < tp.steps:
             loss = self._loss(stage, gen, tp.batch_size, vectors)

@@ -40,6 +40,7 @@ from lmid.io import write_text
 from lmid.methods.gan_common import write_train_log, autocast, count_params, to_signed
 from lmid.methods.base import Access, Method, TrainingData, Translation
 from lmid.networks.cyclegan import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
+from lmid.progress import progress_disabled
 
 #: Added to ``params.seed`` for this method's generators.
 SEED_OFFSET = 3001
@@ -87,7 +88,6 @@ class CycleGan(Method):
 
     # ------------------------------------------------------------------------------- train
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:
-        from lmid.cli import progress_disabled
 
         p = params.cyclegan
         cfg = p.train

@@ -80,6 +80,7 @@ from lmid.io import write_text
 from lmid.methods.gan_common import write_train_log, autocast, count_params, to_signed
 from lmid.methods.base import Access, Method, TrainingData, Translation
 from lmid.networks.stylegan2 import Discriminator, Generator, init_stylegan
+from lmid.progress import progress_disabled
 
 #: Added to ``params.seed`` for this method's generators.
 SEED_OFFSET = 4001
@@ -346,7 +347,6 @@ def project(g: Generator, source: torch.Tensor, seeds: np.ndarray, params: Param
             lp = params.lmi
             lmi_ss = local_mutual_information(source, source, mode="exact", window=lp.window, bins=lp.bins,
                                               sigma=lp.sigma).mean(dim=(1, 2, 3)).clamp_min(1e-6)
-    from lmid.cli import progress_disabled
 
     steps = p.invert_steps
     trace = []
@@ -389,7 +389,6 @@ class StyleGan2(Method):
 
     # ------------------------------------------------------------------------------- train
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:
-        from lmid.cli import progress_disabled
 
         p = params.stylegan2
         cfg = p.train
