@@ -203,9 +203,12 @@ def test_fewer_subjects_remove_the_stale_files(tmp_path):
 def test_missing_modality_is_a_params_error(tmp_path):
     params = Params.model_validate({"simulate": {"sequences": {
         "T1": {"kind": "spoiled_gradient_echo", "tr_ms": 20, "te_ms": 4.6, "flip_deg": 30},
-        "T2": {"kind": "spin_echo", "tr_ms": 8000, "te_ms": 100}}}})
+        "T2": {"kind": "spin_echo", "tr_ms": 8000, "te_ms": 100}}}, "unseen_protocol": {"enabled": False}})
     with pytest.raises(ParamsError, match=r"simulate\.sequences.*PD"):
         phantom.generate(params, tmp_path)
+    # With the unseen protocol on, the loader already refuses it: that protocol replaces PD.
+    with pytest.raises(ValueError, match=r"unseen_protocol\.sequences names \['PD'\]"):
+        Params.model_validate({"simulate": {"sequences": params.simulate.model_dump(mode="json")["sequences"]}})
 
 
 def test_cli_generate_matches_an_in_process_run_byte_for_byte(tmp_path):
