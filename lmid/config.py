@@ -132,6 +132,8 @@ class UnseenProtocolParams(Section):
     enabled: bool | None = None
     #: Experiment suffix: PD → T1 on this protocol is experiment ``pd2t1_<name>``.
     name: str = Field(default="3t", pattern=r"^[a-z0-9]{1,12}$")
+    #: Sources translated on this protocol (each must be data.source_modality or an extra one).
+    sources: list[str] = Field(default=["PD", "T2"], min_length=1)
     #: SNR of the second scanner (``null`` keeps ``simulate.snr``).
     snr: float | None = Field(default=30.0, gt=0)
     tissues: dict[Literal["csf", "gm", "wm"], TissueParams] = {
@@ -492,6 +494,10 @@ class Params(Section):
             if unseen.enabled and self.data.source != "simulated":
                 raise ValueError(f"unseen_protocol.enabled needs data.source: simulated (got {self.data.source!r}); "
                                  "set unseen_protocol.enabled: false for your own data")
+            known = {self.data.source_modality, *self.data.extra_modalities} - {self.data.target_modality}
+            if not set(unseen.sources) <= known:
+                raise ValueError(f"unseen_protocol.sources {unseen.sources} must be among the translated sources "
+                                 f"{sorted(known)} (data.source_modality, data.extra_modalities)")
             missing = sorted(set(unseen.sequences) - set(self.simulate.sequences))
             if missing:
                 raise ValueError(f"unseen_protocol.sequences names {missing}, which simulate.sequences does not simulate")

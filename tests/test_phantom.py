@@ -266,4 +266,6 @@ def test_unseen_protocol_is_refused_for_own_data():
     with pytest.raises(ValueError, match="unseen_protocol.enabled"):
         Params.model_validate({"data": {"source": "ixi", "root": "x"}, "unseen_protocol": {"enabled": True}})
     assert not Params.model_validate({"data": {"source": "ixi", "root": "x"}}).unseen_protocol_active
+    with pytest.raises(ValueError, match=r"unseen_protocol.sources \['FLAIR'\] must be among"):
+        Params.model_validate({"unseen_protocol": {"sources": ["FLAIR"]}})
     assert Params.model_validate({}).unseen_protocol_active

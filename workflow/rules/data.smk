@@ -58,7 +58,8 @@ rule generate_unseen:
         cfg=PARAMS_FILE,
         out=lambda w, output: os.path.dirname(output[0]),
         simulate=P.simulate.model_dump(mode="json"),
-        unseen=P.unseen_protocol.model_dump(mode="json"),
+        # Which sources are translated does not change the volumes: not a rerun trigger.
+        unseen=P.unseen_protocol.model_dump(mode="json", exclude={"sources"}),
     log:
         f"{DATA}/logs/generate_unseen.log",
     benchmark:
