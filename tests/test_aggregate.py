@@ -229,3 +229,28 @@ def test_table_rows_ceiling_contrast_and_paper_beside_kmeans_dice(metrics):
     assert any(lbl.startswith("Tissue contrast WM−GM") for lbl in labels)
     # Sampler: both settings score the same slices alike, so the cheaper one is "as good".
     assert s["sampler"]["smallest_nfe"]["setting"] == "ddim-10"
+
+
+def test_protocol_shift_is_the_paired_change_per_method(metrics):
+    root, params, data = metrics
+    rng = np.random.default_rng(9)
+    drop = {"lmidiffusion": -0.07, "sdedit": 0.02}
+    unseen = {}
+    for m, delta in drop.items():
+        dice_km, psnr, ssim, gt = data[m]
+        new_gt = np.clip(gt + delta + rng.normal(0, 0.01, len(gt)), 0, 1)
+        unseen[m] = new_gt
+        _csv(root / "metrics" / "pd2t1_3t" / f"{m}.csv", m, dice_km, psnr, ssim, dice_gt=new_gt)
+    s = _run(root, params, "a")
+    shift = s["protocol_shift"]["experiments"]["pd2t1"]
+    assert shift["unseen_experiment"] == "pd2t1_3t" and set(shift["methods"]) == set(drop)
+    for m in drop:
+        change = unseen[m] - data[m][3]
+        entry = shift["methods"][m]
+        assert entry["pairs"] == len(change)
+        assert entry["change"]["mean"] == pytest.approx(change.mean(), abs=1e-6)
+        lo, hi = bootstrap_ci(change, 300, 0.95, seed=params.seed + 907, groups=np.arange(len(change)) // 4)
+        assert (entry["change"]["ci_low"], entry["change"]["ci_high"]) == pytest.approx((lo, hi), abs=1e-6)
+    md = (root / "a" / "tables" / "table.md").read_text()
+    assert "Unseen protocol `3t`" in md and "| change |" in md
+    assert (root / "a" / "tables" / "protocol_shift.csv").is_file()
