@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two runs of the whole pipeline from scratch must give byte-identical metrics.json. The tiny
 # test preset runs every step and every method in a couple of minutes, so CI checks determinism
-# on it twice over instead of on a third run of the ten-minute demo. Its outputs go to their own
+# on it twice over instead of on a third run of the twenty-minute demo. Its outputs go to their own
 # folders (data/ci-determinism, reports/ci-determinism), leaving the demo's untouched.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -439,6 +439,10 @@ def caption(summary: dict, source: str, target: str, confidence: float, n_boot: 
             f"mask only. p: two-sided paired Wilcoxon signed-rank test over slices against "
             f"{DISPLAY.get(reference, reference)}. "
             f"Bold: best of the paper's four methods.")
+    n_subjects = [e.get("n_subjects") for e in summary["methods"].values() if e.get("n_subjects")]
+    if n_subjects and min(n_subjects) < 10:
+        text += (f" Only {min(n_subjects)} test subjects: an interval from resampling so few subjects is rough "
+                 "(with 2 it can collapse onto the subject means).")
     if with_paper:
         text += (" Rows marked 'paper' are the published numbers on IXI (300 training / 75 test slices), "
                  "not computed on our data: compare trends, not values.")
