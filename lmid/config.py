@@ -132,8 +132,9 @@ class UnseenProtocolParams(Section):
     enabled: bool | None = None
     #: Experiment suffix: PD → T1 on this protocol is experiment ``pd2t1_<name>``.
     name: str = Field(default="3t", pattern=r"^[a-z0-9]{1,12}$")
-    #: Sources translated on this protocol (each must be data.source_modality or an extra one).
-    sources: list[str] = Field(default=["PD", "T2"], min_length=1)
+    #: Sources translated on this protocol (each must be data.source_modality or an extra one);
+    #: ``null``: every translated source.
+    sources: list[str] | None = Field(default=None, min_length=1)
     #: SNR of the second scanner (``null`` keeps ``simulate.snr``).
     snr: float | None = Field(default=30.0, gt=0)
     tissues: dict[Literal["csf", "gm", "wm"], TissueParams] = {
@@ -490,12 +491,12 @@ class Params(Section):
         if self.data.source_modality == self.data.target_modality:
             raise ValueError("data.source_modality and data.target_modality must differ")
         unseen = self.unseen_protocol
-        if unseen.enabled is not False:
-            if unseen.enabled and self.data.source != "simulated":
-                raise ValueError(f"unseen_protocol.enabled needs data.source: simulated (got {self.data.source!r}); "
-                                 "set unseen_protocol.enabled: false for your own data")
+        if unseen.enabled and self.data.source != "simulated":
+            raise ValueError(f"unseen_protocol.enabled needs data.source: simulated (got {self.data.source!r}); "
+                             "set unseen_protocol.enabled: false for your own data")
+        if self.unseen_protocol_active:
             known = {self.data.source_modality, *self.data.extra_modalities} - {self.data.target_modality}
-            if not set(unseen.sources) <= known:
+            if unseen.sources is not None and not set(unseen.sources) <= known:
                 raise ValueError(f"unseen_protocol.sources {unseen.sources} must be among the translated sources "
                                  f"{sorted(known)} (data.source_modality, data.extra_modalities)")
             missing = sorted(set(unseen.sequences) - set(self.simulate.sequences))
@@ -508,6 +509,16 @@ class Params(Section):
         """Whether the unseen-protocol experiments run (``unseen_protocol.enabled``)."""
         enabled = self.unseen_protocol.enabled
         return self.data.source == "simulated" if enabled is None else enabled
+
+    @property
+    def unseen_sources(self) -> list[str]:
+        """Sources translated on the unseen protocol (none when it is off)."""
+        if not self.unseen_protocol_active:
+            return []
+        known = [self.data.source_modality] + [m for m in self.data.extra_modalities
+                                               if m not in (self.data.target_modality, self.data.source_modality)]
+        chosen = self.unseen_protocol.sources
+        return known if chosen is None else [m for m in known if m in chosen]
 
     def unseen_simulation(self) -> "Params":
         """These params with ``simulate`` switched to the unseen protocol (same seed: same subjects)."""

@@ -101,7 +101,7 @@ def experiment_modalities(params) -> dict[str, tuple[str, str]]:
             out.setdefault(experiment_name(m, tgt), (m, tgt))
     if params.unseen_protocol_active:
         for name, pair in list(out.items()):
-            if pair[0] in params.unseen_protocol.sources:
+            if pair[0] in params.unseen_sources:
                 out[unseen_experiment(name, params)] = pair
     return out
 

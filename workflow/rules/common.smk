@@ -57,7 +57,7 @@ UNSEEN = P.unseen_protocol.name if P.unseen_protocol_active else None
 RAW_UNSEEN = f"{DATA}/raw_{UNSEEN}"
 SLICES_UNSEEN = f"{DATA}/slices_{UNSEEN}"
 if UNSEEN:
-    for s in [m for m in SOURCES if m in P.unseen_protocol.sources]:
+    for s in [m for m in SOURCES if m in P.unseen_sources]:
         EXPERIMENTS[f"{experiment(s)}_{UNSEEN}"] = s
         EXPERIMENT_SLICES[f"{experiment(s)}_{UNSEEN}"] = SLICES_UNSEEN
 # Per-slice scores of every method and experiment (evaluate's outputs).
