@@ -111,6 +111,20 @@ def unseen_experiment(experiment: str, params) -> str:
     return f"{experiment}_{params.unseen_protocol.name}"
 
 
+def is_unseen_experiment(experiment: str, params) -> bool:
+    return params.unseen_protocol_active and experiment.endswith(f"_{params.unseen_protocol.name}")
+
+
+def protocol_description(params) -> str:
+    """One sentence on the unseen protocol, for the Markdown table and the HTML report."""
+    u = params.unseen_protocol
+    seqs = ", ".join(f"{m} TR {q.tr_ms:g} / TE {q.te_ms:g} ms" for m, q in u.sequences.items())
+    snr = u.snr if u.snr is not None else params.simulate.snr
+    return (f"The test subjects simulated again on a protocol no model was trained on ({seqs}; tissue T1/T2 of "
+            f"another field strength; SNR {snr:g}), translated by the models trained on the main protocol as they "
+            "are. Change = unseen − main, paired over the same slices, [subject-level bootstrap CI].")
+
+
 def protocol_shift(summary: dict, frames_by_exp: dict, params, n_boot: int, confidence: float, seed: int) -> dict:
     """Per experiment and method: Dice on the main protocol, on the unseen one, and the change.
 
@@ -147,13 +161,8 @@ def protocol_shift(summary: dict, frames_by_exp: dict, params, n_boot: int, conf
 def protocol_shift_markdown(shift: dict, params) -> str:
     if shift.get("status") != "ok":
         return ""
-    u = params.unseen_protocol
-    seqs = ", ".join(f"{m} TR {q.tr_ms:g} / TE {q.te_ms:g} ms" for m, q in u.sequences.items())
-    lines = [f"## Unseen protocol `{u.name}`: Dice without retraining", "",
-             f"The test subjects simulated again on a protocol no model was trained on ({seqs}; tissue T1/T2 of "
-             f"another field strength; SNR {u.snr if u.snr is not None else params.simulate.snr:g}), translated by "
-             "the models trained on the main protocol as they are. Change = unseen − main, paired over the same "
-             "slices, [subject-level bootstrap CI].", ""]
+    lines = [f"## Unseen protocol `{params.unseen_protocol.name}`: Dice without retraining", "",
+             protocol_description(params), ""]
     for exp, e in shift["experiments"].items():
         methods = method_order(list(e["methods"]), params)
         lines += [f"### `{exp}` → `{e['unseen_experiment']}`", "",
@@ -593,7 +602,7 @@ def aggregate(params, metrics_dir: str | Path, models_dir: str | Path, slices_di
         s["rows"] = [{"label": lab, "cells": cells, "kind": kind} for lab, cells, kind in rows]
         summary["experiments"][exp] = s
         first = f"{source} → {target}"
-        unseen = params.unseen_protocol_active and exp.endswith(f"_{params.unseen_protocol.name}")
+        unseen = is_unseen_experiment(exp, params)
         title = f"{first} (experiment `{exp}`)" + ("" if with_paper else ": unseen protocol, no retraining"
                                                     if unseen else ": zero-shot second source")
         md_parts.append(markdown_table(title, cap, rows, columns, params, first))

@@ -21,7 +21,6 @@ slices have no brain mask), so both sides are measured the same way.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +54,11 @@ def foreground_stats(images: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def _psnr_in_mask(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    err = [float(np.mean((x[m] - y[m]) ** 2)) for x, y, m in zip(a, b, mask) if m.any()]
-    return float(np.mean([10 * math.log10(1.0 / max(e, 1e-12)) for e in err])) if err else float("nan")
+    """Mean over slices of the in-brain PSNR that the tables use (lmid.evaluation.metrics.psnr)."""
+    from lmid.evaluation.metrics import psnr
+
+    values = [psnr(y, x, m) for x, y, m in zip(a, b, mask) if m.any()]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def stylegan2_samples(params: Params, model_path: Path, n: int, device: torch.device) -> np.ndarray:

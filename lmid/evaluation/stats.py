@@ -86,10 +86,10 @@ def summarise(values, n_boot: int, confidence: float, seed: int, groups=None) ->
     The interval resamples ``groups`` (subjects) when given, slices otherwise.
     """
     x = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(x)
-    labels = None if groups is None else np.asarray(groups)[ok] if len(groups) == x.size else None
-    if groups is not None and labels is None:
+    if groups is not None and len(groups) != x.size:
         raise ValueError(f"groups has {len(groups)} labels for {x.size} values")
+    ok = np.isfinite(x)
+    labels = None if groups is None else np.asarray(groups)[ok]
     x = x[ok]
     lo, hi = bootstrap_ci(x, n_boot, confidence, seed, groups=labels)
     return {

@@ -23,7 +23,8 @@ import numpy as np
 
 from lmid.errors import InputFileError, LmidError
 from lmid.evaluation.aggregate import (DISPLAY, PAPER, PAPER_LABEL, ROWS, best_method, column_title, fmt, fmt_p,
-                                      method_order, method_stats, role, smallest_nfe_sentence)
+                                      is_unseen_experiment, method_order, method_stats, protocol_description, role,
+                                      smallest_nfe_sentence)
 from lmid.evaluation.metrics import read_metrics_csv
 from lmid.io import load_npz, read_json, write_text
 from lmid.report import environment, figures
@@ -809,21 +810,11 @@ def _figure_html(item: dict) -> str:
             f"<figcaption><b>{esc(Path(item['path']).name)}.</b> {esc(item['caption'])}</figcaption></figure>")
 
 
-def is_unseen_experiment(exp: str, params) -> bool:
-    return params.unseen_protocol_active and exp.endswith(f"_{params.unseen_protocol.name}")
-
-
 def protocol_shift_section(summary: dict, params) -> str:
     shift = summary.get("protocol_shift") or {}
     if shift.get("status") != "ok":
         return '<p class="notrun">Not run: no unseen-protocol experiment in the metrics.</p>'
-    u = params.unseen_protocol
-    seqs = ", ".join(f"{m} TR {q.tr_ms:g} / TE {q.te_ms:g} ms" for m, q in u.sequences.items())
-    parts = [f'<p class="lead">The test subjects simulated again on protocol <code>{esc(u.name)}</code> ({esc(seqs)}; '
-             "tissue T1/T2 of another field strength; SNR "
-             f"{esc(f'{u.snr if u.snr is not None else params.simulate.snr:g}')}), translated by the models trained on "
-             "the main protocol as they are. Change = unseen − main, paired over the same slices, [subject-level "
-             "bootstrap CI].</p>"]
+    parts = [f'<p class="lead">{esc(protocol_description(params))}</p>']
     for exp, e in shift["experiments"].items():
         methods = [m for m in summary["experiments"][exp]["method_order"] if m in e["methods"]]
         head = "".join(f'<th scope="col">{esc(column_title(m, params))}</th>' for m in methods)
