@@ -17,9 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmid.errors import ParamsError
+from lmid.registry import METHOD_NAMES
 
-METHOD_NAMES = ("lmidiffusion", "sdedit", "cyclegan", "stylegan2", "cdm", "identity", "histmatch")
-MethodName = Literal["lmidiffusion", "sdedit", "cyclegan", "stylegan2", "cdm", "identity", "histmatch"]
+MethodName = Literal[METHOD_NAMES]
 Modality = str  # "T1", "T2", "PD" for IXI; "t1", "t1ce", "t2", "flair" for BraTS
 
 PosInt = int
@@ -567,6 +567,21 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     if overrides:
         data = deep_merge(data, overrides)
     return parse_params(data, path)
+
+
+def dump_params(params: Params) -> str:
+    """Every parameter, defaults included, as YAML that :func:`load_params` reads back unchanged."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
+def write_params(params: Params, path: str | Path) -> None:
+    """Write the resolved parameters to ``path``, leaving the file alone when nothing changed."""
+    from lmid.io import write_text
+
+    text = "# Resolved parameters of this run (written by the workflow; edit params.yaml instead).\n" + dump_params(params)
+    path = Path(path)
+    if not (path.is_file() and path.read_text() == text):
+        write_text(path, text)
 
 
 def deep_merge(base: dict, extra: dict) -> dict:

@@ -19,7 +19,7 @@ import pytest
 
 from lmid.config import METHOD_NAMES, Params
 from lmid.data.slices import SliceSet
-from lmid.methods import _MODULES, Access, get_method
+from lmid.methods import METHODS, Access, get_method
 
 EXPECTED = {
     "lmidiffusion": Access.TARGET_ONLY,
@@ -68,7 +68,7 @@ def _arrays_without_source(train: SliceSet, data, allowed: tuple[str, ...] = ())
 
 
 def test_every_method_is_covered():
-    assert set(EXPECTED) == set(METHOD_NAMES) == set(_MODULES)
+    assert set(EXPECTED) == set(METHOD_NAMES) == set(METHODS)
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)

@@ -120,7 +120,13 @@ def metrics(tmp_path):
 
 
 def _run(root: Path, params, out: str):
-    return aggregate(params, root / "metrics", root / "models", root / "slices", root / out)
+    """The files the workflow would name: every score file, the sampler table's, the train infos."""
+    metrics = root / "metrics"
+    scores = sorted(p for p in metrics.glob("*/*.csv") if p.parent.name != "sampler")
+    manifest = root / "slices" / "manifest.json"
+    return aggregate(params, scores, root / out, infos=sorted((root / "models").glob("*/train_info.json")),
+                     manifest=manifest if manifest.is_file() else None,
+                     sampler=sorted((metrics / "sampler").glob("*.csv")))
 
 
 def test_metrics_json_is_deterministic_and_correct(metrics):

@@ -63,13 +63,18 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "aggregate", help="the paper's table with CIs and tests; DVC metrics",
-        description="Summarise METRICS_DIR/<experiment>/<method>.csv (and METRICS_DIR/sampler/*.csv if present) "
-                    "into OUT_DIR/metrics.json, OUT_DIR/summary.json and OUT_DIR/tables/ (Markdown, CSV, LaTeX), "
-                    "with the paper's numbers beside ours (section 'evaluate').")
+        description="Summarise the per-slice score files <experiment>/<method>.csv (and the sampler table's "
+                    "<setting>.csv) into OUT_DIR/metrics.json, OUT_DIR/summary.json and OUT_DIR/tables/ (Markdown, "
+                    "CSV, LaTeX), with the paper's numbers beside ours (section 'evaluate'). Only the files named "
+                    "are read.")
     add_common(p)
-    p.add_argument("--metrics-dir", type=Path, required=True, help="e.g. data/metrics")
-    p.add_argument("--models-dir", type=Path, required=True, help="e.g. data/models (train_info.json per method)")
-    p.add_argument("--slices-dir", type=Path, required=True, help="e.g. data/slices (manifest.json)")
+    p.add_argument("--scores", type=Path, nargs="+", required=True,
+                   help="per-slice metrics, e.g. data/metrics/pd2t1/lmidiffusion.csv (from 'lmid evaluate')")
+    p.add_argument("--sampler", type=Path, nargs="*", default=[],
+                   help="sampler-table scores, e.g. data/metrics/sampler/ddim-50.csv")
+    p.add_argument("--infos", type=Path, nargs="*", default=[],
+                   help="training facts, e.g. data/models/lmidiffusion/train_info.json")
+    p.add_argument("--manifest", type=Path, default=None, help="the slices' manifest.json")
     p.add_argument("--out-dir", type=Path, required=True, help="e.g. reports")
     p.set_defaults(func=_aggregate)
 
@@ -130,7 +135,8 @@ def _check_baselines(args) -> None:
 def _aggregate(args) -> None:
     from lmid.evaluation.aggregate import aggregate
 
-    aggregate(load_params_from_args(args), args.metrics_dir, args.models_dir, args.slices_dir, args.out_dir)
+    aggregate(load_params_from_args(args), args.scores, args.out_dir, infos=args.infos, manifest=args.manifest,
+              sampler=args.sampler)
 
 
 def _report(args) -> None:

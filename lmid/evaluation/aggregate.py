@@ -1,16 +1,17 @@
 """``lmid aggregate``: per-slice metrics → the paper's table, DVC metrics and a summary.
 
-Inputs (all under explicit folders):
+Inputs, each file named on the command line (nothing else is read):
 
-* ``<metrics-dir>/<experiment>/<method>.csv`` written by ``lmid evaluate``; experiment ``pd2t1``
-  is the main one (``data.source_modality`` → ``data.target_modality``), others (``t22t1``) are
-  zero-shot extra sources. ``<metrics-dir>/sampler/<kind>-<steps>.csv`` (optional) are LMIDiffusion
-  at other sampler settings.
-* ``<models-dir>/<method>/train_info.json`` (optional): training time and method facts, SDEdit's
+* ``--scores .../<experiment>/<method>.csv`` written by ``lmid evaluate``; experiment ``pd2t1``
+  is the main one (``data.source_modality`` → ``data.target_modality``), others (``t22t1``,
+  ``pd2t1_3t``) are zero-shot extra sources and the unseen protocol (lmid/experiments.py).
+* ``--sampler .../<kind>-<steps>[-<spacing>].csv`` (optional): LMIDiffusion at other sampler
+  settings.
+* ``--infos .../<method>/train_info.json`` (optional): training time and method facts, SDEdit's
   validation t0 sweep.
-* ``<slices-dir>/manifest.json`` (optional): the data description recorded in ``summary.json``.
+* ``--manifest manifest.json`` (optional): the data description recorded in ``summary.json``.
 
-Outputs under ``<out-dir>``:
+Outputs under ``<out-dir>`` (:func:`aggregate_outputs` lists them for given params):
 
 * ``metrics.json``: DVC metrics, ``{experiment: {method: {dice, dice_km, psnr, ...}}}`` plus
   ``sampler`` settings, means rounded to 6 decimals, keys sorted (same inputs → same bytes).
@@ -35,6 +36,9 @@ from lmid.errors import InputFileError, LmidError
 from lmid.evaluation.metrics import read_metrics_csv
 from lmid.evaluation.stats import summarise, wilcoxon_p
 from lmid.io import read_json, write_json, write_text
+from lmid.experiments import (experiment_modalities, experiment_name, is_unseen_experiment,  # noqa: F401
+                              unseen_experiment)
+from lmid.registry import METHOD_NAMES, METHODS
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,11 @@ PAPER = {
     "lmidiffusion": {"dice": (0.88, 0.05), "psnr": (20.22, 1.43), "ssim": (0.69, 0.06)},
 }
 PAPER_LABEL = "paper (IXI, not our data)"
-DISPLAY = {
-    "lmidiffusion": "LMIDiffusion", "sdedit": "SDEdit", "cyclegan": "CycleGAN", "stylegan2": "StyleGAN2-ADA",
-    "cdm": "CDM", "identity": "Identity", "histmatch": "Hist. matching",
-}
-#: Column order: the paper's four, then the upper bound and the references, then anything else.
-ORDER = ("cyclegan", "stylegan2", "sdedit", "lmidiffusion", "cdm", "identity", "histmatch")
-#: Methods that compete with LMIDiffusion in the paper; the best of them is bold in the tables.
-COMPETITORS = ("cyclegan", "stylegan2", "sdedit", "lmidiffusion")
+#: Views of lmid/registry.py: column names, column order (the paper's four, then the upper bound
+#: and the references), and the methods that compete with LMIDiffusion (best of them bold).
+DISPLAY = {name: spec.display for name, spec in METHODS.items()}
+ORDER = METHOD_NAMES
+COMPETITORS = tuple(name for name, spec in METHODS.items() if spec.competitor)
 #: Table rows: (key in the summary, label, decimals).
 ROWS = (("dice", "Dice", 2), ("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 2))
 #: Every per-slice column summarised (summary key → CSV column).
@@ -72,47 +73,19 @@ SAMPLER_RE = re.compile(SAMPLER_SETTING)
 
 def role(method: str, params=None) -> str:
     """What a column is, in a few words (shown under the method's name)."""
-    if method == "cdm":
-        return "supervised upper bound"
-    if method == "cyclegan":
+    if method not in METHODS:
+        return ""
+    text = METHODS[method].role
+    if "{source_fraction}" in text:  # CycleGAN: how much of the source it may see
         frac = params.cyclegan.source_fraction if params is not None else 0.11
-        return f"sees {100 * frac:g} % source"
-    if method in ("identity", "histmatch"):
-        return "reference"
-    return ""
+        text = text.replace("{source_fraction}", f"{100 * frac:g} %")
+    return text
 
 
 def column_title(method: str, params=None) -> str:
     r = role(method, params)
     name = DISPLAY.get(method, method)
     return f"{name} ({r})" if r else name
-
-
-def experiment_name(source: str, target: str) -> str:
-    return f"{source.lower()}2{target.lower()}"
-
-
-def experiment_modalities(params) -> dict[str, tuple[str, str]]:
-    """Experiment folder name → (source, target) for the main and the extra sources."""
-    tgt = params.data.target_modality
-    out = {experiment_name(params.data.source_modality, tgt): (params.data.source_modality, tgt)}
-    for m in params.data.extra_modalities:
-        if m != tgt:
-            out.setdefault(experiment_name(m, tgt), (m, tgt))
-    if params.unseen_protocol_active:
-        for name, pair in list(out.items()):
-            if pair[0] in params.unseen_sources:
-                out[unseen_experiment(name, params)] = pair
-    return out
-
-
-def unseen_experiment(experiment: str, params) -> str:
-    """The unseen-protocol twin of an experiment, e.g. pd2t1 → pd2t1_3t."""
-    return f"{experiment}_{params.unseen_protocol.name}"
-
-
-def is_unseen_experiment(experiment: str, params) -> bool:
-    return params.unseen_protocol_active and experiment.endswith(f"_{params.unseen_protocol.name}")
 
 
 def protocol_description(params) -> str:
@@ -227,13 +200,6 @@ def _dice_key(frames: dict) -> str:
     return "dice_gt"
 
 
-def load_experiment(folder: Path) -> dict:
-    frames = {}
-    for csv in sorted(folder.glob("*.csv")):
-        frames[csv.stem] = read_metrics_csv(csv)
-    return frames
-
-
 # ----------------------------------------------------------------------------------- summaries
 def summarise_experiment(frames: dict, reference: str, n_boot: int, confidence: float, seed: int) -> dict:
     """Per method: every metric's mean/std/CI and the paired Wilcoxon p against ``reference``."""
@@ -279,9 +245,10 @@ def _paired_p(df, ref, col) -> float | None:
     return wilcoxon_p(merged[col].to_numpy(dtype=float), merged[f"{col}_ref"].to_numpy(dtype=float))
 
 
-def summarise_sampler(folder: Path, n_boot: int, confidence: float, seed: int, order: list[str]) -> dict:
-    files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
+def summarise_sampler(files, n_boot: int, confidence: float, seed: int, order: list[str]) -> dict:
+    """The sampler table from ``<setting>.csv`` score files (LMIDiffusion on validation slices)."""
     settings = []
+    files = sorted(map(Path, files))
     for csv in files:
         m = SAMPLER_RE.fullmatch(csv.stem)
         if not m:
@@ -554,22 +521,55 @@ def _plain(x) -> str:
 
 
 # ------------------------------------------------------------------------------------ command
-def aggregate(params, metrics_dir: str | Path, models_dir: str | Path, slices_dir: str | Path,
-              out_dir: str | Path) -> dict:
-    metrics_dir, models_dir, slices_dir, out_dir = map(Path, (metrics_dir, models_dir, slices_dir, out_dir))
+def aggregate_outputs(params) -> list[str]:
+    """Every file ``lmid aggregate`` writes for these params, relative to its ``--out-dir``.
+
+    The workflow declares exactly these as the step's outputs."""
+    modalities = experiment_modalities(params)
+    main = next(iter(modalities))
+    out = ["metrics.json", "summary.json", "tables/table.md", "tables/table.csv", "tables/table.tex"]
+    out += [f"tables/table_{e}.{ext}" for e in modalities if e != main for ext in ("csv", "tex")]
+    if any(is_unseen_experiment(e, params) for e in modalities):
+        out.append("tables/protocol_shift.csv")
+    if "lmidiffusion" in params.methods and params.evaluate.sampler_settings:
+        out += ["tables/sampler.csv", "tables/sampler.tex"]
+    if "sdedit" in params.methods:
+        out.append("tables/sdedit_t0.csv")
+    return out
+
+
+def _group_scores(scores) -> dict[str, dict[str, Path]]:
+    """``.../<experiment>/<method>.csv`` files → {experiment: {method: path}}, each file checked."""
+    grouped: dict[str, dict[str, Path]] = {}
+    for path in map(Path, scores):
+        if not path.is_file():
+            raise InputFileError(path, "per-slice metrics not found (run 'lmid evaluate' first)")
+        if path.stem in grouped.setdefault(path.parent.name, {}):
+            raise InputFileError(path, f"a second score file for {path.parent.name}/{path.stem}")
+        grouped[path.parent.name][path.stem] = path
+    return grouped
+
+
+def aggregate(params, scores, out_dir: str | Path, infos=(), manifest: str | Path | None = None,
+              sampler=()) -> dict:
+    """Summarise per-slice score files (``<experiment>/<method>.csv``) into the tables and metrics.
+
+    ``infos`` are ``<method>/train_info.json`` files, ``sampler`` the sampler table's
+    ``<setting>.csv`` scores and ``manifest`` the slices' manifest.json; only these files are read.
+    """
+    out_dir = Path(out_dir)
     ev = params.evaluate
     seed = params.seed + BOOTSTRAP_SEED_OFFSET
     modalities = experiment_modalities(params)
     main = next(iter(modalities))
-    if not metrics_dir.is_dir():
-        raise InputFileError(metrics_dir, "metrics folder not found (run 'lmid evaluate' first)")
-    found = sorted(p for p in metrics_dir.iterdir() if p.is_dir() and p.name != "sampler" and any(p.glob("*.csv")))
-    if not any(p.name == main for p in found):
-        raise InputFileError(metrics_dir / main, f"no per-slice metrics of the main experiment {main!r} "
-                                                 "(expected <method>.csv files written by 'lmid evaluate')")
-    # Main first, then the params' extra sources, then anything else found.
-    names = [e for e in modalities if any(p.name == e for p in found)]
-    names += [p.name for p in found if p.name not in names]
+    grouped = _group_scores(scores)
+    if main not in grouped:
+        raise InputFileError(Path(main), f"no per-slice metrics of the main experiment {main!r} among the score "
+                                         "files given (expected .../<experiment>/<method>.csv from 'lmid evaluate')")
+    # Main first, then the params' extra sources, then anything else given.
+    names = [e for e in modalities if e in grouped] + sorted(e for e in grouped if e not in modalities)
+    where = sorted({str(Path(p).parent.parent) for p in scores})
+    metrics_dir = where[0] if len(where) == 1 else ", ".join(where)
 
     summary: dict = {
         "main_experiment": main, "reference_method": ev.reference_method, "bootstrap": ev.bootstrap,
@@ -582,10 +582,10 @@ def aggregate(params, metrics_dir: str | Path, models_dir: str | Path, slices_di
     tables_dir = out_dir / "tables"
     frames_by_exp = {}
     for exp in names:
-        frames = frames_by_exp[exp] = load_experiment(metrics_dir / exp)
+        frames = frames_by_exp[exp] = {m: read_metrics_csv(path) for m, path in sorted(grouped[exp].items())}
         empty = [m for m, df in frames.items() if df.empty]
         if empty:
-            raise InputFileError(metrics_dir / exp / f"{empty[0]}.csv", "holds no slices")
+            raise InputFileError(grouped[exp][empty[0]], "holds no slices")
         source, target = modalities.get(exp, (exp, params.data.target_modality))
         s = summarise_experiment(frames, ev.reference_method, ev.bootstrap, ev.confidence, seed)
         methods = method_order(list(frames), params)
@@ -620,14 +620,14 @@ def aggregate(params, metrics_dir: str | Path, models_dir: str | Path, slices_di
              "dice_unseen": r["unseen"], "change": r["change"]["mean"], "change_ci_low": r["change"]["ci_low"],
              "change_ci_high": r["change"]["ci_high"], "pairs": r["pairs"]}
             for exp, e in shift["experiments"].items() for m, r in e["methods"].items()])
-    sampler = summarise_sampler(metrics_dir / "sampler", ev.bootstrap, ev.confidence, seed, list(ev.sampler_settings))
-    infos = read_train_infos(models_dir)
+    sampler = summarise_sampler(sampler, ev.bootstrap, ev.confidence, seed, list(ev.sampler_settings))
+    infos = read_train_infos(infos)
     t0 = sdedit_sweep(infos.get("sdedit"))
     summary["sampler"] = sampler
     summary["sdedit_t0"] = t0
     summary["timings"] = timings(summary, infos)
     summary["train_info"] = infos
-    summary["data"] = data_facts(slices_dir / "manifest.json")
+    summary["data"] = data_facts(Path(manifest)) if manifest else {"status": "manifest not given"}
     md_parts.append(sampler_markdown(sampler, t0))
     if sampler.get("status") == "ok":
         write_csv(tables_dir / "sampler.csv", [
@@ -674,11 +674,10 @@ def data_facts(manifest_path: Path) -> dict:
     return {k: manifest[k] for k in keep if isinstance(manifest, dict) and k in manifest}
 
 
-def read_train_infos(models_dir: Path) -> dict:
+def read_train_infos(paths) -> dict:
+    """``<method>/train_info.json`` files → {method: info}; an unreadable file is warned about."""
     infos = {}
-    if not models_dir.is_dir():
-        return infos
-    for path in sorted(models_dir.glob("*/train_info.json")):
+    for path in sorted(map(Path, paths)):
         try:
             info = read_json(path)
         except LmidError as err:

@@ -1,14 +1,14 @@
 """The two verbs every method has, and what each may see.
 
-A method is a subclass of :class:`Method` that declares ``access`` (what training data it may see)
-next to its code. :meth:`Method.training_data` is the only way a method gets training data, and it
-builds that data from the declaration, so a method cannot see more than it declares. The
+A method is a subclass of :class:`Method` named after its entry in :mod:`lmid.registry`,
+which declares its ``access`` (what training data it may see). :meth:`Method.training_data` is the
+only way a method gets training data, and it builds that data from the declaration, so a method
+cannot see more than it declares. The
 translation side is uniform too: a batch of source slices in [0, 1] in, translations in [0, 1] out.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -18,19 +18,7 @@ import torch
 
 from lmid.config import Params
 from lmid.data.slices import SliceSet
-
-
-class Access(enum.Enum):
-    #: Target-modality training slices only (lmidiffusion, sdedit, stylegan2).
-    TARGET_ONLY = "target training slices only"
-    #: Unpaired target slices plus a fraction of the training subjects' source slices (cyclegan).
-    TARGET_AND_SOURCE_FRACTION = "unpaired target slices + a fraction of the training subjects' source slices"
-    #: Paired source/target training slices (cdm: supervised upper bound).
-    PAIRED = "paired source/target training slices (supervised)"
-    #: Target training intensities only, no learning beyond a histogram (histmatch).
-    TARGET_HISTOGRAM = "target training intensities (histogram) only"
-    #: Nothing at all (identity).
-    NONE = "nothing"
+from lmid.registry import Access, MethodSpec, spec
 
 
 @dataclass
@@ -59,9 +47,16 @@ class Translation:
 
 class Method:
     name: ClassVar[str]
+    #: The method's entry in :mod:`lmid.registry` (display name, access, parameter keys).
+    spec: ClassVar[MethodSpec]
     access: ClassVar[Access]
     #: One line for the report.
     description: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.spec = spec(cls.name)
+        cls.access = cls.spec.access
 
     # ------------------------------------------------------------------ training data (enforced)
     def training_data(self, params: Params, train: SliceSet) -> TrainingData:

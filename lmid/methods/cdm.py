@@ -32,7 +32,7 @@ from lmid.config import Params
 from lmid.data.slices import SliceSet
 from lmid.errors import LmidError, ParamsError
 from lmid.io import write_text
-from lmid.methods.base import Access, Method, TrainingData, Translation
+from lmid.methods.base import Method, TrainingData, Translation
 from lmid.networks.cdm import (ConditionalUNet, MaskedAutoencoder, VectorDenoiser, VectorDiffusion,
                                count_parameters, masked_l2, random_patch_mask)
 from lmid.progress import progress_disabled
@@ -248,7 +248,6 @@ class _Trainer:
 
 class Cdm(Method):
     name = "cdm"
-    access = Access.PAIRED
     description = ("CDM (Xing et al., MICCAI 2024): supervised upper bound trained on paired slices — "
                    "masked-autoencoder target vector, vector diffusion (MDN), FiLM-conditioned U-Net; "
                    "one U-Net pass per slice")

@@ -38,7 +38,7 @@ from lmid.data.slices import SliceSet
 from lmid.errors import LmidError, ParamsError
 from lmid.io import write_text
 from lmid.methods.gan_common import write_train_log, autocast, count_params, to_signed
-from lmid.methods.base import Access, Method, TrainingData, Translation
+from lmid.methods.base import Method, TrainingData, Translation
 from lmid.networks.cyclegan import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
 from lmid.progress import progress_disabled
 
@@ -64,7 +64,6 @@ def lr_factor(step: int, total: int, constant_fraction: float) -> float:
 # ------------------------------------------------------------------------------------- method
 class CycleGan(Method):
     name = "cyclegan"
-    access = Access.TARGET_AND_SOURCE_FRACTION
     description = ("CycleGAN (ResNet generators, 70×70 PatchGAN, LSGAN, cycle 10, identity 5) on unpaired "
                    "target slices plus a fraction of the training subjects' source slices")
 

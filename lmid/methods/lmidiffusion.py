@@ -32,7 +32,7 @@ from lmid.diffusion.conditioning import LmiGuide
 from lmid.diffusion.model import DiffusionModel, translate_batched
 from lmid.diffusion.trainer import LmiDiffusionTrainer
 from lmid.errors import LmidError
-from lmid.methods.base import Access, Method, TrainingData, Translation
+from lmid.methods.base import Method, TrainingData, Translation
 
 #: Added to ``params.seed`` for this method's training generator.
 SEED_OFFSET = 101
@@ -71,7 +71,6 @@ def lmi_translate(model: DiffusionModel, source: np.ndarray, seeds: np.ndarray, 
 
 class LmiDiffusion(Method):
     name = "lmidiffusion"
-    access = Access.TARGET_ONLY
     description = "DDPM trained on target slices only, conditioned on local mutual information with the source"
 
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:
@@ -82,9 +81,8 @@ class LmiDiffusion(Method):
         info = trainer.fit(data.target)
         model = trainer.inference_model()
         model.save(Path(out_dir) / "model.pt")
-        sp = params.lmidiffusion.sampler
-        _, seq = sampler_plan(model, sp)
-        info.update({"nfe_per_slice": len(seq) * sp.samples, "sampler": sp.kind, "lmi_mode": params.lmi.mode})
+        # The sampler is a translation setting (network evaluations are counted per translated slice).
+        info.update({"lmi_mode": params.lmi.mode})
         return info
 
     def load(self, params: Params, model_path: Path, device: torch.device) -> DiffusionModel:

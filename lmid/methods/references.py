@@ -19,12 +19,11 @@ from lmid.checkpoint import load_checkpoint, save_checkpoint
 from lmid.config import Params
 from lmid.data.slices import SliceSet
 from lmid.errors import LmidError
-from lmid.methods.base import Access, Method, TrainingData, Translation
+from lmid.methods.base import Method, TrainingData, Translation
 
 
 class Identity(Method):
     name = "identity"
-    access = Access.NONE
     description = "the source slice itself, untranslated (lower reference)"
 
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:
@@ -69,7 +68,6 @@ def match_to_quantiles(values: np.ndarray, levels: np.ndarray, quantiles: np.nda
 
 class HistMatch(Method):
     name = "histmatch"
-    access = Access.TARGET_HISTOGRAM
     description = "per-slice histogram matching of the source brain onto the target training histogram"
 
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:

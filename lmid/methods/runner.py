@@ -19,7 +19,8 @@ from lmid.config import Params
 from lmid.data.slices import load_slices
 from lmid.errors import InputFileError, LmidError
 from lmid.io import ensure_dir, load_npz, read_json, save_npz, save_volume, write_json, write_text
-from lmid.methods import TRAIN_PARAM_SECTIONS, get_method
+from lmid.methods import get_method
+from lmid.registry import key_values, spec
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +55,16 @@ def _device_name(dev) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-#: Keys that do not change a training trajectory, only how long it runs or what it records: a
-#: checkpoint made under other values of them is resumed (train 2,000 steps, then on to 6,000).
-#: Sampler settings are read at translation time only.
-_NOT_IN_FINGERPRINT = {
-    "diffusion": {"train": ("steps", "checkpoint_every", "log_every", "snapshot_every", "cache_self_lmi")},
-    "lmidiffusion": {"sampler": None},
-}
-
-
 def training_fingerprint(params: Params, method: str, train_path: Path) -> str:
-    """Hash of what a training run depends on: its params sections, the seed and the data."""
-    sections = {name: getattr(params, name).model_dump(mode="json") for name in TRAIN_PARAM_SECTIONS[method]}
-    for name, subsections in _NOT_IN_FINGERPRINT.items():
-        if name in sections and method in ("lmidiffusion", "sdedit"):
-            for sub, keys in subsections.items():
-                if keys is None:
-                    sections[name].pop(sub, None)
-                else:
-                    for key in keys:
-                        sections[name].get(sub, {}).pop(key, None)
+    """Hash of what a checkpoint's weights depend on: the method's fingerprint keys and the data.
+
+    Keys that only say how long training runs (``resume_keys`` in :mod:`lmid.registry`) are left
+    out, so a longer run of the same configuration resumes instead of starting again.
+    """
+    s = spec(method)
+    values = key_values(params.model_dump(mode="json"), s.fingerprint_keys, exclude=s.resume_keys + s.bookkeeping_keys)
     digest = hashlib.sha256()
-    digest.update(json.dumps({"seed": params.seed, "method": method, **sections}, sort_keys=True).encode())
+    digest.update(json.dumps({"method": method, **values}, sort_keys=True).encode())
     with open(train_path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)

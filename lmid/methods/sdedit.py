@@ -32,7 +32,7 @@ from lmid.diffusion import sampler as samplers
 from lmid.diffusion.model import DiffusionModel, translate_batched
 from lmid.diffusion.trainer import DiffusionTrainer
 from lmid.errors import LmidError
-from lmid.methods.base import Access, Method, TrainingData, Translation
+from lmid.methods.base import Method, TrainingData, Translation
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,6 @@ def choose_t0(model: DiffusionModel, val: SliceSet, sp: SdeditParams, seed: int,
 
 class SDEdit(Method):
     name = "sdedit"
-    access = Access.TARGET_ONLY
     description = "unconditional DDPM on target slices; source noised to t0 (chosen on validation) and denoised"
 
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:

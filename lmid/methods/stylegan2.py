@@ -78,7 +78,7 @@ from lmid.data.slices import SliceSet
 from lmid.errors import LmidError, ParamsError
 from lmid.io import write_text
 from lmid.methods.gan_common import write_train_log, autocast, count_params, to_signed
-from lmid.methods.base import Access, Method, TrainingData, Translation
+from lmid.methods.base import Method, TrainingData, Translation
 from lmid.networks.stylegan2 import Discriminator, Generator, init_stylegan
 from lmid.progress import progress_disabled
 
@@ -377,7 +377,6 @@ def project(g: Generator, source: torch.Tensor, seeds: np.ndarray, params: Param
 # ------------------------------------------------------------------------------------- method
 class StyleGan2(Method):
     name = "stylegan2"
-    access = Access.TARGET_ONLY
     description = ("StyleGAN2-ADA trained on target slices only; source slices GAN-inverted (projector with a "
                    "cross-modal NMI + MIND distance)")
 

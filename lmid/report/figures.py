@@ -19,13 +19,11 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from lmid.io import atomic_path  # noqa: E402
+from lmid.registry import METHODS  # noqa: E402
 
 DPI = 110
-#: One colour per method, the same in every figure.
-COLOURS = {
-    "lmidiffusion": "#c0392b", "sdedit": "#2471a3", "cyclegan": "#239b56", "stylegan2": "#7d3c98",
-    "cdm": "#b9770e", "identity": "#717d7e", "histmatch": "#a6acaf",
-}
+#: One colour per method, the same in every figure (lmid/registry.py).
+COLOURS = {name: spec.colour for name, spec in METHODS.items()}
 #: Overlay colours of the tissue labels 1 CSF, 2 GM, 3 WM.
 TISSUE_COLOURS = {1: ("CSF", "#3498db"), 2: ("GM", "#f39c12"), 3: ("WM", "#e74c3c")}
 

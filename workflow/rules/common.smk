@@ -3,21 +3,19 @@ import os
 
 from snakemake.utils import validate
 
-from lmid.config import parse_params
-from lmid.methods import TRAIN_PARAM_SECTIONS
-
-# Snakemake merges params.yaml with any --configfile; lmid reads exactly one complete file, so the
-# commands get the last file given (a preset is a complete params file, never a partial one).
-PARAMS_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
+from lmid.config import parse_params, write_params
+from lmid.evaluation.aggregate import aggregate_outputs
+from lmid.experiments import experiment_modalities, is_unseen_experiment
+from lmid.registry import METHODS as SPECS, key_values
 
 validate(config, "../schemas/params.schema.json")
-P = parse_params(dict(config), PARAMS_FILE)  # the same typed loader as `lmid`, for cross-field checks
+# Snakemake's config is params.yaml merged with any --configfile and --config key=value; the same
+# typed loader as `lmid` checks it once, for all of them together.
+P = parse_params(dict(config), "params.yaml (with --configfile / --config)")
+PARAMS_TREE = P.model_dump(mode="json")
 
 METHODS = list(P.methods)
-SOURCE = P.data.source_modality
 TARGET = P.data.target_modality
-# Experiment = the modality translated into the target: the main one plus zero-shot extra sources.
-SOURCES = [SOURCE] + [m for m in P.data.extra_modalities if m != TARGET]
 SHARDS = P.translate.shards
 RAW = P.data.root
 # The conda environment of every rule (used with --sdm conda); pip users need none.
@@ -25,6 +23,11 @@ ENV = "../../environment.yml"
 # Each preset writes under its own folders (params `paths`), so the study keeps the demo's report.
 DATA = P.paths.data
 REPORTS = P.paths.reports
+# The resolved parameters, written in full (rewritten only when they change): every command reads
+# exactly this file, so --config seed=5 or a partial --configfile reaches `lmid` as it reaches the DAG.
+# Rules rerun on the values they read (the `reads` params below), never on this file's timestamp.
+PARAMS_FILE = f"{DATA}/params.resolved.yaml"
+write_params(P, PARAMS_FILE)
 SLICES = f"{DATA}/slices"
 MODELS = f"{DATA}/models"
 TRANSLATIONS = f"{DATA}/translations"
@@ -33,52 +36,57 @@ METRICS = f"{DATA}/metrics"
 # GPUs per job for the rules that train or sample networks. A cluster without GPUs (the CI test
 # cluster) sets LMID_GPUS=0 in the environment; nothing in the rules changes.
 GPUS = int(os.environ.get("LMID_GPUS", "1"))
-# identity and histmatch are array arithmetic: they never ask for a GPU.
-NETWORK_METHODS = {"lmidiffusion", "sdedit", "cyclegan", "stylegan2", "cdm"}
 # Baselines whose generators `lmid check-baselines` inspects on their own.
-BASELINE_CHECKED = [m for m in ("stylegan2", "sdedit", "cyclegan") if m in METHODS]
+BASELINE_CHECKED = [m for m in METHODS if SPECS[m].baseline_checked]
 
 
 def get_gpus(wildcards):
-    """GPUs per job, by method; 0 means the executor asks Slurm for none."""
-    return GPUS if wildcards.get("method", "lmidiffusion") in NETWORK_METHODS else 0
+    """GPUs per job, by method (lmid/registry.py); 0 means the executor asks Slurm for none."""
+    return GPUS if SPECS[wildcards.get("method", "lmidiffusion")].gpu else 0
 
 
-def experiment(source):
-    """Folder name of one translation experiment, e.g. pd2t1."""
-    return f"{source.lower()}2{TARGET.lower()}"
+def values(*keys, exclude=()):
+    """{dotted params key: value} of what a command reads: the rule's rerun trigger (`reads` params),
+    and the params DVC lists for the same step (workflow/scripts/dvc_yaml.py)."""
+    return key_values(PARAMS_TREE, keys, exclude=exclude)
 
 
-EXPERIMENTS = {experiment(s): s for s in SOURCES}
-# Slices each experiment translates. The unseen-protocol experiments (pd2t1_3t, ...) take the same
-# subjects simulated on another protocol and reuse the models trained on the main one.
-EXPERIMENT_SLICES = {name: SLICES for name in EXPERIMENTS}
+def get_train_keys(wildcards):
+    """What this method's training reads, less bookkeeping (log and checkpoint intervals).
+
+    Changing one reruns training; a change of run length only (steps) resumes the checkpoint."""
+    spec = SPECS[wildcards.method]
+    return values(*spec.rerun_train_keys, exclude=spec.bookkeeping_keys)
+
+
+def get_translate_keys(wildcards):
+    """What this method reads at translation time only (sampler, inversion, batch sizes)."""
+    return values(*SPECS[wildcards.method].translate_keys)
+
+
+# Experiment name → translated source modality (lmid/experiments.py): the main one, the zero-shot
+# extra sources and, on simulated data, their twins on the unseen protocol (pd2t1_3t, ...), which
+# take the same subjects simulated again and reuse the models trained on the main protocol.
+EXPERIMENTS = {name: pair[0] for name, pair in experiment_modalities(P).items()}
 UNSEEN = P.unseen_protocol.name if P.unseen_protocol_active else None
 RAW_UNSEEN = f"{DATA}/raw_{UNSEEN}"
 SLICES_UNSEEN = f"{DATA}/slices_{UNSEEN}"
-if UNSEEN:
-    for s in [m for m in SOURCES if m in P.unseen_sources]:
-        EXPERIMENTS[f"{experiment(s)}_{UNSEEN}"] = s
-        EXPERIMENT_SLICES[f"{experiment(s)}_{UNSEEN}"] = SLICES_UNSEEN
+# Slices each experiment translates.
+EXPERIMENT_SLICES = {name: SLICES_UNSEEN if is_unseen_experiment(name, P) else SLICES for name in EXPERIMENTS}
 # Per-slice scores of every method and experiment (evaluate's outputs).
 ALL_SCORES = expand(f"{METRICS}/{{experiment}}/{{method}}.csv", experiment=EXPERIMENTS, method=METHODS)
 
 
 def get_raw_input(wildcards=None):
-    """Simulated data is generated by a rule; IXI/BraTS folders are the user's own input."""
+    """Simulated data is generated by a rule; an IXI/BraTS folder is the user's own input."""
     if P.data.source == "simulated":
         return f"{RAW}/phantom.json"
-    return []
+    return RAW
 
 
 def get_train_priority(wildcards):
     """Longest training first, so that the shorter jobs fill the other cores around it."""
     return {"lmidiffusion": 2, "sdedit": 1}.get(wildcards.method, 0)
-
-
-def get_train_params(method):
-    """Only the params.yaml sections this method's training reads (for rerun triggers)."""
-    return {"seed": P.seed, **{s: getattr(P, s).model_dump(mode="json") for s in TRAIN_PARAM_SECTIONS[method]}}
 
 
 def get_shards(wildcards):

@@ -7,7 +7,7 @@ rule generate:
     params:
         cfg=PARAMS_FILE,
         out=lambda w, output: os.path.dirname(output[0]),
-        simulate=P.simulate.model_dump(mode="json"),
+        reads=values("seed", "simulate"),
     log:
         f"{DATA}/logs/generate.log",
     benchmark:
@@ -32,10 +32,9 @@ rule prepare:
         manifest=f"{SLICES}/manifest.json",
     params:
         cfg=PARAMS_FILE,
-        raw=lambda w, input: os.path.dirname(input[0]) if input else RAW,
+        raw=RAW,
         out=lambda w, output: os.path.dirname(output.train),
-        data=P.data.model_dump(mode="json"),
-        prepare=P.prepare.model_dump(mode="json"),
+        reads=values("seed", "data", "prepare"),
     log:
         f"{DATA}/logs/prepare.log",
     benchmark:
@@ -57,9 +56,8 @@ rule generate_unseen:
     params:
         cfg=PARAMS_FILE,
         out=lambda w, output: os.path.dirname(output[0]),
-        simulate=P.simulate.model_dump(mode="json"),
         # Which sources are translated does not change the volumes: not a rerun trigger.
-        unseen=P.unseen_protocol.model_dump(mode="json", exclude={"sources"}),
+        reads=values("seed", "simulate", "unseen_protocol", exclude=("unseen_protocol.sources",)),
     log:
         f"{DATA}/logs/generate_unseen.log",
     benchmark:
@@ -87,8 +85,7 @@ rule prepare_unseen:
         cfg=PARAMS_FILE,
         raw=lambda w, input: os.path.dirname(input[0]),
         out=lambda w, output: os.path.dirname(output.train),
-        data=P.data.model_dump(mode="json"),
-        prepare=P.prepare.model_dump(mode="json"),
+        reads=values("seed", "data", "prepare"),
     log:
         f"{DATA}/logs/prepare_unseen.log",
     benchmark:

@@ -10,6 +10,7 @@ rule evaluate:
         f"{METRICS}/{{experiment}}/{{method}}.csv",
     params:
         cfg=PARAMS_FILE,
+        reads=values("data", "segment"),
     log:
         f"{DATA}/logs/evaluate/{{experiment}}/{{method}}.log",
     benchmark:
@@ -34,17 +35,15 @@ rule aggregate:
         infos=expand(f"{MODELS}/{{method}}/train_info.json", method=METHODS),
         manifest=f"{SLICES}/manifest.json",
     output:
+        # Every file the command writes (lmid/evaluation/aggregate.py: aggregate_outputs).
         metrics=f"{REPORTS}/metrics.json",
         summary=f"{REPORTS}/summary.json",
         table=f"{REPORTS}/tables/table.md",
-        tables=multiext(f"{REPORTS}/tables/table", ".csv", ".tex"),
+        tables=[f"{REPORTS}/{f}" for f in aggregate_outputs(P) if f.startswith("tables/") and f != "tables/table.md"],
     params:
         cfg=PARAMS_FILE,
-        metrics=lambda w, input: os.path.dirname(os.path.dirname(input.metrics[0])),
-        models=lambda w, input: os.path.dirname(os.path.dirname(input.infos[0])),
-        slices=lambda w, input: os.path.dirname(input.manifest),
         out=lambda w, output: os.path.dirname(output.metrics),
-        evaluate=P.evaluate.model_dump(mode="json"),
+        reads=values("seed", "data", "evaluate", "cyclegan.source_fraction"),
     log:
         f"{DATA}/logs/aggregate.log",
     benchmark:
@@ -56,8 +55,8 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "lmid aggregate --params {params.cfg} --metrics-dir {params.metrics} --models-dir {params.models}"
-        " --slices-dir {params.slices} --out-dir {params.out} > {log} 2>&1"
+        "lmid aggregate --params {params.cfg} --scores {input.metrics} --sampler {input.sampler}"
+        " --infos {input.infos} --manifest {input.manifest} --out-dir {params.out} > {log} 2>&1"
 
 
 rule diagnose:
@@ -75,6 +74,7 @@ rule diagnose:
     params:
         cfg=PARAMS_FILE,
         slices=P.evaluate.diagnostic_slices,
+        reads=values("seed", "data", "diffusion", "lmi", "lmidiffusion", "evaluate.diagnostic_slices"),
     log:
         f"{DATA}/logs/diagnose.log",
     benchmark:
@@ -102,6 +102,7 @@ rule check_baselines:
     params:
         cfg=PARAMS_FILE,
         models=lambda w, input: os.path.dirname(os.path.dirname(input.models[0])),
+        reads=values("seed", "diffusion.schedule"),
     log:
         f"{DATA}/logs/check_baselines.log",
     benchmark:

@@ -54,7 +54,7 @@ rule report:
         unseen=lambda w, input: f"--unseen-slices-dir {os.path.dirname(input.unseen[0])}" if input.unseen else "",
         baselines=lambda w, input: f"--baseline-images {input.baselines[1]}" if input.baselines else "",
         # The page shows every parameter, so any change of params.yaml rebuilds it.
-        everything=P.model_dump(mode="json"),
+        reads=values(*PARAMS_TREE),
     log:
         f"{DATA}/logs/report.log",
     benchmark:

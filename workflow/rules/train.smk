@@ -12,7 +12,7 @@ rule train:
         log_csv=f"{MODELS}/{{method}}/train_log.csv",
     params:
         cfg=PARAMS_FILE,
-        sections=lambda wc: get_train_params(wc.method),
+        reads=get_train_keys,
         out=lambda w, output: os.path.dirname(output.model),
     log:
         f"{DATA}/logs/train/{{method}}.log",
@@ -39,7 +39,7 @@ rule fit_segmenter:
         f"{MODELS}/kmeans.json",
     params:
         cfg=PARAMS_FILE,
-        segment=P.segment.model_dump(mode="json"),
+        reads=values("seed", "segment"),
     log:
         f"{DATA}/logs/fit_segmenter.log",
     benchmark:

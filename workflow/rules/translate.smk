@@ -10,6 +10,7 @@ rule translate:
     params:
         cfg=PARAMS_FILE,
         source=get_source_modality,
+        reads=get_translate_keys,
     log:
         f"{DATA}/logs/translate/{{experiment}}/{{method}}/shard-{{shard}}-of-{{n}}.log",
     benchmark:
@@ -65,6 +66,7 @@ rule sampler_sweep:
     params:
         cfg=PARAMS_FILE,
         limit=P.evaluate.sampler_slices,
+        reads=values(*SPECS["lmidiffusion"].translate_keys, "evaluate.sampler_slices", "data", "segment"),
     log:
         f"{DATA}/logs/sampler/{{setting}}.log",
     benchmark:
