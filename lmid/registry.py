@@ -60,6 +60,8 @@ class MethodSpec:
     role: str = ""
     #: Has generators that ``lmid check-baselines`` inspects on their own.
     baseline_checked: bool = False
+    #: The method's own source files and folders (DVC reruns its steps when they change).
+    code: tuple[str, ...] = ()
 
     @property
     def fingerprint_keys(self) -> tuple[str, ...]:
@@ -86,7 +88,8 @@ _SPECS = (
     MethodSpec(
         "cyclegan", "CycleGAN", "lmid.methods.cyclegan", Access.TARGET_AND_SOURCE_FRACTION, "#239b56",
         competitor=True, gpu=True, baseline_checked=True, role="sees {source_fraction} source",
-        train_keys=("seed", "cyclegan"), bookkeeping_keys=_gan_bookkeeping("cyclegan", "train")),
+        train_keys=("seed", "cyclegan"), bookkeeping_keys=_gan_bookkeeping("cyclegan", "train"),
+        code=("lmid/methods/cyclegan.py", "lmid/methods/gan_common.py", "lmid/networks/cyclegan.py")),
     MethodSpec(
         "stylegan2", "StyleGAN2-ADA", "lmid.methods.stylegan2", Access.TARGET_ONLY, "#7d3c98",
         competitor=True, gpu=True, baseline_checked=True,
@@ -96,7 +99,8 @@ _SPECS = (
         bookkeeping_keys=_gan_bookkeeping("stylegan2", "train"),
         # GAN inversion happens per test slice; its loss may use the LMI layer's settings.
         translate_keys=("seed", "lmi") + tuple(f"stylegan2.{k}" for k in (
-            "invert_steps", "invert_lr", "invert_w_samples", "invert_noise_weight", "invert_loss"))),
+            "invert_steps", "invert_lr", "invert_w_samples", "invert_noise_weight", "invert_loss")),
+        code=("lmid/methods/stylegan2.py", "lmid/methods/gan_common.py", "lmid/networks/stylegan2.py", "lmid/lmi.py")),
     MethodSpec(
         "sdedit", "SDEdit", "lmid.methods.sdedit", Access.TARGET_ONLY, "#2471a3",
         competitor=True, gpu=True, baseline_checked=True,
@@ -106,14 +110,16 @@ _SPECS = (
         resume_keys=_DIFFUSION_RESUMABLE + ("sdedit",),
         bookkeeping_keys=_DIFFUSION_BOOKKEEPING,
         translate_keys=("seed", "sdedit.kind", "sdedit.steps", "sdedit.repeats", "sdedit.batch_size",
-                        "diffusion.train.mixed_precision")),
+                        "diffusion.train.mixed_precision"),
+        code=("lmid/methods/sdedit.py", "lmid/diffusion")),
     MethodSpec(
         "lmidiffusion", "LMIDiffusion", "lmid.methods.lmidiffusion", Access.TARGET_ONLY, "#c0392b",
         competitor=True, gpu=True,
         train_keys=_DIFFUSION_TRAIN + ("lmi",),
         resume_keys=_DIFFUSION_RESUMABLE,
         bookkeeping_keys=_DIFFUSION_BOOKKEEPING,
-        translate_keys=("seed", "lmi", "lmidiffusion.sampler", "diffusion.train.mixed_precision")),
+        translate_keys=("seed", "lmi", "lmidiffusion.sampler", "diffusion.train.mixed_precision"),
+        code=("lmid/methods/lmidiffusion.py", "lmid/diffusion", "lmid/lmi.py")),
     MethodSpec(
         "cdm", "CDM", "lmid.methods.cdm", Access.PAIRED, "#b9770e", competitor=False, gpu=True,
         role="supervised upper bound",
@@ -121,14 +127,17 @@ _SPECS = (
             "vector_dim", "mask_ratio", "patch", "mrm_channels", "mdn_blocks", "mdn_hidden", "mdn_timesteps",
             "unet_channels", "flip_prob", "grad_clip", "mrm", "mdn", "unet")),
         bookkeeping_keys=_gan_bookkeeping("cdm", "mrm", "mdn", "unet"),
-        translate_keys=("seed", "cdm.mdn_ddim_steps", "cdm.translate_batch_size")),
+        translate_keys=("seed", "cdm.mdn_ddim_steps", "cdm.translate_batch_size"),
+        code=("lmid/methods/cdm.py", "lmid/networks/cdm.py")),
     MethodSpec(
         "identity", "Identity", "lmid.methods.references", Access.NONE, "#717d7e", competitor=False, gpu=False,
-        role="reference"),
+        role="reference",
+        code=("lmid/methods/references.py",)),
     MethodSpec(
         "histmatch", "Hist. matching", "lmid.methods.references", Access.TARGET_HISTOGRAM, "#a6acaf",
         competitor=False, gpu=False, role="reference",
-        train_keys=("histmatch.n_quantiles",), translate_keys=("histmatch.mask_threshold",)),
+        train_keys=("histmatch.n_quantiles",), translate_keys=("histmatch.mask_threshold",),
+        code=("lmid/methods/references.py",)),
 )
 
 #: Every method by name, in the tables' column order (the paper's four, the upper bound, references).

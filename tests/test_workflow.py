@@ -1,7 +1,9 @@
-"""The two orchestrators describe one graph: same steps, same commands, same outputs.
+"""The two orchestrators describe one graph: dvc.yaml is generated from the Snakemake rules.
 
-Snakemake's side comes from a forced dry run (every job with its shell command and outputs);
-DVC's from its resolved stages. Log redirections are Snakemake's only extra.
+The committed dvc.yaml must equal what workflow/scripts/dvc_yaml.py writes for params.yaml. As an
+independent check, Snakemake's own forced dry run (every job with its shell command and outputs)
+must list the same commands and outputs as DVC's resolved stages. Log redirections are
+Snakemake's only extra.
 """
 
 from __future__ import annotations
@@ -12,26 +14,29 @@ import re
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+GENERATOR = ROOT / "workflow" / "scripts" / "dvc_yaml.py"
 
 
-def _snakemake(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "snakemake"), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def _normalise(cmd: str) -> str:
     cmd = re.sub(r"\s*>\s*\S+\s+2>&1\s*$", "", cmd.strip())  # Snakemake's `> {log} 2>&1`
-    return " ".join(cmd.split())
+    if cmd.startswith("(") and cmd.endswith(")"):  # a rule that chains commands into one log
+        cmd = cmd[1:-1]
+    return " ".join(cmd.split()).replace("--params data/params.resolved.yaml", "--params params.yaml")
 
 
-def snakemake_jobs() -> list[dict]:
-    res = _snakemake("--cores", "1", "--dry-run", "--printshellcmds", "--forceall", "--nocolor")
+def snakemake_jobs(cwd: Path = ROOT) -> list[dict]:
+    res = _snakemake("--cores", "1", "--dry-run", "--printshellcmds", "--forceall", "--nocolor", cwd=cwd)
     assert res.returncode == 0, res.stderr + res.stdout
     jobs, job = [], None
     for line in res.stdout.splitlines():
@@ -53,14 +58,30 @@ def dvc_stages() -> list[dict]:
         return [
             {"name": s.addressing, "cmd": _normalise(s.cmd),
              "outs": [str(Path(o.def_path)) for o in s.outs]}
-            for s in repo.index.stages
+            for s in repo.index.stages if s.addressing != "dvc-yaml"
         ]
 
 
-def _step(name: str) -> str:
-    """train-cdm -> train, translate@cdm-experiment0-1 -> translate, fit_segmenter -> fit-segmenter."""
-    name = name.split("@")[0].replace("_", "-")
-    return "train" if name.startswith("train-") else name
+def _generate(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(GENERATOR), "--root", str(root), *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def _project(tmp_path: Path, params: dict) -> Path:
+    """A project folder with the repository's workflow and the given params.yaml."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "workflow").symlink_to(ROOT / "workflow")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def _present(tree, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -68,38 +89,100 @@ def graphs():
     return snakemake_jobs(), dvc_stages()
 
 
-def test_same_steps(graphs):
-    snake, dvc = graphs
-    assert Counter(_step(j["rule"]) for j in snake) == Counter(_step(s["name"]) for s in dvc)
+def test_committed_dvc_yaml_is_the_generated_one():
+    res = _generate(ROOT, "--check")
+    assert res.returncode == 0, res.stderr[-3000:]
 
 
 def test_same_commands(graphs):
     snake, dvc = graphs
     assert all(j["cmd"] for j in snake), [j["rule"] for j in snake if not j["cmd"]]
+    assert len(snake) == len(dvc) > 0
     assert sorted(j["cmd"] for j in snake) == sorted(s["cmd"] for s in dvc)
 
 
 def test_same_outputs(graphs):
-    """Each job's outputs equal its stage's outs (a DVC folder out may stand for files inside it)."""
+    """Each job's outputs equal its stage's outs."""
     snake, dvc = graphs
     by_cmd = {s["cmd"]: s for s in dvc}
     for job in snake:
-        outs = by_cmd[job["cmd"]]["outs"]
-        for o in job["outputs"]:
-            assert any(o == d or o.startswith(d.rstrip("/") + "/") for d in outs), (job["rule"], o, outs)
-        for d in outs:
-            assert any(o == d or o.startswith(d.rstrip("/") + "/") for o in job["outputs"]), (job["rule"], d)
+        assert sorted(job["outputs"]) == sorted(by_cmd[job["cmd"]]["outs"]), job["rule"]
 
 
-def test_dvc_stage_params_match_snakemake_rerun_params():
-    """A training stage lists exactly the params sections its method's training reads."""
-    import yaml
+def test_stage_params_are_what_each_step_reads():
+    """Training stages list the method's training keys (less bookkeeping), translation stages its
+    translation keys only: a sampler change re-translates in DVC as in Snakemake, never retrains."""
+    from lmid.config import load_params
+    from lmid.registry import METHODS, key_values
 
-    from lmid.methods import TRAIN_PARAM_SECTIONS
+    tree = load_params(ROOT / "params.yaml").model_dump(mode="json")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def spelt_out(keys):  # DVC can only track keys that params.yaml writes out
+        return [k for k in keys if _present(raw, k)]
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for method, sections in TRAIN_PARAM_SECTIONS.items():
-        assert sorted(stages[f"train-{method}"]["params"]) == sorted(["seed", *sections]), method
+    for name, spec in METHODS.items():
+        train = stages[f"train-{name}"].get("params", [])
+        assert train == spelt_out(key_values(tree, spec.rerun_train_keys, exclude=spec.bookkeeping_keys)), name
+        translate = stages[f"translate-pd2t1-{name}-0of1"].get("params", [])
+        assert translate == spelt_out(key_values(tree, spec.translate_keys)), name
+    assert "lmidiffusion.sampler" in stages["translate-pd2t1-lmidiffusion-0of1"]["params"]
+    assert not any(k.startswith("lmidiffusion") for k in stages["train-lmidiffusion"]["params"])
+    assert "diffusion.train.log_every" not in stages["train-lmidiffusion"]["params"]
+    assert "stylegan2.invert_steps" not in stages["train-stylegan2"]["params"]
+    assert "cdm.mdn_ddim_steps" not in stages["train-cdm"]["params"]
+
+
+def test_dvc_yaml_for_an_ixi_folder_prepares_that_folder(tmp_path):
+    """data.source: ixi → no simulation stage, and prepare reads (and depends on) data.root."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    ixi = tmp_path / "my-ixi"
+    ixi.mkdir()
+    params["data"].update(source="ixi", root=str(ixi))
+    params["unseen_protocol"]["enabled"] = False
+    root = _project(tmp_path, params)
+    res = _generate(root, "--out", str(tmp_path / "dvc.yaml"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
+    assert "generate" not in stages and "generate-unseen" not in stages
+    assert stages["prepare"]["cmd"].startswith(f"lmid prepare --params params.yaml --raw {ixi} ")
+    assert str(ixi) in stages["prepare"]["deps"]
+    assert not any("_3t" in name for name in stages)
+
+
+def test_a_graph_change_stops_dvc_until_dvc_yaml_is_regenerated(tmp_path):
+    """`dvc exp run -S methods=[...]` changes params.yaml, not dvc.yaml: the first stage says so."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    root = _project(tmp_path, params)
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    stamp = tmp_path / "ok"
+    assert _generate(root, "--check", "--stamp", str(stamp)).returncode == 0 and stamp.is_file()
+    # A value that changes no step of the graph keeps dvc.yaml current.
+    params["lmidiffusion"]["sampler"]["steps"] = 7
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _generate(root, "--check").returncode == 0
+    params["methods"] = ["identity", "lmidiffusion"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stamp.unlink()
+    res = _generate(root, "--check", "--stamp", str(stamp))
+    assert res.returncode == 1 and "regenerate it" in res.stderr and not stamp.exists(), res.stderr
+    assert "-  train-cdm:" in res.stderr  # the diff names what went away
+
+
+def test_snakemake_config_overrides_reach_the_commands(tmp_path):
+    """--config and a partial --configfile change what `lmid` reads, not only the DAG."""
+    params = yaml.safe_load((ROOT / "tests" / "presets" / "tiny.yaml").read_text())
+    root = _project(tmp_path, params)
+    (root / "more.yaml").write_text("simulate: {n_subjects: 4}\n")
+    res = _snakemake("--cores", "1", "--config", "seed=5", "--configfile", "more.yaml", "--", "data/raw", cwd=root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    phantom = json.loads((root / "data" / "raw" / "phantom.json").read_text())
+    resolved = yaml.safe_load((root / "data" / "params.resolved.yaml").read_text())
+    assert resolved["seed"] == 5 and resolved["simulate"]["n_subjects"] == 4
+    # A partial configfile is merged over params.yaml, not over the paper-scale defaults.
+    assert resolved["diffusion"]["train"]["steps"] == params["diffusion"]["train"]["steps"]
+    assert phantom["seed"] == 5 and len(phantom["subjects"]) == 4, phantom
 
 
 def test_snakemake_lint_is_clean():
