@@ -8,6 +8,8 @@ whose states are stored, so "N steps, stop, resume, N steps" equals "2N steps".
 
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 
 import torch
@@ -17,8 +19,14 @@ from lmid.io import atomic_path
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Save ``state``; equal weights give byte-identical files (DVC then sees no change).
+
+    ``torch.save`` to a path records that path's name inside the zip archive, and the temporary
+    name differs on every run; saved to memory the archive always has the same name."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", required: tuple[str, ...] = ()) -> dict:

@@ -22,6 +22,12 @@ from lmid.errors import InputFileError, LmidError
 
 
 # --------------------------------------------------------------------------------- atomic writes
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
@@ -39,6 +45,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise InputFileError(parent, "output folder is not writable")
     suffix = suffix if suffix is not None else "".join(path.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=parent)
+    # mkstemp makes the file private (0600); give it the mode any new file gets under the umask,
+    # so that a shared project or DVC cache stays readable by the group.
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp)
     try:

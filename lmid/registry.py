@@ -62,6 +62,9 @@ class MethodSpec:
     baseline_checked: bool = False
     #: The method's own source files and folders (DVC reruns its steps when they change).
     code: tuple[str, ...] = ()
+    #: Scheduling order of the train jobs (higher first): the longest trainings start first, so
+    #: that shorter jobs fill the other cores around them.
+    train_priority: int = 0
 
     @property
     def fingerprint_keys(self) -> tuple[str, ...]:
@@ -106,6 +109,7 @@ _SPECS = (
         competitor=True, gpu=True, baseline_checked=True,
         # The t0 sweep on validation slices runs at the end of training, so it is part of it; it
         # never changes the DDPM's weights, so a checkpoint made under another sweep is resumed.
+        train_priority=1,
         train_keys=_DIFFUSION_TRAIN + ("sdedit",),
         resume_keys=_DIFFUSION_RESUMABLE + ("sdedit",),
         bookkeeping_keys=_DIFFUSION_BOOKKEEPING,
@@ -114,7 +118,7 @@ _SPECS = (
         code=("lmid/methods/sdedit.py", "lmid/diffusion")),
     MethodSpec(
         "lmidiffusion", "LMIDiffusion", "lmid.methods.lmidiffusion", Access.TARGET_ONLY, "#c0392b",
-        competitor=True, gpu=True,
+        competitor=True, gpu=True, train_priority=2,
         train_keys=_DIFFUSION_TRAIN + ("lmi",),
         resume_keys=_DIFFUSION_RESUMABLE,
         bookkeeping_keys=_DIFFUSION_BOOKKEEPING,

@@ -311,6 +311,10 @@ def test_training_fingerprint_ignores_run_length_and_sampler(tmp_path):
     assert training_fingerprint(Params.model_validate(dump), "lmidiffusion", train) == fp
     dump["diffusion"]["train"]["lr"] = 1e-3
     assert training_fingerprint(Params.model_validate(dump), "lmidiffusion", train) != fp
+    # SDEdit's t0 sweep runs after training and never changes the DDPM's weights.
+    dump = base.model_dump()
+    dump["sdedit"].update(t0_grid=[0.1, 0.2], repeats=1)
+    assert training_fingerprint(Params.model_validate(dump), "sdedit", train) == training_fingerprint(base, "sdedit", train)
     dump = base.model_dump()
     dump["cyclegan"]["train"]["steps"] = 10  # CycleGAN's learning-rate decay depends on its length
     assert training_fingerprint(Params.model_validate(dump), "cyclegan", train) != \

@@ -29,6 +29,15 @@ METHODS = ("lmidiffusion", "sdedit", "cyclegan", "cdm", "identity", "histmatch")
 
 
 # ----------------------------------------------------------------------------- synthetic inputs
+
+def _aggregate_inputs(d: Path) -> list:
+    """`lmid aggregate`'s input options for the files under the data folder d (as the rule names them)."""
+    scores = sorted(x for x in (d / "metrics").glob("*/*.csv") if x.parent.name != "sampler")
+    sampler = sorted((d / "metrics" / "sampler").glob("*.csv"))
+    infos = sorted((d / "models").glob("*/train_info.json"))
+    return (["--scores", *scores] + (["--sampler", *sampler] if sampler else []) + (["--infos", *infos] if infos else [])
+            + ["--manifest", d / "slices" / "manifest.json"])
+
 def phantom(n: int, rng: np.random.Generator, extra: bool):
     """Concentric discs: WM inside, GM ring, CSF ring; per-slice jitter of centre and radii."""
     yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float32)
@@ -129,8 +138,7 @@ def run_pipeline(root: Path) -> dict:
         lmid("evaluate", "--params", p, "--method", "lmidiffusion", "--translations",
              d / f"translations/sampler/{setting}/translations.npz", "--slices", d / "slices/test.npz",
              "--segmenter", d / "models/kmeans.json", "--out", d / f"metrics/sampler/{setting}.csv")
-    lmid("aggregate", "--params", p, "--metrics-dir", d / "metrics", "--models-dir", d / "models",
-         "--slices-dir", d / "slices", "--out-dir", root / "reports")
+    lmid("aggregate", "--params", p, *_aggregate_inputs(d), "--out-dir", root / "reports")
     before = _digest(d)
     lmid("report", "--params", p, "--reports-dir", root / "reports", "--models-dir", d / "models",
          "--metrics-dir", d / "metrics", "--translations-dir", d / "translations", "--slices-dir", d / "slices",
@@ -207,8 +215,8 @@ def test_missing_optional_inputs_say_not_run(tmp_path):
                           "--segmenter", str(d / "models/kmeans.json"),
                           "--out", str(d / f"metrics/pd2t1/{m}.csv")]) == 0
     shutil.rmtree(d / "models" / "sdedit")
-    assert lmid_main(["aggregate", "--params", p, "--metrics-dir", str(d / "metrics"), "--models-dir",
-                      str(d / "models"), "--slices-dir", str(d / "slices"), "--out-dir", str(tmp_path / "r")]) == 0
+    assert lmid_main(["aggregate", "--params", p, *map(str, _aggregate_inputs(d)), "--out-dir",
+                      str(tmp_path / "r")]) == 0
     md = (tmp_path / "r/tables/table.md").read_text()
     assert md.count("Not run") == 2
     assert lmid_main(["report", "--params", p, "--reports-dir", str(tmp_path / "r"), "--models-dir", str(d / "models"),

@@ -64,6 +64,28 @@ def test_sigkill_after_first_checkpoint_then_resume_equals_uninterrupted(tmp_pat
         assert torch.equal(a[k], b[k]), k
 
 
+def test_raising_steps_resumes_from_the_last_checkpoint(tmp_path, tiny_data):
+    """Training longer (steps 8 → 12) continues from step 8 and ends where an uninterrupted
+    12-step run ends; the fingerprint leaves run length out, so the checkpoint is not thrown away."""
+    out = tmp_path / "longer"
+    first = subprocess.run(_train_cmd(tiny_data, out, 8), capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    res = subprocess.run(_train_cmd(tiny_data, out, 12), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "(step 8)" in res.stderr and "starting afresh" not in res.stderr, res.stderr[-3000:]
+    ref = tmp_path / "straight"
+    res = subprocess.run(_train_cmd(tiny_data, ref, 12), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _weights(ref / "model.pt"), _weights(out / "model.pt")
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # A change of what training learns (the learning rate) is not resumed.
+    res = subprocess.run(_train_cmd(tiny_data, out, 12) + ["--set", "diffusion.train.lr=1e-3"], capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0 and "starting afresh" in res.stderr, res.stderr[-3000:]
+
+
 GUARD = """
 import socket, sys
 def _refuse(*a, **k):

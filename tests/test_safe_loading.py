@@ -48,3 +48,32 @@ def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
     with pytest.raises(Exception) as info:
         load_checkpoint(path)
     assert "evil.pt" in str(info.value)
+
+
+def test_equal_weights_give_byte_identical_checkpoints(tmp_path):
+    """torch.save to a path records the temporary file's name; lmid's checkpoints must not, or DVC
+    sees a change on every run."""
+    import torch
+
+    from lmid.checkpoint import save_checkpoint
+
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "step": 3}
+    save_checkpoint(tmp_path / "a.pt", state)
+    save_checkpoint(tmp_path / "b.pt", {k: (v.clone() if hasattr(v, "clone") else v) for k, v in state.items()})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    import os
+
+    from lmid.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "shared.txt", "x")
+        os.umask(0o077)
+        write_text(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600

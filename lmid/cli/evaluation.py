@@ -53,7 +53,8 @@ def register(sub) -> None:
                     "slices (foreground intensity histograms), and CycleGAN's two directions and cycles on the test "
                     "split. Numbers to a JSON file, the images the report shows to an .npz file.")
     add_common(p)
-    p.add_argument("--models-dir", type=Path, required=True, help="e.g. data/models")
+    p.add_argument("--models", type=Path, nargs="+", required=True,
+                   help="trained models, e.g. data/models/stylegan2/model.pt (the folder names the method)")
     p.add_argument("--test", type=Path, required=True, help="test split (.npz)")
     p.add_argument("--samples", type=int, default=16, help="samples per generator (default %(default)s)")
     p.add_argument("--device", default="auto")
@@ -128,7 +129,7 @@ def _check_baselines(args) -> None:
 
     if args.samples < 1:
         raise LmidError(f"--samples must be >= 1, got {args.samples}")
-    check_baselines(load_params_from_args(args), args.models_dir, args.test, args.out, args.images,
+    check_baselines(load_params_from_args(args), args.models, args.test, args.out, args.images,
                     samples=args.samples, device=args.device)
 
 

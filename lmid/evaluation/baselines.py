@@ -111,13 +111,17 @@ def cyclegan_directions(params: Params, model_path: Path, test, device: torch.de
     return stats, {"cyclegan_target_to_source": fake_s, "cyclegan_source_to_target": fake_t}
 
 
-def check_baselines(params: Params, models_dir: Path, test_path: Path, out_json: Path, out_npz: Path,
+def check_baselines(params: Params, models, test_path: Path, out_json: Path, out_npz: Path,
                     samples: int = 16, device: str = "auto") -> dict:
-    """Write ``out_json`` (numbers for the report) and ``out_npz`` (the images it shows)."""
+    """Write ``out_json`` (numbers for the report) and ``out_npz`` (the images it shows).
+
+    ``models`` are ``<method>/model.pt`` files (the folder names the method); a checked method of
+    ``params.methods`` without one is recorded as not found."""
     from lmid.checkpoint import device_from_arg
     from lmid.data.slices import load_slices
 
-    models_dir, out_json, out_npz = Path(models_dir), Path(out_json), Path(out_npz)
+    given = {Path(p).parent.name: Path(p) for p in models}
+    out_json, out_npz = Path(out_json), Path(out_npz)
     device = device_from_arg(device)
     test = load_slices(Path(test_path))
     real = test.target
@@ -131,10 +135,10 @@ def check_baselines(params: Params, models_dir: Path, test_path: Path, out_json:
     arrays: dict[str, np.ndarray] = {"real": real[pick]}
 
     def model_of(name: str) -> Path | None:
-        path = models_dir / name / "model.pt"
+        path = given.get(name, Path(name) / "model.pt")
         if name not in params.methods:
             return None
-        if not path.is_file():
+        if name not in given or not path.is_file():
             log.warning("%s: not found; %s left out of the baseline checks", path, name)
             result["methods"][name] = {"status": f"{path} not found"}
             return None

@@ -85,7 +85,7 @@ def get_raw_input(wildcards=None):
 
 def get_train_priority(wildcards):
     """Longest training first, so that the shorter jobs fill the other cores around it."""
-    return {"lmidiffusion": 2, "sdedit": 1}.get(wildcards.method, 0)
+    return SPECS[wildcards.method].train_priority
 
 
 def get_shards(wildcards):

@@ -74,7 +74,8 @@ rule diagnose:
     params:
         cfg=PARAMS_FILE,
         slices=P.evaluate.diagnostic_slices,
-        reads=values("seed", "data", "diffusion", "lmi", "lmidiffusion", "evaluate.diagnostic_slices"),
+        reads=values("seed", "data", "diffusion", "lmi", "lmidiffusion", "evaluate.diagnostic_slices",
+                     exclude=SPECS["lmidiffusion"].bookkeeping_keys),
     log:
         f"{DATA}/logs/diagnose.log",
     benchmark:
@@ -101,7 +102,6 @@ rule check_baselines:
         images=f"{DATA}/baselines/samples.npz",
     params:
         cfg=PARAMS_FILE,
-        models=lambda w, input: os.path.dirname(os.path.dirname(input.models[0])),
         reads=values("seed", "diffusion.schedule"),
     log:
         f"{DATA}/logs/check_baselines.log",
@@ -115,5 +115,5 @@ rule check_baselines:
     conda:
         ENV
     shell:
-        "lmid check-baselines --params {params.cfg} --models-dir {params.models} --test {input.test}"
+        "lmid check-baselines --params {params.cfg} --models {input.models} --test {input.test}"
         " --out {output.numbers} --images {output.images} > {log} 2>&1"

@@ -2,6 +2,7 @@
 
     python workflow/scripts/dvc_yaml.py            # (re)write dvc.yaml for params.yaml
     python workflow/scripts/dvc_yaml.py --check    # exit 1 if dvc.yaml is not what params.yaml gives
+    python workflow/scripts/dvc_yaml.py --commit   # after a Snakemake run: record its results in DVC
 
 Snakemake's rules are the one description of the steps. This script builds their job graph for
 params.yaml (every job, as if nothing had run) and writes each job as a stage:
@@ -16,6 +17,11 @@ params.yaml (every job, as if nothing had run) and writes each job as a stage:
   does not cache them.
 
 Methods, experiments, shards, sampler settings and ``data.root`` therefore come from params.yaml.
+
+The two orchestrators then share results: after ``snakemake --cores all`` (with params.yaml, no
+overrides), ``--commit`` checks that dvc.yaml is current and runs ``dvc commit --force``, which
+records every output Snakemake made in dvc.lock and DVC's cache; ``dvc status`` is then clean,
+``dvc push`` shares the results and ``dvc repro`` recomputes nothing.
 When a change of params.yaml changes the graph (``dvc exp run -S methods=[...]``, another preset),
 the first stage, ``dvc-yaml``, stops the run and says to regenerate this file.
 """
@@ -152,9 +158,23 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="file to write (default ROOT/dvc.yaml)")
     ap.add_argument("--check", action="store_true", help="only compare with the existing file; exit 1 if it differs")
     ap.add_argument("--stamp", type=Path, default=None, help="with --check: write this file when dvc.yaml is current")
+    ap.add_argument("--commit", action="store_true",
+                    help="check, then record the outputs of a finished Snakemake run in DVC (dvc commit --force)")
     args = ap.parse_args(argv)
     out = args.out or args.root / "dvc.yaml"
     text = generate(args.root)
+    if args.commit:
+        import subprocess
+
+        if (out.read_text() if out.is_file() else "") != text:
+            print(f"{out} is out of date for params.yaml; regenerate it first: python workflow/scripts/dvc_yaml.py",
+                  file=sys.stderr)
+            return 1
+        stamp = yaml.safe_load(text)["stages"]["dvc-yaml"]["outs"][0]
+        stamp = args.root / next(iter(stamp))
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text("dvc.yaml matches params.yaml\n")
+        return subprocess.run(["dvc", "commit", "--force", "--quiet"], cwd=args.root).returncode
     if args.check:
         current = out.read_text() if out.is_file() else ""
         if current != text:
