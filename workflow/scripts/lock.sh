@@ -13,4 +13,6 @@ python3 -m venv "$tools"
 "$tools/bin/pip-compile" --quiet --extra workflow --extra test --strip-extras --no-emit-find-links \
   --no-emit-index-url --output-file requirements.lock pyproject.toml
 sed -i -E 's/^(torch==[0-9.]+)\+[A-Za-z0-9.]+/\1/' requirements.lock
+# The test extra names lmid[workflow]; lmid itself is installed from the checkout, not the lock.
+sed -i -E '/^lmid @ /,/^[^ ]/{/^lmid @ /d;/^    /d}' requirements.lock
 echo "wrote requirements.lock ($(grep -c '==' requirements.lock) pins)"
