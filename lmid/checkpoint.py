@@ -61,6 +61,18 @@ def load_module_state(module: torch.nn.Module, state_dict: dict, path: str | Pat
 
 def device_from_arg(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present; the same code path runs on CPU."""
+    from lmid.errors import ParamsError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ParamsError(f"--device {name!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParamsError(f"--device {name}: this machine has no CUDA GPU that torch can use (try --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ParamsError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ParamsError(f"--device {name}: lmid runs on cpu or cuda")
+    return device

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmid.errors import ParamsError
 from lmid.registry import METHOD_NAMES
@@ -27,9 +27,18 @@ Fraction = float
 
 
 class Section(BaseModel):
-    """Base for every section: unknown keys are errors, not silently ignored."""
+    """Base for every section: unknown keys are errors, not silently ignored, and so is ``true``
+    where a number is expected (pydantic would read it as 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value, info):
+        field = cls.model_fields.get(info.field_name)
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError(f"expected a number, got {value!r}")
+        return value
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -182,6 +191,13 @@ class PrepareParams(Section):
     percentiles: tuple[float, float] = (0.5, 99.5)
     split: SplitFractions = SplitFractions()
     slices: SliceCounts = SliceCounts()
+
+    @model_validator(mode="after")
+    def _percentiles(self):
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {list(self.percentiles)}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -465,7 +481,7 @@ class PathsParams(Section):
 class Params(Section):
     seed: int = Field(default=1234, ge=0)
     preset: Literal["demo", "study", "paper", "test"] = "demo"
-    methods: list[MethodName] = list(METHOD_NAMES)
+    methods: list[MethodName] = Field(default=list(METHOD_NAMES), min_length=1)
     paths: PathsParams = PathsParams()
     data: DataParams = DataParams()
     simulate: SimulateParams = SimulateParams()
@@ -488,6 +504,12 @@ class Params(Section):
     def _check(self):
         if len(set(self.methods)) != len(self.methods):
             raise ValueError("methods lists a method twice")
+        # The diffusion U-Net halves the slice once per level after the first.
+        levels = len(self.diffusion.unet.channels) - 1
+        if {"lmidiffusion", "sdedit"} & set(self.methods) and self.prepare.size % 2 ** levels:
+            raise ValueError(f"prepare.size {self.prepare.size} must be divisible by {2 ** levels}: the diffusion "
+                             f"U-Net ({len(self.diffusion.unet.channels)} levels of diffusion.unet.channels) halves "
+                             f"it {levels} times")
         if self.data.source_modality == self.data.target_modality:
             raise ValueError("data.source_modality and data.target_modality must differ")
         unseen = self.unseen_protocol
@@ -531,7 +553,7 @@ class Params(Section):
         return self.model_copy(update={"simulate": sim})
 
 
-def _format_validation_error(path: Path, err: ValidationError) -> str:
+def _format_validation_error(path: Path, err: ValidationError, override_keys=(), overrides_label: str = "") -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -540,11 +562,19 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
             msg = "unknown key (misspelt?)"
         elif e["type"] == "literal_error":
             msg = f"{msg}, got {e.get('input')!r}"
-        lines.append(f"{path}: {key}: {msg}")
+        given = any(key == k or key.startswith(k + ".") for k in override_keys)
+        lines.append(f"{overrides_label} {key}: {msg}" if given else f"{path}: {key}: {msg}")
     return "\n".join(lines)
 
 
-def parse_params(data: dict, path: str | Path = "params.yaml") -> Params:
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        out += _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return out
+
+
+def parse_params(data: dict, path: str | Path = "params.yaml", override_keys=(), overrides_label: str = "") -> Params:
     """Validate an already-parsed mapping (used by the loader and by Snakemake's config)."""
     path = Path(path)
     if not isinstance(data, dict):
@@ -552,21 +582,61 @@ def parse_params(data: dict, path: str | Path = "params.yaml") -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as err:
-        raise ParamsError(_format_validation_error(path, err)) from None
+        raise ParamsError(_format_validation_error(path, err, override_keys, overrides_label)) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
-    """Read, validate and fill defaults. ``overrides`` are deep-merged on top (tests, presets)."""
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (the last one would win unseen)."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"found key {key!r} twice (first on line "
+                f"{seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(path: Path):
+    """A YAML file as Python objects; undecodable bytes, bad syntax and duplicate keys name the file."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        loader = _StrictLoader(text)  # a SafeLoader: plain data only, no Python objects
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        detail = " ".join(str(err).split())
+        raise ParamsError(f"{path}: not valid YAML: {detail}") from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None,
+                overrides_label: str = "overrides") -> Params:
+    """Read, validate and fill defaults. ``overrides`` are deep-merged on top (``--set``, tests);
+    an error in one of them is reported under ``overrides_label`` instead of the file's name."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     if overrides:
         data = deep_merge(data, overrides)
-    return parse_params(data, path)
+    return parse_params(data, path, _dotted_keys(overrides or {}), overrides_label)
 
 
 def dump_params(params: Params) -> str:

@@ -11,10 +11,11 @@ import contextlib
 import gzip
 import json
 import os
+import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -56,6 +57,44 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def replaced_folder(out_dir: str | Path, owns: Callable[[str], bool]) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``out_dir``; on success it replaces ``out_dir`` whole.
+
+    A step that writes several files that belong together (the simulated volumes and their
+    ``phantom.json``, the splits and their manifest) builds them here, so that an interrupted or
+    failed run leaves the old folder exactly as it was: the files appear together or not at all.
+    ``out_dir`` may only hold files the step itself writes (``owns(name)``); anything else is
+    refused rather than deleted.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise InputFileError(out_dir, "exists and is not a folder")
+        foreign = sorted(p.name for p in out_dir.iterdir() if not owns(p.name))
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise InputFileError(out_dir, f"holds files this step does not write ({', '.join(foreign[:3])}{more}); "
+                                          "choose a new or empty folder")
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=parent))
+    except OSError as err:
+        raise InputFileError(parent, f"cannot create the output folder here ({err.strerror})") from None
+    os.chmod(stage, 0o777 & ~_umask())
+    try:
+        yield stage
+        old = parent / f".{out_dir.name}.old-{stage.name.rsplit('-', 1)[-1]}"
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(stage, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from lmid.errors import LmidError
+from lmid.errors import LmidError, ParamsError
 from lmid.progress import progress_disabled  # noqa: F401  (re-exported for the commands)
 
 # Step groups, each registering its sub-commands (kept apart so they stay short).
@@ -32,15 +32,24 @@ def load_params_from_args(args):
 
     overrides: dict = {}
     for item in args.overrides:
-        if "=" not in item:
-            raise LmidError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.split(".")):
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. diffusion.train.steps=10")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ParamsError(f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
         node = overrides
         parts = key.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return load_params(args.params, overrides)
+            if not isinstance(node, dict):
+                raise ParamsError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is set to a value by another --set, "
+                                  "so it has no keys")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ParamsError(f"--set {item!r}: another --set already sets keys under {key}")
+        node[parts[-1]] = parsed
+    return load_params(args.params, overrides, overrides_label="--set")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except LmidError as err:
         print(f"lmid {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a folder where a file should be, no permission, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"lmid {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lmid {args.command}: interrupted", file=sys.stderr)

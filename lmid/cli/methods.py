@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--sampler", default=None, metavar="KIND-STEPS[-SPACING]",
                    help="lmidiffusion sampler, e.g. ancestral-1000, ddim-25 or ddim-25-quad "
                         "(overrides lmidiffusion.sampler)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N slices (0 = all)")
+    p.add_argument("--limit", type=_non_negative, default=0, help="only the first N slices (0 = all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True, help="shard output (.npz)")
     p.set_defaults(func=_translate)
@@ -74,3 +74,15 @@ def _gather(args) -> None:
     from lmid.methods.runner import gather
 
     gather(args.method, args.shards, args.slices, args.manifest, args.out, args.nifti_dir)
+
+
+def _non_negative(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative (0 means every slice)")
+    return value

@@ -58,7 +58,7 @@ import numpy as np
 from scipy import ndimage
 
 from lmid.errors import InputFileError, ParamsError
-from lmid.io import ensure_dir, read_json, save_volume, write_json
+from lmid.io import read_json, replaced_folder, save_volume, write_json
 from lmid.progress import progress_disabled
 
 log = logging.getLogger(__name__)
@@ -395,21 +395,6 @@ def _check(params) -> None:
                               f"has {sorted(sim.sequences)}")
 
 
-def _remove_stale(out_dir: Path, written: set[str]) -> None:
-    """Files a previous generation listed that this one does not write (fewer subjects)."""
-    manifest = out_dir / "phantom.json"
-    if not manifest.is_file():
-        return
-    try:
-        old = read_json(manifest)
-        names = [f for subj in old.get("subjects", []) for f in subj.get("files", {}).values()]
-    except Exception:  # an unreadable old manifest: leave the folder alone
-        return
-    for name in names:
-        if isinstance(name, str) and IXI_NAME.match(name) and name not in written:
-            (out_dir / name).unlink(missing_ok=True)
-
-
 def generate(params, out_dir: Path, protocol: str = "main") -> dict:
     """Simulate ``params.simulate.n_subjects`` subjects into ``out_dir`` in the IXI layout.
 
@@ -418,12 +403,18 @@ def generate(params, out_dir: Path, protocol: str = "main") -> dict:
     the JSON leaves out so that it is byte-identical between runs). ``protocol`` is recorded
     there: ``unseen`` when ``params`` is ``Params.unseen_simulation()``.
     """
+    _check(params)
+    # Built in a staging folder that replaces out_dir only when complete: an interrupted run (a
+    # new snr, Ctrl-C) never leaves volumes of two settings side by side under an old phantom.json.
+    with replaced_folder(out_dir, lambda name: name.endswith(".nii.gz") or name == "phantom.json") as stage:
+        summary = _generate_into(params, stage, protocol)
+    return {**summary, "out_dir": str(out_dir)}
+
+
+def _generate_into(params, out_dir: Path, protocol: str) -> dict:
     from tqdm import tqdm
 
-
-    _check(params)
     sim = params.simulate
-    out_dir = ensure_dir(Path(out_dir))
     t0 = time.perf_counter()
     tpl = load_template(float(sim.voxel_mm))
     shape, affine = output_grid(tpl, sim)
@@ -446,7 +437,6 @@ def generate(params, out_dir: Path, protocol: str = "main") -> dict:
                     sums[mod][k].append(value)
         subjects.append({"id": subj["id"], "index": index, "site": subj["site"], "files": files, **subj["facts"]})
 
-    _remove_stale(out_dir, written)
     out_shape = [shape[0], shape[1], keep.stop - keep.start]
     out_affine = affine.copy()
     out_affine[:3, 3] += affine[:3, 2] * keep.start
@@ -476,5 +466,4 @@ def generate(params, out_dir: Path, protocol: str = "main") -> dict:
     seconds = time.perf_counter() - t0
     log.info("generate: %d subjects, grid %s at %g mm, %.1f s", sim.n_subjects, out_shape, sim.voxel_mm, seconds)
     return {"n_subjects": sim.n_subjects, "shape": out_shape, "voxel_mm": float(sim.voxel_mm),
-            "files": sorted(written), "mean_intensity": mean_intensity, "seconds": seconds,
-            "out_dir": str(out_dir)}
+            "files": sorted(written), "mean_intensity": mean_intensity, "seconds": seconds}

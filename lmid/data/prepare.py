@@ -62,7 +62,7 @@ from lmid.config import Params
 from lmid.data.ixi import LABEL, FolderScan, SubjectFiles
 from lmid.data.slices import SliceSet
 from lmid.errors import InputFileError, LmidError, ParamsError
-from lmid.io import ensure_dir, load_volume, write_json
+from lmid.io import load_volume, replaced_folder, write_json
 from lmid.progress import progress_disabled
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,9 @@ def _modalities(params: Params) -> Modalities:
 
 
 def _scan(params: Params, raw_dir: Path) -> FolderScan:
+    if params.data.source == "simulated" and Path(raw_dir).is_dir() and not (Path(raw_dir) / "phantom.json").is_file():
+        raise InputFileError(Path(raw_dir) / "phantom.json", "not found: 'lmid generate' writes it last, so a simulated "
+                                                              "folder without it is incomplete (generate it again)")
     if params.data.source == "brats":
         from lmid.data.brats import scan_brats
 
@@ -507,11 +510,17 @@ def prepare(params: Params, raw_dir: Path, out_dir: Path) -> dict:
                    "prepare": params.prepare.model_dump(mode="json")},
     }
 
-    # Everything is in memory: only now touch the output folder.
-    ensure_dir(out_dir)
-    for split in SPLITS:
-        sets[split].save(out_dir / f"{split}.npz")
-    write_json(out_dir / "manifest.json", manifest)
+    # Everything is in memory: only now touch the output folder, which the new splits and their
+    # manifest replace together (an interrupted run leaves the old four files as they were).
+    overlap = {(a, b): sorted(set(splits[a]) & set(splits[b])) for a, b in (("train", "val"), ("train", "test"),
+                                                                         ("val", "test"))}
+    if any(overlap.values()):  # split_subjects never does this; a guard for whoever changes it
+        raise LmidError(f"subjects in two splits: {overlap}")
+    owned = {f"{split}.npz" for split in SPLITS} | {"manifest.json"}
+    with replaced_folder(out_dir, lambda name: name in owned) as stage:
+        for split in SPLITS:
+            sets[split].save(stage / f"{split}.npz")
+        write_json(stage / "manifest.json", manifest)
     wall = time.perf_counter() - t_start
     log.info("prepare: %s slices (train/val/test) from %s subjects in %.1f s; %d subject(s) skipped",
              "/".join(str(counts[s]["slices"]) for s in SPLITS),

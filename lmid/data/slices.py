@@ -96,6 +96,15 @@ def load_slices(path: str | Path, allow_empty: bool = False) -> SliceSet:
             raise InputFileError(path, f"'{key}' must be floating point, got {z[key].dtype}")
         if n and not np.all(np.isfinite(z[key])):
             raise InputFileError(path, f"'{key}' contains NaN/Inf values")
+        # Slices are normalised to [0, 1] by prepare; anything else was not made by it and would
+        # be scored (and segmented) on another scale without a word.
+        lo, hi = (float(z[key].min()), float(z[key].max())) if n else (0.0, 1.0)
+        if lo < -1e-4 or hi > 1 + 1e-4:
+            raise InputFileError(path, f"'{key}' holds values in [{lo:.4g}, {hi:.4g}]; slices must lie in [0, 1]")
+    if n and z["label"].size and (np.min(z["label"]) < 0 or np.max(z["label"]) > 3
+                                  or not np.all(np.equal(np.mod(z["label"], 1), 0))):
+        raise InputFileError(path, "'label' must hold the tissue classes 0 (background), 1 CSF, 2 GM, 3 WM; found "
+                                   f"values in [{np.min(z['label'])}, {np.max(z['label'])}]")
     for key in ("subject", "slice_index"):
         if z[key].shape != (n,):
             raise InputFileError(path, f"'{key}' has shape {z[key].shape}, expected ({n},)")

@@ -157,6 +157,15 @@ def evaluate_translations(method: str, translations_path: str | Path, slices_pat
         raise InputFileError(translations_path, f"slices are {image.shape[1:]}, but {slices_path} holds {split.shape}")
     if n and (index.min() < 0 or index.max() >= len(split)):
         raise InputFileError(translations_path, f"'index' points outside the {len(split)} slices of {slices_path}")
+    # Gather records which subject and plane each translation came from: a translation scored
+    # against another split's slice would give a number that looks fine and means nothing.
+    for key, want in (("subject", split.subject), ("slice_index", split.slice_index)):
+        if n and key in tr and not np.array_equal(np.asarray(tr[key]).astype(want.dtype), want[index]):
+            raise InputFileError(translations_path, f"was made from another split than {slices_path} "
+                                                    f"(its {key} values do not match)")
+    if n and (float(image.min()) < -1e-4 or float(image.max()) > 1 + 1e-4):
+        raise InputFileError(translations_path, f"'image' holds values in [{float(image.min()):.4g}, "
+                                                f"{float(image.max()):.4g}]; translations must lie in [0, 1]")
     if not np.all(np.isfinite(image)):
         raise InputFileError(translations_path, "'image' contains NaN/Inf values")
     if "method" in tr and str(tr["method"]) not in ("", method):

@@ -17,7 +17,7 @@ import numpy as np
 from lmid.checkpoint import device_from_arg
 from lmid.config import Params
 from lmid.data.slices import load_slices
-from lmid.errors import InputFileError, LmidError
+from lmid.errors import InputFileError, LmidError, ParamsError
 from lmid.io import ensure_dir, load_npz, read_json, save_npz, save_volume, write_json, write_text
 from lmid.methods import get_method
 from lmid.registry import key_values, spec
@@ -31,6 +31,10 @@ def train_method(params: Params, method: str, train_path: Path, val_path: Path, 
     m = get_method(method)
     train = load_slices(train_path)
     val = load_slices(val_path, allow_empty=True)
+    shared = sorted(set(map(str, train.subject)) & set(map(str, val.subject)))
+    if shared:
+        raise InputFileError(val_path, f"shares subject(s) {', '.join(shared[:5])} with {train_path}: the splits "
+                                       "must come from one 'lmid prepare' run (prepare again)")
     data = m.training_data(params, train)
     out_dir = ensure_dir(out_dir)
     _discard_stale_checkpoint(params, method, train_path, out_dir)
@@ -109,6 +113,8 @@ def translate_shard(params: Params, method: str, model_path: Path | None, slices
         source = split.modality(src_name, params.data.source_modality, params.data.target_modality)
     except KeyError as err:
         raise InputFileError(slices_path, str(err.args[0])) from None
+    if limit < 0:
+        raise ParamsError(f"--limit {limit}: must be 0 (every slice) or a positive number of slices")
     n = len(split) if not limit else min(limit, len(split))
     idx = shard_indices(n, shard, num_shards)
     dev = device_from_arg(device)
@@ -128,8 +134,48 @@ def translate_shard(params: Params, method: str, model_path: Path | None, slices
     save_npz(out_path, image=np.clip(image, 0.0, 1.0), std=std.astype(np.float32),
              mean=np.clip(mean, 0.0, 1.0).astype(np.float32), index=idx.astype(np.int64),
              nfe=np.asarray(result.nfe if result else 0), wall_s=np.asarray(wall),
-             source_modality=np.asarray(src_name), method=np.asarray(method))
+             source_modality=np.asarray(src_name), method=np.asarray(method),
+             # What gather checks: which part of which split this is.
+             shard=np.asarray(shard), num_shards=np.asarray(num_shards), n_slices=np.asarray(n),
+             split_id=np.asarray(split_fingerprint(split)))
     return {"slices": len(idx), "wall_s": wall, **info}
+
+
+def split_fingerprint(split) -> str:
+    """Short hash of which slices a split holds (subjects and planes, in order)."""
+    digest = hashlib.sha256()
+    digest.update("\n".join(f"{s}:{z}" for s, z in zip(split.subject, split.slice_index)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _check_shards(method: str, parts: list[dict], shard_paths: list[Path], split, slices_path: Path) -> None:
+    """Shards must be this method's, of this split, at its size, and cover each slice exactly once."""
+    h, w = split.shape
+    for path, part in zip(shard_paths, parts):
+        got = str(part["method"]) if "method" in part else method
+        if got != method:
+            raise InputFileError(path, f"is a shard of {got!r}, not of {method!r}")
+        if part["image"].shape[1:] != (h, w):
+            raise InputFileError(path, f"holds {part['image'].shape[1]}x{part['image'].shape[2]} slices; "
+                                       f"{slices_path} has {h}x{w}")
+        if "split_id" in part and str(part["split_id"]) != split_fingerprint(split):
+            raise InputFileError(path, f"was translated from another split than {slices_path}")
+    if not parts:
+        raise LmidError(f"{method}: no shard files given")
+    if all("num_shards" in p for p in parts):
+        total = {int(p["num_shards"]) for p in parts}
+        n = {int(p["n_slices"]) for p in parts}
+        if len(total) != 1 or len(n) != 1:
+            raise LmidError(f"{method}: shards of different runs ({sorted(total)} shards, {sorted(n)} slices)")
+        (total,), (n,) = total, n
+        have = sorted(int(p["shard"]) for p in parts)
+        if have != list(range(total)):
+            missing = sorted(set(range(total)) - set(have))
+            raise LmidError(f"{method}: {len(parts)} shard file(s) of {total}; missing shard(s) {missing}"
+                            if missing else f"{method}: shard(s) given twice: {have}")
+        index = np.sort(np.concatenate([p["index"] for p in parts]))
+        if not np.array_equal(index, np.arange(n)):
+            raise LmidError(f"{method}: the shards do not cover slices 0..{n - 1} exactly once")
 
 
 def gather(method: str, shard_paths: list[Path], slices_path: Path, manifest_path: Path, out_path: Path,
@@ -137,6 +183,7 @@ def gather(method: str, shard_paths: list[Path], slices_path: Path, manifest_pat
     """Join shard files in slice order; write translations and per-subject NIfTI volumes."""
     split = load_slices(slices_path)
     parts = [load_npz(p, ("image", "std", "index", "nfe", "wall_s")) for p in shard_paths]
+    _check_shards(method, parts, list(map(Path, shard_paths)), split, Path(slices_path))
     index = np.concatenate([p["index"] for p in parts]) if parts else np.zeros(0, np.int64)
     if len(np.unique(index)) != len(index):
         raise LmidError(f"{method}: shards overlap (slice indices repeated across {list(map(str, shard_paths))})")

@@ -1,0 +1,231 @@
+"""No silent wrong results: interrupted steps, mismatched inputs and loose parameters.
+
+Each case goes through the real CLI where it can: exit status 2, one line that names the file or
+parameter and the problem, no traceback, and nothing half-written left behind. Interruptions are
+simulated in-process (a KeyboardInterrupt at the worst moment), which is what Ctrl-C raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import TINY, run_lmid
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _fails_cleanly(res, *words: str) -> str:
+    """Exit 2, one `lmid ...: error:` line, no traceback; returns the message."""
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if ": error:" in line]
+    assert len(errors) == 1, res.stderr[-2000:]
+    for w in words:
+        assert w in errors[0], (w, errors[0])
+    return errors[0]
+
+
+def _params(tmp_path: Path, text: str | None = None, **changes) -> Path:
+    tree = yaml.safe_load(TINY.read_text())
+    for dotted, value in changes.items():
+        node = tree
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------ outputs appear together
+def test_interrupted_prepare_leaves_the_previous_splits_untouched(tiny_data, tmp_path, monkeypatch):
+    from lmid.config import load_params
+    from lmid.data import prepare as prep
+    from lmid.data.slices import SliceSet
+
+    out = tmp_path / "slices"
+    shutil.copytree(tiny_data, out)
+    before = _digests(out)
+    calls = {"n": 0}
+    real_save = SliceSet.save
+
+    def save_then_interrupt(self, path):
+        calls["n"] += 1
+        if calls["n"] == 2:  # train.npz written, val.npz not yet: Ctrl-C
+            raise KeyboardInterrupt
+        real_save(self, path)
+
+    monkeypatch.setattr(SliceSet, "save", save_then_interrupt)
+    params = load_params(TINY, {"seed": 99})  # another split of the subjects
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(params, tiny_data.parent / "raw", out)
+    assert _digests(out) == before, "an interrupted prepare changed the existing splits"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slices"], "staging folder left behind"
+
+
+def test_interrupted_generate_keeps_volumes_and_phantom_json_together(tiny_data, tmp_path, monkeypatch):
+    from lmid.config import load_params
+    from lmid.data import phantom
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_data.parent / "raw", raw)
+    before = _digests(raw)
+    calls = {"n": 0}
+    real_save = phantom.save_volume
+
+    def save_then_interrupt(path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(phantom, "save_volume", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        phantom.generate(load_params(TINY, {"simulate": {"snr": 12.0}}), raw)
+    assert _digests(raw) == before, "volumes of the new snr were mixed into the old folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_prepare_refuses_a_simulated_folder_without_phantom_json(tiny_data, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_data.parent / "raw", raw)
+    (raw / "phantom.json").unlink()
+    res = run_lmid("prepare", "--params", TINY, "--raw", raw, "--out", tmp_path / "slices")
+    _fails_cleanly(res, "phantom.json", "incomplete")
+    assert not (tmp_path / "slices").exists()
+
+
+def test_out_folder_with_foreign_files_is_refused_not_emptied(tiny_data, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    res = run_lmid("prepare", "--params", TINY, "--raw", tiny_data.parent / "raw", "--out", out)
+    _fails_cleanly(res, str(out), "notes.txt")
+    assert (out / "notes.txt").read_text() == "my notes" and len(list(out.iterdir())) == 1
+
+
+# ------------------------------------------------------------------ consumers check inputs
+@pytest.fixture(scope="module")
+def identity_shards(tiny_data, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("shards")
+    assert run_lmid("train", "--params", TINY, "--method", "identity", "--train", tiny_data / "train.npz", "--val",
+                    tiny_data / "val.npz", "--out", d / "identity").returncode == 0
+    for k in (0, 1):
+        res = run_lmid("translate", "--params", TINY, "--method", "identity", "--model", d / "identity/model.pt",
+                       "--slices", tiny_data / "test.npz", "--shard", k, "--num-shards", 2,
+                       "--out", d / f"shard-{k}-of-2.npz")
+        assert res.returncode == 0, res.stderr[-2000:]
+    assert run_lmid("fit-segmenter", "--params", TINY, "--train", tiny_data / "train.npz",
+                    "--out", d / "kmeans.json").returncode == 0
+    return d
+
+
+def _gather(tiny_data, shards, out, method="identity", slices="test.npz"):
+    return run_lmid("gather", "--method", method, "--shards", *shards, "--slices", tiny_data / slices,
+                    "--manifest", tiny_data / "manifest.json", "--out", out)
+
+
+def test_gather_needs_every_shard_of_its_own_method(tiny_data, identity_shards, tmp_path):
+    s0, s1 = identity_shards / "shard-0-of-2.npz", identity_shards / "shard-1-of-2.npz"
+    _fails_cleanly(_gather(tiny_data, [s0], tmp_path / "t.npz"), "missing shard(s) [1]")
+    _fails_cleanly(_gather(tiny_data, [s0, s1], tmp_path / "t.npz", method="cdm"), "not of 'cdm'")
+    _fails_cleanly(_gather(tiny_data, [s0, s1], tmp_path / "t.npz", slices="val.npz"), "another split")
+    assert not (tmp_path / "t.npz").exists()
+    res = _gather(tiny_data, [s1, s0], tmp_path / "t.npz")  # order of the files does not matter
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_evaluate_refuses_translations_of_another_split(tiny_data, identity_shards, tmp_path):
+    tr = tmp_path / "translations.npz"
+    shards = [identity_shards / f"shard-{k}-of-2.npz" for k in (0, 1)]
+    assert _gather(tiny_data, shards, tr).returncode == 0
+    res = run_lmid("evaluate", "--params", TINY, "--method", "identity", "--translations", tr, "--slices",
+                   tiny_data / "val.npz", "--segmenter", identity_shards / "kmeans.json", "--out", tmp_path / "m.csv")
+    _fails_cleanly(res, str(tr))
+    assert not (tmp_path / "m.csv").exists()
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("label", 5, ("'label'", "tissue classes")),
+    ("target", 1.5, ("'target'", "[0, 1]")),
+])
+def test_out_of_range_slices_are_refused(tiny_data, identity_shards, tmp_path, key, value, words):
+    z = dict(np.load(tiny_data / "test.npz"))
+    z[key] = z[key].copy()
+    z[key].flat[0] = value
+    bad = tmp_path / "test.npz"
+    np.savez(bad, **z)
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--model", identity_shards / "identity/model.pt",
+                   "--slices", bad, "--out", tmp_path / "s.npz")
+    _fails_cleanly(res, str(bad), *words)
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_negative_limit_is_refused(tiny_data, identity_shards, tmp_path):
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--model", identity_shards / "identity/model.pt",
+                   "--slices", tiny_data / "test.npz", "--limit", "-1", "--out", tmp_path / "s.npz")
+    assert res.returncode == 2 and "--limit" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_train_refuses_splits_that_share_subjects(tiny_data, tmp_path):
+    res = run_lmid("train", "--params", TINY, "--method", "identity", "--train", tiny_data / "train.npz",
+                   "--val", tiny_data / "train.npz", "--out", tmp_path / "m")
+    _fails_cleanly(res, "shares subject")
+
+
+# ------------------------------------------------------------------ strict parameters
+@pytest.mark.parametrize("make, words", [
+    (lambda t: _params(t, TINY.read_text() + "seed: 8\n"), ("seed", "twice")),
+    (lambda t: _params(t, prepare__size=True), ("prepare.size", "expected a number")),
+    (lambda t: _params(t, methods=[]), ("methods",)),
+    (lambda t: _params(t, prepare__percentiles=[0.5, 150]), ("percentiles", "0 <= low < high <= 100")),
+    (lambda t: _params(t, prepare__size=34), ("prepare.size 34", "divisible by 4")),
+])
+def test_loose_parameters_are_refused(tmp_path, make, words):
+    res = run_lmid("generate", "--params", make(tmp_path), "--out", tmp_path / "raw")
+    _fails_cleanly(res, *words)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_non_utf8_params_file_is_one_clear_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(TINY.read_bytes() + b"# caf\xe9\n")
+    _fails_cleanly(run_lmid("generate", "--params", path, "--out", tmp_path / "raw"), str(path), "UTF-8")
+
+
+@pytest.mark.parametrize("sets, words", [
+    (["k=[1,"], ("--set", "not valid YAML")),
+    (["seed=1", "seed.x=2"], ("--set", "seed")),
+    (["prepare.size=true"], ("--set prepare.size", "expected a number")),
+])
+def test_bad_set_values_name_set(tmp_path, sets, words):
+    args = [a for s in sets for a in ("--set", s)]
+    res = run_lmid("generate", "--params", TINY, *args, "--out", tmp_path / "raw")
+    _fails_cleanly(res, *words)
+
+
+def test_bad_device_is_one_clear_line(tiny_data, identity_shards, tmp_path):
+    import torch
+
+    common = ["translate", "--params", TINY, "--method", "identity", "--model", identity_shards / "identity/model.pt",
+              "--slices", tiny_data / "test.npz", "--out", tmp_path / "s.npz"]
+    _fails_cleanly(run_lmid(*common, "--device", "banana"), "--device 'banana'")
+    if not torch.cuda.is_available():
+        _fails_cleanly(run_lmid(*common, "--device", "cuda"), "--device cuda", "no CUDA")
+
+
+def test_an_impossible_out_path_is_one_clear_line(tiny_data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = run_lmid("prepare", "--params", TINY, "--raw", tiny_data.parent / "raw", "--out", blocker / "slices")
+    _fails_cleanly(res, str(blocker))
