@@ -194,7 +194,17 @@ def load_volume(path: str | Path, dtype=np.float32):
         raise InputFileError(path, f"contains {int(bad.sum())} NaN/Inf voxels")
     if not np.any(data):
         raise InputFileError(path, "volume is all zeros (empty image)")
-    return data, np.asarray(img.affine, dtype=np.float64)
+    # Without a usable orientation the volume's world position is a guess (nibabel falls back to
+    # a default affine and warns): registration and the NIfTI outputs would then be silently wrong.
+    header = getattr(img, "header", None)
+    if header is not None and "qform_code" in header and int(header["qform_code"]) == 0 \
+            and int(header["sform_code"]) == 0:
+        raise InputFileError(path, "header has no orientation (qform_code and sform_code are both 0)")
+    zooms = np.asarray(header.get_zooms()[:3], dtype=float) if header is not None else np.ones(3)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if np.any(~np.isfinite(zooms)) or np.any(zooms <= 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputFileError(path, f"header has voxel sizes {zooms.tolist()}: they must be positive")
+    return data, affine
 
 
 def save_volume(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:

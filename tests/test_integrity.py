@@ -229,3 +229,47 @@ def test_an_impossible_out_path_is_one_clear_line(tiny_data, tmp_path):
     blocker.write_text("x")
     res = run_lmid("prepare", "--params", TINY, "--raw", tiny_data.parent / "raw", "--out", blocker / "slices")
     _fails_cleanly(res, str(blocker))
+
+
+def test_a_pd_volume_without_orientation_is_refused(tiny_data, tmp_path):
+    """pixdim 0 and neither qform nor sform: nibabel only warns and invents an affine."""
+    import nibabel as nib
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_data.parent / "raw", raw)
+    pd_file = sorted(raw.glob("*-PD.nii.gz"))[0]
+    img = nib.load(pd_file)
+    bad = nib.Nifti1Image(np.asarray(img.dataobj), None)
+    bad.header["pixdim"][1:4] = 0
+    bad.header["qform_code"] = 0
+    bad.header["sform_code"] = 0
+    nib.save(bad, pd_file)
+    res = run_lmid("prepare", "--params", TINY, "--raw", raw, "--out", tmp_path / "slices")
+    _fails_cleanly(res, pd_file.name, "orientation")
+    assert not (tmp_path / "slices").exists()
+
+
+def test_a_target_that_misses_most_of_the_brain_is_named_as_such(tiny_data, tmp_path):
+    """The coverage of the brain mask is checked before anything else complains about intensities."""
+    import nibabel as nib
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_data.parent / "raw", raw)
+    t1 = sorted(raw.glob("*-T1.nii.gz"))[0]
+    img = nib.load(t1)
+    data = np.asarray(img.dataobj).copy()
+    data[: int(0.7 * data.shape[0])] = 0  # most of the head gone, as after a failed registration
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), t1)
+    res = run_lmid("prepare", "--params", TINY, "--raw", raw, "--out", tmp_path / "slices")
+    _fails_cleanly(res, t1.name, "covers only")
+
+
+def test_a_model_refuses_slices_of_another_size(tiny_data, identity_shards, tmp_path):
+    """A fully convolutional network would translate 48 px slices after training on 32 px ones."""
+    res = run_lmid("prepare", "--params", TINY, "--set", "prepare.size=48", "--raw", tiny_data.parent / "raw",
+                   "--out", tmp_path / "slices48")
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--model", identity_shards / "identity/model.pt",
+                   "--slices", tmp_path / "slices48/test.npz", "--out", tmp_path / "s.npz")
+    _fails_cleanly(res, "trained on 32x32", "48x48")
+    assert not (tmp_path / "s.npz").exists()

@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 
 #: Foreground threshold (fraction of the volume's 99th percentile) for the mask without labels.
 FOREGROUND = 0.1
+#: Fraction of the source's brain mask that every other volume must cover (non-zero) once on the
+#: source grid; less means registration failed or the files are of different heads.
+MIN_COVERAGE = 0.9
 #: Margin around the brain's bounding square, as a fraction of its side on each side.
 MARGIN = 0.05
 SPLITS = ("train", "val", "test")
@@ -382,6 +385,13 @@ class SubjectReader:
             path = subj.files[subj.find(mod)]
             vol, aff = load_canonical(path)
             volumes[mod] = (path, self._on_source_grid(subj, src_path, source, affine, path, vol, aff, registration, mod))
+        for mod, (path, vol) in list(volumes.items())[1:]:
+            covered = float(np.mean(vol[mask] > 0))
+            if covered < MIN_COVERAGE:
+                raise InputFileError(path, f"covers only {100 * covered:.0f} % of the brain mask of {self._rel(src_path)} "
+                                           f"(subject {subj.subject}; at least {100 * MIN_COVERAGE:.0f} % needed): "
+                                           + ("registration failed or the volumes do not show the same head"
+                                              if mod in registration else "the volumes do not show the same head"))
         arrays: dict[str, np.ndarray] = {}
         norm: dict[str, dict] = {}
         for mod, (path, vol) in volumes.items():

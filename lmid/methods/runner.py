@@ -45,10 +45,33 @@ def train_method(params: Params, method: str, train_path: Path, val_path: Path, 
             "train_wall_s": round(time.perf_counter() - t0, 3), **info}
     if not (out_dir / "model.pt").is_file():
         raise LmidError(f"{method}: training finished without writing {out_dir / 'model.pt'}")
+    _record_training_slices(out_dir / "model.pt", train, params)
     if not (out_dir / "train_log.csv").is_file():  # methods without iterations (identity, histmatch)
         write_text(out_dir / "train_log.csv", "step,loss\n")
     write_json(out_dir / "train_info.json", info)
     return info
+
+
+def _record_training_slices(model_path: Path, train, params: Params) -> None:
+    """Store the slice size and modalities a model was trained on in its model.pt, so that
+    translate can refuse slices it was not made for (a fully convolutional network would run)."""
+    from lmid.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(model_path)
+    state["trained_on"] = {"height": int(train.shape[0]), "width": int(train.shape[1]),
+                           "source_modality": params.data.source_modality,
+                           "target_modality": params.data.target_modality}
+    save_checkpoint(model_path, state)
+
+
+def _check_trained_on(model_path: Path, split, slices_path: Path) -> None:
+    from lmid.checkpoint import load_checkpoint
+
+    trained = load_checkpoint(model_path).get("trained_on")
+    if isinstance(trained, dict) and (trained["height"], trained["width"]) != tuple(split.shape):
+        raise InputFileError(model_path, f"was trained on {trained['height']}x{trained['width']} slices, but "
+                                         f"{slices_path} holds {split.shape[0]}x{split.shape[1]} (prepare.size must be "
+                                         "the same for training and translation)")
 
 
 def _device_name(dev) -> str:
@@ -118,6 +141,8 @@ def translate_shard(params: Params, method: str, model_path: Path | None, slices
     n = len(split) if not limit else min(limit, len(split))
     idx = shard_indices(n, shard, num_shards)
     dev = device_from_arg(device)
+    if model_path:
+        _check_trained_on(Path(model_path), split, Path(slices_path))
     model = m.load(params, Path(model_path) if model_path else None, dev)
     seeds = slice_seeds(params.seed + 7919, len(split))[idx]
     samples = samples or (params.lmidiffusion.sampler.samples if method == "lmidiffusion" else 1)
