@@ -273,3 +273,25 @@ def test_a_model_refuses_slices_of_another_size(tiny_data, identity_shards, tmp_
                    "--slices", tmp_path / "slices48/test.npz", "--out", tmp_path / "s.npz")
     _fails_cleanly(res, "trained on 32x32", "48x48")
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_a_full_disk_is_one_clear_line_and_leaves_nothing(tmp_path):
+    """Writes that fail (here: a 2 kB file-size limit, as a full disk would) end the step with the
+    OS's reason, and the staging folder is gone."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    res = subprocess.run([sys.executable, "-m", "lmid", "generate", "--params", str(TINY), "--out", str(tmp_path / "raw")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, preexec_fn=limit,
+                         env={**os.environ})
+    _fails_cleanly(res, "File too large")
+    assert list(tmp_path.iterdir()) == []
