@@ -17,6 +17,7 @@ import yaml
 
 from conftest import TINY, run_lmid
 
+from lmid.errors import InputFileError
 from lmid.data.slices import SliceSet, load_slices
 
 
@@ -224,6 +225,6 @@ def test_bad_checkpoint(tmp_path, tiny_data, case):
 def test_slices_loader_names_the_file(tmp_path):
     path = tmp_path / "broken.npz"
     path.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(InputFileError) as info:
         load_slices(path)
     assert "broken.npz" in str(info.value)

@@ -20,13 +20,8 @@ from lmid.networks.cdm import VectorDiffusion, masked_l2, random_patch_mask, sta
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks: one thread avoids oversubscribing a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread for these tiny networks (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def phantom_slices(n: int, size: int = 32, seed: int = 0) -> SliceSet:

@@ -13,16 +13,13 @@ from lmid.lmi import local_mutual_information
 from lmid.methods import get_method
 from lmid.methods.lmidiffusion import LmiDiffusion, lmi_translate
 
+from conftest import SIZE, slice_set
+
 CPU = torch.device("cpu")
-SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread for these tiny networks (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_params(**sampler) -> Params:
@@ -36,21 +33,6 @@ def tiny_params(**sampler) -> Params:
         },
         "lmidiffusion": {"sampler": {"kind": "ddim", "steps": 4, "samples": 1, "batch_size": 4, **sampler}},
     })
-
-
-def slice_set(n: int, seed: int = 0) -> SliceSet:
-    """Source and target that differ everywhere (source = inverted target + offset)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    target = np.zeros((n, SIZE, SIZE), np.float32)
-    for i in range(n):
-        cy, cx = rng.uniform(5, 11, 2)
-        target[i] = 0.2 + 0.6 * ((yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(9, 25))
-    target += rng.uniform(0, 0.05, target.shape).astype(np.float32)
-    source = (1.0 - target) * 0.7 + 0.1
-    return SliceSet(source=source, target=target, mask=np.ones_like(target, bool),
-                    label=np.zeros(target.shape, np.uint8), subject=np.array([f"S{i // 2}" for i in range(n)]),
-                    slice_index=np.arange(n), has_label=False)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +73,10 @@ def test_train_writes_model_and_info(trained):
     params, method, model, info, out = trained
     assert (out / "model.pt").is_file() and (out / "checkpoint.pt").is_file() and (out / "train_log.csv").is_file()
     assert info["steps"] == 3 and info["in_channels"] == 3 and info["parameters"] > 0
-    assert info["nfe_per_slice"] == 4
+    # Network evaluations belong to the sampler, a translation setting: counted when translating.
+    assert "nfe_per_slice" not in info
+    out = method.translate(params, model, slice_set(1, seed=3).source, np.array([1]), CPU)
+    assert out.nfe == 4 * params.lmidiffusion.sampler.samples
     assert model.in_channels == 3 and model.meta["lmi"]["mode"] == params.lmi.mode
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lmid.checkpoint import load_checkpoint
+from lmid.errors import InputFileError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lmid"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
@@ -45,7 +46,7 @@ def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
     """A file that needs arbitrary unpickling is rejected with the file named, not executed."""
     path = tmp_path / "evil.pt"
     torch.save({"step": 1, "payload": np.dtype("float32")}, path)  # a non-tensor object
-    with pytest.raises(Exception) as info:
+    with pytest.raises(InputFileError) as info:
         load_checkpoint(path)
     assert "evil.pt" in str(info.value)
 

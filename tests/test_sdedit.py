@@ -11,17 +11,13 @@ from lmid.config import Params
 from lmid.diffusion.trainer import DiffusionTrainer
 from lmid.methods import get_method
 from lmid.methods.sdedit import SDEdit, choose_t0, sdedit_translate
-from test_lmidiffusion import SIZE, slice_set
+from conftest import SIZE, slice_set
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread for these tiny networks (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_params(**sdedit) -> Params:

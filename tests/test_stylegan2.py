@@ -15,13 +15,8 @@ from lmid.methods.stylegan2 import (AdaController, AugmentPipe, invert_lr_ramp, 
 from lmid.networks.stylegan2 import Discriminator, Generator, ModulatedConv2d, init_stylegan
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one thread is faster than two fighting over a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One torch thread for these tiny networks (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blobs(n: int, size: int, seed: int, reverse: bool = False) -> np.ndarray:
