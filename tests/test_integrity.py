@@ -144,6 +144,38 @@ def test_gather_needs_every_shard_of_its_own_method(tiny_data, identity_shards, 
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+def test_gather_refuses_a_manifest_of_another_slice_size(tiny_data, identity_shards, tmp_path):
+    """Shards that fit the slices but a manifest from a 48 px prepare: NIfTI affines would be wrong."""
+    res = run_lmid("prepare", "--params", TINY, "--set", "prepare.size=48", "--raw", tiny_data.parent / "raw",
+                   "--out", tmp_path / "slices48")
+    assert res.returncode == 0, res.stderr[-2000:]
+    shards = [identity_shards / f"shard-{k}-of-2.npz" for k in (0, 1)]
+    res = run_lmid("gather", "--method", "identity", "--shards", *shards, "--slices", tiny_data / "test.npz",
+                   "--manifest", tmp_path / "slices48/manifest.json", "--out", tmp_path / "t.npz",
+                   "--nifti-dir", tmp_path / "nifti")
+    _fails_cleanly(res, "manifest.json", "48x48")
+    assert not (tmp_path / "nifti").exists() or not any((tmp_path / "nifti").iterdir())
+
+
+def test_gather_refuses_shards_of_mixed_sizes(tiny_data, identity_shards, tmp_path):
+    res = run_lmid("prepare", "--params", TINY, "--set", "prepare.size=48", "--raw", tiny_data.parent / "raw",
+                   "--out", tmp_path / "slices48")
+    assert res.returncode == 0, res.stderr[-2000:]
+    # A shard made from the 48 px split, beside one from the 32 px split.
+    assert run_lmid("train", "--params", TINY, "--set", "prepare.size=48", "--method", "identity", "--train",
+                    tmp_path / "slices48/train.npz", "--val", tmp_path / "slices48/val.npz",
+                    "--out", tmp_path / "m48").returncode == 0
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--model", tmp_path / "m48/model.pt",
+                   "--slices", tmp_path / "slices48/test.npz", "--shard", 1, "--num-shards", 2,
+                   "--out", tmp_path / "shard-1-of-2.npz")
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_lmid("gather", "--method", "identity", "--shards", identity_shards / "shard-0-of-2.npz",
+                   tmp_path / "shard-1-of-2.npz", "--slices", tiny_data / "test.npz",
+                   "--manifest", tiny_data / "manifest.json", "--out", tmp_path / "t.npz")
+    _fails_cleanly(res, "shard-1-of-2.npz", "48x48")
+    assert not (tmp_path / "t.npz").exists()
+
+
 def test_evaluate_refuses_translations_of_another_split(tiny_data, identity_shards, tmp_path):
     tr = tmp_path / "translations.npz"
     shards = [identity_shards / f"shard-{k}-of-2.npz" for k in (0, 1)]

@@ -237,6 +237,10 @@ def write_nifti(method: str, image: np.ndarray, std: np.ndarray, subjects: np.nd
     coordinates aligned with the source volume.
     """
     manifest = read_json(manifest_path)
+    size = manifest.get("slice_size")
+    if size is not None and tuple(size) != tuple(image.shape[1:]):
+        raise InputFileError(manifest_path, f"describes {size[0]}x{size[1]} slices, but the translations are "
+                                            f"{image.shape[1]}x{image.shape[2]}: the affines would place them wrongly")
     geometry = manifest.get("subjects", {})
     ensure_dir(out_dir)
     for sid in np.unique(subjects):
