@@ -106,7 +106,8 @@ def render(rows: list[dict], where: dict, raw_params: dict) -> str:
         "deps": ["workflow/Snakefile", "workflow/rules", "workflow/scripts/dvc_yaml.py", "lmid/registry.py",
                  "lmid/experiments.py"],
         "params": [{"params.yaml": None}],
-        "outs": [{stamp: {"cache": False}}],
+        # Cached like any other output, so that a clone's `dvc pull` restores it too.
+        "outs": [stamp],
     }}
     reports = where["reports"].rstrip("/") + "/"
     for row in rows:
@@ -170,8 +171,7 @@ def main(argv=None) -> int:
             print(f"{out} is out of date for params.yaml; regenerate it first: python workflow/scripts/dvc_yaml.py",
                   file=sys.stderr)
             return 1
-        stamp = yaml.safe_load(text)["stages"]["dvc-yaml"]["outs"][0]
-        stamp = args.root / next(iter(stamp))
+        stamp = args.root / yaml.safe_load(text)["stages"]["dvc-yaml"]["outs"][0]
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text("dvc.yaml matches params.yaml\n")
         return subprocess.run(["dvc", "commit", "--force", "--quiet"], cwd=args.root).returncode
