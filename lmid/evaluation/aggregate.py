@@ -509,12 +509,13 @@ def sampler_markdown(sampler: dict, t0: dict) -> str:
         lines += [f"Chosen t0: {t0['chosen_t0']}" if t0.get("chosen_t0") is not None else "", "",
                   "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in t0["rows"]:
-            lines.append("| " + " | ".join(_plain(r.get(c)) for c in cols) + " |")
+            lines.append("| " + " | ".join(plain(r.get(c)) for c in cols) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def _plain(x) -> str:
+def plain(x) -> str:
+    """A table cell for any value: floats to 4 significant digits, missing as a dash."""
     if isinstance(x, float):
         return f"{x:.4g}" if math.isfinite(x) else "—"
     return "—" if x is None else str(x)

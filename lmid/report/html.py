@@ -16,15 +16,14 @@ import base64
 import datetime as _dt
 import html
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 
 from lmid.errors import InputFileError, LmidError
 from lmid.evaluation.aggregate import (DISPLAY, PAPER, PAPER_LABEL, ROWS, best_method, column_title, fmt, fmt_p,
-                                      is_unseen_experiment, method_order, method_stats, protocol_description, role,
-                                      smallest_nfe_sentence)
+                                      is_unseen_experiment, method_order, method_stats, plain, protocol_description,
+                                      role, smallest_nfe_sentence)
 from lmid.evaluation.metrics import read_metrics_csv
 from lmid.io import load_npz, read_json, write_text
 from lmid.report import environment, figures
@@ -561,7 +560,7 @@ def sampler_section(summary: dict) -> str:
         parts.append('<p class="notrun">Not run: no validation sweep in SDEdit\'s <code>train_info.json</code>.</p>')
     else:
         cols = t0["columns"]
-        rows = "".join("<tr>" + "".join(f"<td>{esc(_plain(r.get(c)))}</td>" for c in cols) + "</tr>"
+        rows = "".join("<tr>" + "".join(f"<td>{esc(plain(r.get(c)))}</td>" for c in cols) + "</tr>"
                        for r in t0["rows"])
         chosen = t0.get("chosen_t0")
         parts.append(
@@ -570,12 +569,6 @@ def sampler_section(summary: dict) -> str:
             + f'<p class="caption">The validation sweep recorded by SDEdit\'s training step (never the test split).'
             + (f" Chosen: t0 = {esc(chosen)}." if chosen is not None else "") + "</p>")
     return "\n".join(parts)
-
-
-def _plain(x) -> str:
-    if isinstance(x, float):
-        return f"{x:.4g}" if math.isfinite(x) else "—"
-    return "—" if x is None else str(x)
 
 
 def _kv_table(items, cls: str = "kv") -> str:
