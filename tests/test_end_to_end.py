@@ -125,6 +125,7 @@ def test_dvc_commit_after_snakemake_shares_its_results(snakemake_run):
     _run([sys.executable, "workflow/scripts/dvc_yaml.py", "--commit"], wd)
     status = _run([BIN / "dvc", "status"], wd).stdout
     assert "up to date" in status.lower(), status
+    assert _planned(wd) == {}, "after the commit Snakemake must still find nothing to do"
     params = (wd / "params.yaml").read_text()
     try:
         (wd / "params.yaml").write_text(params.replace("sampler: {kind: ddim, steps: 3,", "sampler: {kind: ddim, steps: 2,"))

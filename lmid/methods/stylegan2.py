@@ -514,6 +514,9 @@ class StyleGan2(Method):
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save(done)
         wall = time.perf_counter() - t0
+        # A run resumed at its last step makes no new rows; the log (which the workflow deletes
+        # before rerunning the job) is written again from the rows the checkpoint kept.
+        write_train_log(out_dir / "train_log.csv", columns, rows)
 
         save_checkpoint(out_dir / "model.pt", {"method": self.name, "arch": arch, "g_ema": g_ema.state_dict()})
         info = {

@@ -171,10 +171,21 @@ def main(argv=None) -> int:
             print(f"{out} is out of date for params.yaml; regenerate it first: python workflow/scripts/dvc_yaml.py",
                   file=sys.stderr)
             return 1
+        plan = subprocess.run(["snakemake", "-n", "--cores", "1", "--quiet", "rules"], cwd=args.root,
+                              capture_output=True, text=True)
+        if plan.returncode != 0 or any(line.split()[:1] == ["total"] for line in plan.stdout.splitlines()):
+            print("Snakemake has jobs left to run (see `snakemake -n`): finish the run before committing it to DVC",
+                  file=sys.stderr)
+            return 1
         stamp = args.root / yaml.safe_load(text)["stages"]["dvc-yaml"]["outs"][0]
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text("dvc.yaml matches params.yaml\n")
-        return subprocess.run(["dvc", "commit", "--force", "--quiet"], cwd=args.root).returncode
+        rc = subprocess.run(["dvc", "commit", "--force", "--quiet"], cwd=args.root).returncode
+        if rc == 0:
+            # dvc commit links the outputs back from its cache, which gives them new timestamps in
+            # no particular order; put Snakemake's order back, or its next run would redo the jobs.
+            rc = subprocess.run(["snakemake", "--touch", "--cores", "1", "--quiet", "all"], cwd=args.root).returncode
+        return rc
     if args.check:
         current = out.read_text() if out.is_file() else ""
         if current != text:
