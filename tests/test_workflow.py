@@ -25,7 +25,10 @@ GENERATOR = ROOT / "workflow" / "scripts" / "dvc_yaml.py"
 
 
 def _snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    # The rules call `lmid`: find it beside this Python, whatever PATH the tests were started with.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 def _normalise(cmd: str) -> str:
