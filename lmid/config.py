@@ -116,6 +116,21 @@ class SimulateParams(Section):
         "gm": TissueParams(pd=0.80, t1_ms=1100.0, t2_ms=95.0, t2s_ms=84.0),
         "wm": TissueParams(pd=0.70, t1_ms=700.0, t2_ms=75.0, t2s_ms=66.0),
     }
+    #: Simulate a whole head: CSF, skull (two tables of cortical bone around fatty marrow), fat
+    #: and skin shells outside the brain, like IXI, which is not skull-stripped. The tissue map
+    #: (so the true brain mask) stays the brain's. ``false``: a skull-stripped brain.
+    head: bool = False
+    head_tissues: dict[Literal["bone", "marrow", "fat", "skin"], TissueParams] = {
+        # 1.5 T. Fat: T1 ≈ 260 ms, T2 ≈ 80 ms (de Bazelaire et al., Radiology 230:652 (2004),
+        # subcutaneous fat at 1.5 T: 343/58 ms; Gold et al. 2004 similar), bright on T1 and PD.
+        # Diploic marrow of the adult skull is mostly fatty. Cortical bone has few mobile protons
+        # and a T2 well under 1 ms: dark on every clinical sequence. Skin/galea/muscle: muscle at
+        # 1.5 T, T1 ≈ 1,000 ms, T2 ≈ 44 ms (Stanisz 2005: 1008/44 ms).
+        "bone": TissueParams(pd=0.05, t1_ms=300.0, t2_ms=0.5, t2s_ms=0.4),
+        "marrow": TissueParams(pd=0.85, t1_ms=380.0, t2_ms=70.0, t2s_ms=30.0),
+        "fat": TissueParams(pd=0.90, t1_ms=300.0, t2_ms=65.0, t2s_ms=30.0),
+        "skin": TissueParams(pd=0.75, t1_ms=1000.0, t2_ms=44.0, t2s_ms=30.0),
+    }
     sequences: dict[str, SequenceParams] = {
         # IXI (Guys, Philips 1.5 T): PD and T2 are the two echoes (TE 8 / 100 ms) of one dual-echo
         # turbo spin echo with TR ≈ 8178 ms; a long TR keeps CSF brightest on PD (with TR 3000 ms
@@ -184,6 +199,20 @@ class SliceCounts(Section):
 
 class PrepareParams(Section):
     size: int = Field(default=64, ge=16, le=512)
+    #: Where the brain mask comes from (``lmid.data.prepare``): ``labels``, the tissue map > 0;
+    #: ``strip``, skull stripping of the source (BET's deformable surface, ``brainextractor``);
+    #: ``head``, the source's foreground (threshold, largest component, holes filled), which is
+    #: the brain on skull-stripped data (BraTS) and the whole head on IXI. ``auto``: ``labels`` for
+    #: simulated brains, ``strip`` for simulated heads and IXI, ``head`` for BraTS.
+    brain_mask: Literal["auto", "labels", "strip", "head"] = "auto"
+    #: ``strip``: BET's fractional intensity threshold (its ``-f``; BET's default is 0.5); smaller
+    #: gives a larger brain. 0.6 keeps fat out of the mask of the simulated heads (measured in
+    #: docs/method.md, section 6).
+    strip_threshold: float = Field(default=0.6, gt=0, lt=1)
+    #: N4 bias-field correction (SimpleITK) of every volume inside the dilated brain mask before
+    #: normalisation: ``n4``, ``none``, or ``auto``: N4 with ``strip`` masks, where it was measured
+    #: to raise the K-Means Dice ceiling, and not otherwise, where it made no difference.
+    bias_correction: Literal["auto", "none", "n4"] = "auto"
     #: Keep axial slices whose brain-mask area is at least this fraction of the largest brain slice
     #: of the same volume (drops the top and bottom of the brain).
     min_brain_fraction: float = Field(default=0.35, ge=0, le=1)
@@ -480,7 +509,7 @@ class PathsParams(Section):
 
 class Params(Section):
     seed: int = Field(default=1234, ge=0)
-    preset: Literal["demo", "study", "paper", "test"] = "demo"
+    preset: Literal["demo", "head", "study", "paper", "test"] = "demo"
     methods: list[MethodName] = Field(default=list(METHOD_NAMES), min_length=1)
     paths: PathsParams = PathsParams()
     data: DataParams = DataParams()

@@ -56,7 +56,7 @@ def _prepare_case(tmp: Path, mutate) -> tuple[list, list[str], Path]:
     raw = _ixi_folder(tmp / "raw")
     needle = mutate(raw)
     params = _params(tmp, **{"data.source": "ixi", "data.registration": False,
-                              "prepare.slices": {"train": 4, "val": 1, "test": 1}})
+                              "prepare.slices": {"train": 4, "val": 1, "test": 1}, "prepare.brain_mask": "head"})
     out = tmp / "slices"
     return ["prepare", "--params", params, "--raw", raw, "--out", out], needle, out
 

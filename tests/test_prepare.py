@@ -86,8 +86,9 @@ def params(**overrides):
         for p in parents:
             node = node.setdefault(p, {})
         node[last] = value
+    # The synthetic volumes are brains without a skull: their foreground is the brain.
     base = {"data": {"source": "ixi", "registration": False},
-            "prepare": {"size": 24, "slices": {"train": 10, "val": 3, "test": 4}}}
+            "prepare": {"size": 24, "slices": {"train": 10, "val": 3, "test": 4}, "brain_mask": "head"}}
     for section, values in nested.items():
         if isinstance(values, dict):
             base.setdefault(section, {}).update(values)
@@ -155,7 +156,7 @@ def test_ixi_counts_splits_and_ranges(tmp_path, caplog):
 def test_simulated_labels(tmp_path):
     raw = ixi_folder(tmp_path / "raw", n=5, labels=True)
     out = tmp_path / "slices"
-    prepare(params(**{"data.source": "simulated"}), raw, out)
+    prepare(params(**{"data.source": "simulated", "prepare.brain_mask": "auto"}), raw, out)
     data = splits(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["has_label"] is True and manifest["brain_mask"] == "tissue map > 0"
@@ -380,7 +381,7 @@ def test_cli_exit_status_and_message(tmp_path):
     _truncated(raw)
     out = tmp_path / "slices"
     res = run_lmid("prepare", "--params", TINY, "--set", "data.source=ixi", "--set", "data.registration=false",
-                   "--raw", raw, "--out", out)
+                   "--set", "prepare.brain_mask=head", "--raw", raw, "--out", out)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "IXI004-Guys-0802-T1.nii.gz" in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()

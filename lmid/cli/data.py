@@ -24,6 +24,8 @@ def register(sub) -> None:
     add_common(p)
     p.add_argument("--raw", type=Path, default=None, help="folder of volumes (default: data.root)")
     p.add_argument("--out", type=Path, required=True, help="output folder for train/val/test.npz and manifest.json")
+    p.add_argument("--threads", type=int, default=1,
+                   help="subjects read (registered, skull-stripped) in parallel, one process each (default 1)")
     p.set_defaults(func=_prepare)
 
 
@@ -40,4 +42,8 @@ def _prepare(args) -> None:
     params = load_params_from_args(args)
     from lmid.data.prepare import prepare
 
-    prepare(params, args.raw or Path(params.data.root), args.out)
+    if args.threads < 1:
+        from lmid.errors import LmidError
+
+        raise LmidError(f"--threads: must be at least 1, got {args.threads}")
+    prepare(params, args.raw or Path(params.data.root), args.out, workers=args.threads)

@@ -70,12 +70,24 @@ IXI_NAME = re.compile(r"^IXI(?P<nnn>\d{3})-(?P<site>[A-Za-z]+)-(?P<mmmm>\d{4})-(
 
 # Keeps the phantom's random streams apart from any other step seeded from the same params.seed.
 _STREAM_TAG = 0x5048414E  # "PHAN"
+_HEAD_STREAM = 0x48454144  # "HEAD"
 #: Mean brain intensity of a stored image (scanner-like units).
 TARGET_MEAN = 1000.0
 #: Knot spacing of the bias field: a slowly varying receive-coil profile, a few knots per head.
 BIAS_KNOT_MM = 80.0
 # Displacements larger than this many RMS are practically never drawn (used for the grid margin).
 _DEFORMATION_TAILS = 4.0
+#: The head (``simulate.head``): shells outward from the skull's inner surface, in mm from it, and
+#: the tissue of each (``simulate.head_tissues``, or ``csf`` from ``simulate.tissues``). Adult
+#: calvaria are 6-7 mm thick with a fatty diploe between two cortical tables; the scalp adds
+#: subcutaneous fat and skin/galea. The inner surface is the brain mask closed with a 4 mm ball
+#: (sulci do not reach the skull), and the CSF between it and the brain is CSF too.
+HEAD_SHELLS = (("csf", 0.0, 1.5), ("bone", 1.5, 3.0), ("marrow", 3.0, 5.0), ("bone", 5.0, 6.5),
+               ("fat", 6.5, 10.0), ("skin", 10.0, 12.5))
+HEAD_MM = HEAD_SHELLS[-1][2]
+HEAD_TISSUES = ("bone", "marrow", "fat", "skin")
+#: Radius (mm) of the closing that turns the brain mask into the skull's inner surface.
+_HULL_CLOSING_MM = 4
 
 
 # ------------------------------------------------------------------------------ signal equations
@@ -111,16 +123,43 @@ class Template:
     ``centre``: its centre c.
     """
 
-    def __init__(self, brain, gm, wm, origin, lo, hi, source):
+    def __init__(self, brain, gm, wm, origin, lo, hi, source, shells=None):
         self.brain, self.gm, self.wm = brain, gm, wm
         self.origin, self.lo, self.hi = origin, lo, hi
         self.centre = (lo + hi) / 2.0
         self.source = source
+        #: With a head: tissue -> fraction outside the brain (``csf``, ``bone``, ...), else empty.
+        self.shells: dict[str, np.ndarray] = shells or {}
+
+
+def head_shells(brain: np.ndarray) -> dict[str, np.ndarray]:
+    """Fractions (1 mm grid) of the tissues of :data:`HEAD_SHELLS` around a binary brain mask.
+
+    Each shell is the set of voxels whose distance from the skull's inner surface falls in its
+    range, with a one-voxel linear ramp at both ends (so a blurred shell has partial volume on
+    both sides). The fractions and the brain are disjoint and sum to at most 1.
+    """
+    r = _HULL_CLOSING_MM
+    ball = np.linalg.norm(np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1], axis=0) <= r
+    inside = brain > 0.5
+    padded = np.pad(inside, r + 1)
+    hull = ndimage.binary_fill_holes(ndimage.binary_closing(padded, structure=ball))[
+        tuple(slice(r + 1, -(r + 1)) for _ in range(3))] | inside
+    # Distance (mm) of a voxel centre outside the hull from the hull's surface (half a voxel in).
+    depth = np.maximum(ndimage.distance_transform_edt(~hull) - 0.5, 0.0)
+    out: dict[str, np.ndarray] = {}
+    for tissue, a, b in HEAD_SHELLS:
+        frac = np.clip(depth - a + 0.5, 0.0, 1.0) - np.clip(depth - b + 0.5, 0.0, 1.0)
+        frac[hull] = 0.0
+        out[tissue] = out.get(tissue, 0.0) + frac.astype(np.float32)
+    out["csf"] += (hull & ~inside).astype(np.float32)
+    return out
 
 
 @functools.lru_cache(maxsize=2)
-def load_template(voxel_mm: float) -> Template:
-    """MNI152 2009 maps from the nilearn wheel (offline), anti-aliased for ``voxel_mm``."""
+def load_template(voxel_mm: float, head: bool = False) -> Template:
+    """MNI152 2009 maps from the nilearn wheel (offline), anti-aliased for ``voxel_mm``; with
+    ``head``, also the shells of :func:`head_shells` around the brain."""
     import nilearn
     from nilearn import datasets
 
@@ -141,20 +180,28 @@ def load_template(voxel_mm: float) -> Template:
     # Variance of a v-mm box minus that of the template's 1 mm box (voxels of 1 mm).
     sigma = math.sqrt(max(voxel_mm**2 - 1.0, 0.0) / 12.0)
     inside = np.argwhere(brain > 0)
-    pad = int(math.ceil(4 * sigma)) + 2
-    start = np.maximum(inside.min(0) - pad, 0)
-    stop = np.minimum(inside.max(0) + 1 + pad, brain.shape)
-    crop = tuple(slice(a, b) for a, b in zip(start, stop))
-    maps = []
-    for arr in (brain, gm, wm):
-        arr = np.ascontiguousarray(arr[crop])
+    pad = int(math.ceil(4 * sigma)) + 2 + (int(math.ceil(HEAD_MM)) + 1 if head else 0)
+    start, stop = inside.min(0) - pad, inside.max(0) + 1 + pad
+    if not head:  # within the template's grid (the brain maps are zero beyond it anyway)
+        start, stop = np.maximum(start, 0), np.minimum(stop, brain.shape)
+    # A head reaches past the template's grid (the brain touches its lower face): zero padding.
+    before, after = np.maximum(-start, 0), np.maximum(stop - np.asarray(brain.shape), 0)
+    crop = tuple(slice(a + p, b + p) for a, b, p in zip(start, stop, before))
+    padded = lambda arr: np.pad(arr, list(zip(before, after)))  # noqa: E731
+    raw = {"brain": brain, "gm": gm, "wm": wm}
+    raw = {k: np.ascontiguousarray(padded(v)[crop]) for k, v in raw.items()}
+    shells = head_shells(raw["brain"]) if head else {}
+
+    def blur(arr):
         if sigma > 0:
             arr = ndimage.gaussian_filter(arr, sigma, mode="constant", cval=0.0, truncate=4.0)
-        maps.append(arr.astype(np.float32, copy=False))
+        return arr.astype(np.float32, copy=False)
+
     to_world = lambda idx: affine[:3, :3] @ np.asarray(idx, float) + affine[:3, 3]  # noqa: E731
     lo, hi = to_world(inside.min(0)), to_world(inside.max(0))
     source = f"MNI152 2009 nonlinear symmetric template, GM/WM maps and brain mask (nilearn {nilearn.__version__})"
-    return Template(*maps, origin=to_world(start), lo=lo, hi=hi, source=source)
+    return Template(blur(raw["brain"]), blur(raw["gm"]), blur(raw["wm"]), origin=to_world(start), lo=lo, hi=hi,
+                    source=source, shells={k: blur(v) for k, v in shells.items()})
 
 
 # ---------------------------------------------------------------------------------------- grid
@@ -168,7 +215,7 @@ def output_grid(template: Template, sim) -> tuple[tuple[int, int, int], np.ndarr
     v = float(sim.voxel_mm)
     half = (template.hi - template.lo) / 2.0
     overshoot = _linear_overshoot(template, sim.rotation_deg, sim.scale)
-    margin = overshoot + _DEFORMATION_TAILS * sim.deformation_mm + 2.0
+    margin = overshoot + _DEFORMATION_TAILS * sim.deformation_mm + 2.0 + (HEAD_MM if sim.head else 0.0)
     shape = tuple(int(math.ceil(2 * (h + m) / v)) + 1 for h, m in zip(half, margin))
     affine = np.eye(4)
     affine[:3, :3] *= v
@@ -268,7 +315,7 @@ def simulate_subject(params, index: int) -> dict:
     """
     sim = params.simulate
     v = float(sim.voxel_mm)
-    tpl = load_template(v)
+    tpl = load_template(v, sim.head)
     shape, affine = output_grid(tpl, sim)
     keep = _kept_planes(shape[2], sim.axial_planes)
     rng = np.random.default_rng(subject_seed(params.seed, index))
@@ -282,6 +329,11 @@ def simulate_subject(params, index: int) -> dict:
         base = sim.tissues[name]
         tissues[name] = {k: _jitter(rng, getattr(base, k), sim.tissue_jitter)
                          for k in ("pd", "t1_ms", "t2_ms", "t2s_ms")}
+    head_tissues = {}
+    if sim.head:  # a stream of its own: the brain's draws are the same with or without a head
+        hrng = np.random.default_rng(subject_seed(params.seed, index, _HEAD_STREAM))
+        head_tissues = {name: {k: _jitter(hrng, getattr(sim.head_tissues[name], k), sim.tissue_jitter)
+                               for k in ("pd", "t1_ms", "t2_ms", "t2s_ms")} for name in HEAD_TISSUES}
 
     # Displacement u (mm) on the whole grid's knot lattice, evaluated on the kept planes only, so a
     # subject's anatomy does not depend on axial_planes. Knot values are scaled so each component
@@ -307,6 +359,7 @@ def simulate_subject(params, index: int) -> dict:
     brain = np.clip(sample(tpl.brain), 0, 1)
     gm = np.clip(sample(tpl.gm), 0, 1)
     wm = np.clip(sample(tpl.wm), 0, 1)
+    shells = {k: np.clip(sample(arr), 0, 1) for k, arr in tpl.shells.items()}
     del coords
     csf = np.clip(brain - gm - wm, 0, 1)
     fractions = {"csf": csf, "gm": gm, "wm": wm}
@@ -327,6 +380,8 @@ def simulate_subject(params, index: int) -> dict:
         signal = {k: tissue_signal(s, tissues[k]) for k in TISSUES}
         # Partial volume: mix the tissue signals by their fractions.
         img = signal["csf"] * csf + signal["gm"] * gm + signal["wm"] * wm
+        for tissue, frac in shells.items():
+            img += (signal["csf"] if tissue == "csf" else tissue_signal(s, head_tissues[tissue])) * frac
 
         # Bias: knot values uniform in ±1, normalised by the largest value the spline takes on the
         # knots (computed on the knot lattice, so it is the same whatever axial_planes is).
@@ -369,6 +424,7 @@ def simulate_subject(params, index: int) -> dict:
             "rotation_deg": angles.tolist(),
             "scale": scales.tolist(),
             "tissues": tissues,
+            **({"head_tissues": head_tissues} if sim.head else {}),
             "modalities": facts,
             "label_voxels": {k: int(np.sum(label == LABELS[k])) for k in LABELS},
         },
@@ -416,7 +472,7 @@ def _generate_into(params, out_dir: Path, protocol: str) -> dict:
 
     sim = params.simulate
     t0 = time.perf_counter()
-    tpl = load_template(float(sim.voxel_mm))
+    tpl = load_template(float(sim.voxel_mm), sim.head)
     shape, affine = output_grid(tpl, sim)
     keep = _kept_planes(shape[2], sim.axial_planes)
 
@@ -458,6 +514,9 @@ def _generate_into(params, out_dir: Path, protocol: str) -> dict:
             "noise": "|I + sigma*(n1 + i*n2)|, sigma = mean(I over label > 0) / snr (Rician)",
             "storage": f"int16, scaled so the mean brain intensity is {TARGET_MEAN:g}; labels uint8",
             "geometry": "y = c + diag(1/scale) R^T (x - c) + u(x), u cubic B-spline, RMS deformation_mm per component",
+            **({"head": "shells (tissue, from mm, to mm) outward from the brain mask closed with a "
+                        f"{_HULL_CLOSING_MM} mm ball: {[list(x) for x in HEAD_SHELLS]}; the label is the brain's"}
+               if sim.head else {}),
         },
         "mean_intensity": mean_intensity,
         "subjects": subjects,

@@ -243,3 +243,18 @@ def resample_nearest(data: np.ndarray, affine: np.ndarray, ref_shape, ref_affine
     tx = transform if transform is not None else sitk.Transform()
     out = sitk.Resample(moving, ref, tx, sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
     return from_sitk(out)
+
+
+def apply_registration(moving: np.ndarray, moving_affine: np.ndarray, fixed_shape, fixed_affine,
+                       info: dict) -> np.ndarray:
+    """``moving`` on the fixed grid through the affine transform recorded in ``info`` by
+    :func:`register` (linear interpolation, 0 outside): the same array ``register`` returned."""
+    import SimpleITK as sitk
+
+    tx = sitk.AffineTransform(3)
+    tx.SetCenter(info["affine_center_lps_mm"])
+    tx.SetMatrix(info["affine_matrix_lps"])
+    tx.SetTranslation(info["affine_translation_lps_mm"])
+    ref = to_sitk(np.zeros(fixed_shape, np.float32), fixed_affine)
+    out = sitk.Resample(to_sitk(moving, moving_affine), ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return from_sitk(out).astype(np.float32)

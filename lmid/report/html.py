@@ -646,7 +646,26 @@ INVERSION_LOSSES = {
 }
 
 
-def protocol_items(params, summary: dict, models_dir: Path) -> list[tuple[str, str]]:
+def _read_manifest(slices_dir: Path) -> dict:
+    try:
+        value = read_json(Path(slices_dir) / "manifest.json")
+    except (LmidError, OSError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def brain_mask_text(manifest: dict) -> str:
+    """How ``prepare`` found the brain and corrected the bias field, with the with/without-N4 check."""
+    text = f"Brain mask: {manifest.get('brain_mask', 'not recorded')}. Bias field: {manifest.get('bias_correction', 'none')}."
+    check = manifest.get("bias_check")
+    if isinstance(check, dict):
+        text += (f" K-Means Dice ceiling on the real target's {check.get('test_slices')} test slices: "
+                 f"{check['dice_ceiling_with_n4']:.3f} with N4, {check['dice_ceiling_without_n4']:.3f} without "
+                 f"(applied: {check.get('applied')}).")
+    return text
+
+
+def protocol_items(params, summary: dict, models_dir: Path, manifest: dict | None = None) -> list[tuple[str, str]]:
     """The choices the paper does not state, with the values this run used."""
     d, p, ev = params.data, params.prepare, params.evaluate
     infos = summary.get("train_info", {})
@@ -680,6 +699,7 @@ def protocol_items(params, summary: dict, models_dir: Path) -> list[tuple[str, s
          if d.source == "ixi" and d.registration else
          "None needed: all modalities are simulated on one grid." if d.source == "simulated" else
          "None (co-registered input)." if d.source == "brats" else "Disabled (data.registration = false)."),
+        ("Brain mask and bias field", brain_mask_text(manifest or {})),
         ("Normalisation", f"Per volume: clip to the {p.percentiles[0]:g}–{p.percentiles[1]:g} percentiles inside the "
                           "brain, then map linearly to [0, 1]."),
         ("Segmenter", f"K-Means on {d.target_modality} training intensities inside the brain mask only, "
@@ -910,7 +930,7 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
     sections.append(f'<section id="timings"><h2>Methods and timings</h2>{timings_table(summary, params)}</section>')
     sections.append(f'<section id="data"><h2>Data</h2>{data_section(params, slices_dir, splits)}</section>')
     proto = "".join(f"<tr><th scope=\"row\">{esc(k)}</th><td>{esc(v)}</td></tr>"
-                    for k, v in protocol_items(params, summary, models_dir))
+                    for k, v in protocol_items(params, summary, models_dir, _read_manifest(slices_dir)))
     sections.append('<section id="protocol"><h2>Protocol choices the paper does not state</h2>'
                     '<p class="lead">Each is a key in params.yaml or fixed in code (named in the README).</p>'
                     f'<table class="kv"><tbody>{proto}</tbody></table></section>')

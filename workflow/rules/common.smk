@@ -118,8 +118,8 @@ def get_source_modality(wildcards):
 # values it reads change; DVC (dvc.yaml is generated from these rules by workflow/scripts/dvc_yaml.py)
 # also reruns it when one of these files changes. A method's own files are in lmid/registry.py.
 _RUNNER = ["lmid/methods/base.py", "lmid/methods/runner.py", "lmid/registry.py"]
-_DATA = ["lmid/data/prepare.py", "lmid/data/ixi.py", "lmid/data/brats.py", "lmid/data/registration.py",
-         "lmid/data/slices.py"]
+_DATA = ["lmid/data/prepare.py", "lmid/data/brainmask.py", "lmid/data/ixi.py", "lmid/data/brats.py",
+         "lmid/data/registration.py", "lmid/data/slices.py"]
 CODE = {
     "generate": ["lmid/data/phantom.py"],
     "generate_unseen": ["lmid/data/phantom.py"],

