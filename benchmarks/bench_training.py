@@ -78,9 +78,10 @@ def _worker(spec: dict) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from lmid.config import load_params
-    from lmid.diffusion.model import autocast_for
+    from lmid.networks import autocast
     from lmid.diffusion.trainer import Ema, LmiDiffusionTrainer, gaussian_blur
-    from lmid.diffusion.unet import build_unet, check_image_size, count_parameters
+    from lmid.diffusion.unet import build_unet, check_image_size
+    from lmid.networks import count_parameters
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -150,7 +151,7 @@ def _worker(spec: dict) -> dict:
     def forward_backward(inp, t, eps):
         if channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
-        with autocast_for(device, amp):
+        with autocast(device, amp):
             pred = model(inp, t)
         loss = F.mse_loss(pred.float(), eps)
         loss.backward()

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from lmid.checkpoint import device_from_arg
     from lmid.config import load_params
     from lmid.data.slices import load_slices
-    from lmid.diffusion.unet import count_parameters
+    from lmid.networks import count_parameters
     from lmid.evaluation.metrics import score_slice
     from lmid.evaluation.segment import KMeansSegmenter
     from lmid.evaluation.stats import summarise

@@ -210,9 +210,10 @@ class PrepareParams(Section):
     #: docs/method.md, section 6).
     strip_threshold: float = Field(default=0.6, gt=0, lt=1)
     #: N4 bias-field correction (SimpleITK) of every volume inside the dilated brain mask before
-    #: normalisation: ``n4``, ``none``, or ``auto``: N4 with ``strip`` masks, where it was measured
-    #: to raise the K-Means Dice ceiling, and not otherwise, where it made no difference.
-    bias_correction: Literal["auto", "none", "n4"] = "auto"
+    #: normalisation: ``n4`` or ``none``. Off by default: on the simulated data it changed the
+    #: K-Means Dice ceiling by less than its noise, either way (docs/method.md, section 6); every
+    #: run with tissue maps measures both (``manifest.json``: ``bias_check``).
+    bias_correction: Literal["none", "n4"] = "none"
     #: Keep axial slices whose brain-mask area is at least this fraction of the largest brain slice
     #: of the same volume (drops the top and bottom of the brain).
     min_brain_fraction: float = Field(default=0.35, ge=0, le=1)

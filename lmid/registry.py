@@ -1,7 +1,8 @@
 """The one list of methods and everything the pipeline needs to know about each.
 
-Adding a method means one :class:`MethodSpec` here and one :class:`lmid.methods.base.Method`
-subclass of the same name in ``module``. Everything else (the ``methods`` choices of params.yaml, the CLI's
+Adding a method means one :class:`MethodSpec` here, one :class:`lmid.methods.base.Method`
+subclass of the same name in ``module`` and its import in :func:`lmid.methods.method_class`
+(tests/test_access.py checks the three agree). Everything else (the ``methods`` choices of params.yaml, the CLI's
 ``--method``, what reruns in Snakemake and DVC, the training fingerprint, column names, colours
 and GPU requests) is read from this table.
 

@@ -76,6 +76,15 @@ def test_declared_access(name):
     assert _method(name).access is EXPECTED[name]
 
 
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_registry_module_and_class_agree(name):
+    """lmid/registry.py names the module; lmid.methods.method_class imports the class from it."""
+    from lmid.methods import method_class
+
+    cls = method_class(name)
+    assert cls.name == name and cls.__module__ == METHODS[name].module
+
+
 @pytest.mark.parametrize("name", TARGET_ONLY)
 def test_target_only_methods_see_no_source(name, train):
     data = _method(name).training_data(Params(), train)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from test_prepare import SHAPE, grid, image, ixi_folder, params, tissue, world
+from volumes import SHAPE, grid, image, ixi_folder, params, tissue, world
 
 from lmid.config import Params, load_params
 from lmid.data import phantom
@@ -158,3 +158,27 @@ def test_parallel_subjects_give_the_same_bytes(tmp_path):
         assert entry["brain_mask_coverage"]["T1"] >= 0.9
         assert set(entry["bias_correction"]) == {"PD", "T1"}
     assert manifest["bias_correction"].startswith("N4") and manifest["bias_check"] is None  # no tissue maps
+
+
+def test_bias_check_matches_both_runs_and_a_direct_count(tmp_path):
+    """The manifest's with/without-N4 ceilings: each run measures both, the two runs agree, and the
+    applied one equals K-Means fitted and scored by hand on the slices that were written."""
+    from lmid.data.slices import load_slices
+    from lmid.evaluation.metrics import dice_per_class
+    from lmid.evaluation.segment import SEED_OFFSET, fit_segmenter
+
+    raw = ixi_folder(tmp_path / "raw", n=5, labels=True)
+    checks = {}
+    for mode in ("none", "n4"):
+        p = params(**{"data.source": "simulated", "prepare.brain_mask": "auto", "prepare.bias_correction": mode})
+        prepare(p, raw, tmp_path / mode)
+        checks[mode] = json.loads((tmp_path / mode / "manifest.json").read_text())["bias_check"]
+        train, test = (load_slices(tmp_path / mode / f"{s}.npz") for s in ("train", "test"))
+        km = fit_segmenter(train.target, train.mask, p.segment.n_clusters, p.segment.max_voxels,
+                           p.seed + SEED_OFFSET, tuple(p.segment.tissue_order))
+        direct = np.mean([dice_per_class(km.predict(test.target[i], test.mask[i]), test.label[i])["mean"]
+                          for i in range(len(test))])
+        key = "dice_ceiling_with_n4" if mode == "n4" else "dice_ceiling_without_n4"
+        assert checks[mode]["applied"] == mode and checks[mode][key] == pytest.approx(direct, abs=1e-12)
+    for key in ("dice_ceiling_with_n4", "dice_ceiling_without_n4"):
+        assert checks["none"][key] == pytest.approx(checks["n4"][key], abs=1e-12), key

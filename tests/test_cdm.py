@@ -140,44 +140,6 @@ def test_translation_shape_range_and_seed_determinism(trained, data):
     assert not torch.equal(z1[0], z1[1])
 
 
-@pytest.mark.parametrize("stage", ["mrm", "mdn", "unet"])
-def test_resume_mid_stage_equals_uninterrupted(stage, data, tmp_path, monkeypatch):
-    train, val = data
-    params = tiny_params(mrm=6, mdn=6, unet=6, checkpoint_every=3, log_every=2)
-    method = get_method("cdm")
-    tdata = method.training_data(params, train)
-    empty = val.subset(np.arange(0))
-
-    full = tmp_path / "full"
-    method.train(params, tdata, empty, full, CPU)
-
-    class Stop(Exception):
-        pass
-
-    original = cdm_module._Trainer._save
-
-    def save_then_stop(self, opt, gen):
-        original(self, opt, gen)
-        if self.stage == stage and self.step == 3:
-            raise Stop
-
-    part = tmp_path / "part"
-    monkeypatch.setattr(cdm_module._Trainer, "_save", save_then_stop)
-    with pytest.raises(Stop):
-        method.train(params, tdata, empty, part, CPU)
-    monkeypatch.undo()
-    ck = load_checkpoint(part / "checkpoint.pt")
-    assert (ck["stage"], ck["step"]) == (stage, 3)
-    assert not (part / "model.pt").exists()
-    method.train(params, tdata, empty, part, CPU)
-
-    a, b = load_checkpoint(full / "model.pt"), load_checkpoint(part / "model.pt")
-    for net in ("mrm", "mdn", "unet"):
-        for key, tensor in a[net].items():
-            assert torch.equal(tensor, b[net][key]), f"{net}.{key} differs after resuming in stage {stage}"
-    assert (full / "train_log.csv").read_text() == (part / "train_log.csv").read_text()
-
-
 def test_patch_mask_and_masked_loss():
     gen = torch.Generator().manual_seed(0)
     m = random_patch_mask(3, 32, 32, 8, 0.5, gen)

@@ -14,7 +14,8 @@ from lmid.diffusion.model import DiffusionModel
 from lmid.diffusion.sampler import ancestral_coefficients
 from lmid.diffusion.schedule import NoiseSchedule
 from lmid.diffusion.trainer import DiffusionTrainer, LmiDiffusionTrainer, gaussian_blur
-from lmid.diffusion.unet import build_unet, count_parameters
+from lmid.diffusion.unet import build_unet
+from lmid.networks import count_parameters
 
 CPU = torch.device("cpu")
 

@@ -15,10 +15,6 @@ import sys
 from lmid.errors import LmidError, ParamsError
 from lmid.progress import progress_disabled  # noqa: F401  (re-exported for the commands)
 
-# Step groups, each registering its sub-commands (kept apart so they stay short).
-_GROUPS = ("lmid.cli.data", "lmid.cli.methods", "lmid.cli.evaluation")
-
-
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -53,14 +49,16 @@ def load_params_from_args(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
+    # The step groups register their sub-commands; each command's function is in its group
+    # (``lmid prepare`` -> lmid/cli/data.py:_prepare), which calls one function of the package.
+    from lmid.cli import data, evaluation, methods
 
     parser = argparse.ArgumentParser(prog="lmid", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<step>")
-    for name in _GROUPS:
-        importlib.import_module(name).register(sub)
+    for group in (data, methods, evaluation):
+        group.register(sub)
     p = sub.add_parser("schema", help="write the JSON schema of params.yaml (used by Snakemake's validate)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_schema)

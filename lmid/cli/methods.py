@@ -37,6 +37,23 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="shard output (.npz)")
     p.set_defaults(func=_translate)
 
+    p = sub.add_parser("sampler-sweep", help="LMIDiffusion at one sampler setting, translated and scored",
+                       description="Translate the first --limit slices of a split with LMIDiffusion at one sampler "
+                                   "setting (one sample each), join them and score them: what 'lmid translate', "
+                                   "'lmid gather' and 'lmid evaluate' would write, in one step (the sampler table).")
+    add_common(p)
+    p.add_argument("--model", type=Path, required=True, help="lmidiffusion/model.pt written by 'lmid train'")
+    p.add_argument("--slices", type=Path, required=True, help="split to translate (.npz), e.g. val.npz")
+    p.add_argument("--manifest", type=Path, required=True, help="manifest.json of the prepared slices")
+    p.add_argument("--segmenter", type=Path, required=True, help="JSON written by 'lmid fit-segmenter'")
+    p.add_argument("--sampler", required=True, metavar="KIND-STEPS[-SPACING]", help="e.g. ddim-20-quad")
+    p.add_argument("--limit", type=_non_negative, default=0, help="only the first N slices (0 = all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--shard-out", type=Path, required=True, help="translated shard (.npz)")
+    p.add_argument("--translations-out", type=Path, required=True, help="joined translations (.npz)")
+    p.add_argument("--out", type=Path, required=True, help="per-slice metrics (.csv)")
+    p.set_defaults(func=_sampler_sweep)
+
     p = sub.add_parser("gather", help="join translated shards; write NIfTI volumes per subject")
     p.add_argument("--method", choices=METHOD_NAMES, required=True)
     p.add_argument("--shards", type=Path, nargs="+", required=True)
@@ -53,18 +70,31 @@ def _train(args) -> None:
     train_method(load_params_from_args(args), args.method, args.train, args.val, args.out, args.device)
 
 
+def _sampler_overrides(args) -> None:
+    """``--sampler KIND-STEPS[-SPACING]`` as ``--set lmidiffusion.sampler.*`` overrides."""
+    from lmid.config import parse_sampler_setting
+    from lmid.errors import ParamsError
+
+    try:
+        setting = parse_sampler_setting(args.sampler)
+    except ValueError as err:
+        raise ParamsError(f"--sampler: {err}") from None
+    args.overrides += [f"lmidiffusion.sampler.{k}={v}" for k, v in setting.items()]
+
+
+def _sampler_sweep(args) -> None:
+    from lmid.methods.runner import sweep_sampler
+
+    _sampler_overrides(args)
+    sweep_sampler(load_params_from_args(args), args.model, args.slices, args.manifest, args.segmenter, args.shard_out,
+                  args.translations_out, args.out, limit=args.limit, device=args.device)
+
+
 def _translate(args) -> None:
     from lmid.methods.runner import translate_shard
 
     if args.sampler:
-        from lmid.config import parse_sampler_setting
-        from lmid.errors import ParamsError
-
-        try:
-            setting = parse_sampler_setting(args.sampler)
-        except ValueError as err:
-            raise ParamsError(f"--sampler: {err}") from None
-        args.overrides += [f"lmidiffusion.sampler.{k}={v}" for k, v in setting.items()]
+        _sampler_overrides(args)
     translate_shard(load_params_from_args(args), args.method, args.model, args.slices, args.out,
                     source_modality=args.source_modality, shard=args.shard, num_shards=args.num_shards,
                     samples=args.samples, device=args.device, limit=args.limit)

@@ -345,17 +345,11 @@ def mask_mode(params: Params, use_labels: bool) -> str:
     return mode
 
 
-def bias_mode(params: Params, mask: str) -> str:
-    """``prepare.bias_correction`` with ``auto`` resolved: ``n4`` for stripped masks."""
-    mode = params.prepare.bias_correction
-    return ("n4" if mask == "strip" else "none") if mode == "auto" else mode
-
-
 class SubjectReader:
     def __init__(self, params: Params, mods: Modalities, use_labels: bool, root: Path):
         self.params, self.mods, self.use_labels, self.root = params, mods, use_labels, root
         self.mode = mask_mode(params, use_labels)
-        self.bias = bias_mode(params, self.mode)
+        self.bias = params.prepare.bias_correction
 
     def _rel(self, path: Path) -> str:
         try:
@@ -726,7 +720,7 @@ def _bias_check(params: Params, splits: dict, results: dict[str, SubjectSlices],
         km = fit_segmenter(train, sets["train"].mask, seg.n_clusters, seg.max_voxels, params.seed + SEED_OFFSET,
                            tuple(seg.tissue_order))
         t = sets["test"]
-        return float(np.mean([dice_per_class(km.predict(t.target[i], t.mask[i]), t.label[i])["mean"]
+        return float(np.mean([dice_per_class(km.predict(test[i], t.mask[i]), t.label[i])["mean"]
                               for i in range(len(t))]))
 
     applied = ceiling(sets["train"].target, sets["test"].target)

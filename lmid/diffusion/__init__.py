@@ -11,7 +11,7 @@
 from lmid.diffusion.model import DiffusionModel, translate_batched
 from lmid.diffusion.schedule import NoiseSchedule
 from lmid.diffusion.trainer import DiffusionTrainer, LmiDiffusionTrainer
-from lmid.diffusion.unet import build_unet, count_parameters
+from lmid.diffusion.unet import build_unet
 
 __all__ = ["DiffusionModel", "DiffusionTrainer", "LmiDiffusionTrainer", "NoiseSchedule", "build_unet",
-           "count_parameters", "translate_batched"]
+           "translate_batched"]

@@ -9,7 +9,6 @@ is always sampled with the architecture and conditioning it was trained with.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,15 +23,9 @@ from lmid.diffusion.sampler import ChainNoise, chain_seed
 from lmid.diffusion.schedule import NoiseSchedule
 from lmid.diffusion.unet import build_unet
 from lmid.errors import InputFileError
+from lmid.networks import autocast
 
 FORMAT = "lmid-diffusion-model"
-
-
-def autocast_for(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA only; a no-op context on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -58,7 +51,7 @@ class DiffusionModel:
             inp = build_input(x_t) if build_input is not None else x_t
             if channels_last:
                 inp = inp.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device, self.mixed_precision):
+            with autocast(device, self.mixed_precision):
                 return self.net(inp, t).float()
 
         return fn

@@ -7,10 +7,11 @@ Symbols (Ho et al. 2020, "DDPM"):
 * ``alphas_cumprod[t]``   → ᾱ_t = ∏_{s ≤ t} α_s
 * forward process         → x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε,  ε ~ N(0, I)   (eq. 4)
 
-The β values come from MONAI's :class:`~monai.networks.schedulers.DDPMScheduler` (``linear_beta``),
-so the schedule is the one the rest of the MONAI ecosystem uses; ᾱ_t is then accumulated in
-float64 (MONAI accumulates in float32, which drifts by ~1e-6 relative at t = 999) and the
-tensors used on the device are float32 copies. Timestep indices are 0-based as in the authors'
+β is built here in float64 (``np.linspace``) and ᾱ_t accumulated in float64; the tensors used on
+the device are float32 copies. MONAI's :class:`~monai.networks.schedulers.DDPMScheduler`
+(``linear_beta``) is built beside it for one reason: to check, at construction, that this is the
+schedule the MONAI ecosystem means by the same parameters (its float32 β agree to 1e-9; its
+float32 ᾱ drifts by ~1e-6 relative at t = 999, which is why it is not used directly). Timestep indices are 0-based as in the authors'
 code: index ``T − 1`` is the noisiest level.
 """
 
@@ -36,7 +37,7 @@ class NoiseSchedule:
             raise ValueError(f"beta_start ({params.beta_start}) must be below beta_end ({params.beta_end})")
         self.params = params
         self.T = int(params.timesteps)
-        # MONAI builds β with torch.linspace; fixed_large and ε-prediction are the authors' choices.
+        # Only a cross-check (module docstring); fixed_large and ε-prediction are the authors' choices.
         self.monai = DDPMScheduler(
             num_train_timesteps=self.T, schedule="linear_beta", beta_start=params.beta_start,
             beta_end=params.beta_end, variance_type="fixed_large", clip_sample=False, prediction_type="epsilon",

@@ -34,9 +34,10 @@ from tqdm.auto import tqdm
 from lmid.checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from lmid.config import DiffusionParams, LmiParams
 from lmid.diffusion.conditioning import lmi_map
-from lmid.diffusion.model import DiffusionModel, autocast_for
+from lmid.diffusion.model import DiffusionModel
 from lmid.diffusion.schedule import NoiseSchedule
-from lmid.diffusion.unet import build_unet, check_image_size, count_parameters
+from lmid.diffusion.unet import build_unet, check_image_size
+from lmid.networks import autocast, count_parameters
 from lmid.errors import InputFileError, LmidError
 from lmid.io import write_text
 from lmid.progress import progress_disabled
@@ -255,7 +256,7 @@ class DiffusionTrainer:
             if self.device.type == "cuda":
                 inp = inp.contiguous(memory_format=torch.channels_last)
             # ---- step 3: ε-MSE
-            with autocast_for(self.device, self.amp):
+            with autocast(self.device, self.amp):
                 pred = self.net(inp, t_dev)
             loss = F.mse_loss(pred.float(), eps)
             # ---- step 4: clipped Adam step, EMA

@@ -52,10 +52,6 @@ def build_unet(params: UNetParams | None = None, in_channels: int = 1, out_chann
     return net
 
 
-def count_parameters(module: nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
-
-
 def check_image_size(params: UNetParams, height: int, width: int) -> None:
     """The U-Net halves the resolution ``len(channels) − 1`` times."""
     factor = 2 ** (len(params.channels) - 1)
@@ -69,4 +65,4 @@ def unet_input_channels(net: DiffusionModelUNet) -> int:
     return int(conv.in_channels)
 
 
-__all__ = ["build_unet", "count_parameters", "check_image_size", "unet_input_channels"]
+__all__ = ["build_unet", "check_image_size", "unet_input_channels"]

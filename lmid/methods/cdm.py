@@ -33,8 +33,9 @@ from lmid.data.slices import SliceSet
 from lmid.errors import LmidError, ParamsError
 from lmid.io import write_text
 from lmid.methods.base import Method, TrainingData, Translation
-from lmid.networks.cdm import (ConditionalUNet, MaskedAutoencoder, VectorDenoiser, VectorDiffusion,
-                               count_parameters, masked_l2, random_patch_mask)
+from lmid.networks import autocast, count_parameters
+from lmid.networks.cdm import (ConditionalUNet, MaskedAutoencoder, VectorDenoiser, VectorDiffusion, masked_l2,
+                               random_patch_mask)
 from lmid.progress import progress_disabled
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,6 @@ def check_sizes(params: Params, height: int, width: int) -> None:
                               f"(one halving per level); use fewer levels or another prepare.size")
     if p.patch > min(height, width):
         raise ParamsError(f"cdm.patch: {p.patch} is larger than the {height}×{width} slices")
-
-
-def _autocast(device: torch.device):
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _csv(rows: list[list]) -> str:
@@ -159,7 +156,7 @@ class _Trainer:
         if stage == "mrm":
             (y,) = self._flip(gen, self.target[idx])
             m = random_patch_mask(bs, y.shape[2], y.shape[3], self.p.patch, self.p.mask_ratio, gen).to(self.device)
-            with _autocast(self.device):
+            with autocast(self.device):
                 recon = self.nets["mrm"](y * (1 - m))
             return masked_l2(recon.float(), y, m)
         if stage == "mdn":
@@ -171,7 +168,7 @@ class _Trainer:
         x, y = self._flip(gen, self.source[idx], self.target[idx])
         with torch.no_grad():
             z = self.nets["mrm"].vector(y).float()  # cross-conditioning on the TRUE target's vector
-        with _autocast(self.device):
+        with autocast(self.device):
             pred = self.nets["unet"](x, z)
         return F.mse_loss(pred.float(), y)
 
@@ -322,7 +319,7 @@ class Cdm(Method):
         out = torch.empty(n * samples, 1, h, w)
         bs = params.cdm.translate_batch_size
         for i in range(0, n * samples, bs):
-            with _autocast(device):
+            with autocast(device):
                 out[i:i + bs] = unet(x[i:i + bs].to(device), zf[i:i + bs]).float().clamp(0, 1).cpu()
         out = out.view(n, samples, h, w).numpy()
         ddim = len(model["diffusion"].ddim_timesteps(params.cdm.mdn_ddim_steps))

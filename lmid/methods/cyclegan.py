@@ -37,7 +37,8 @@ from lmid.config import Params
 from lmid.data.slices import SliceSet
 from lmid.errors import LmidError, ParamsError
 from lmid.io import write_text
-from lmid.methods.gan_common import write_train_log, autocast, count_params, to_signed
+from lmid.methods.gan_common import to_signed, write_train_log
+from lmid.networks import autocast, count_parameters
 from lmid.methods.base import Method, TrainingData, Translation
 from lmid.networks.cyclegan import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
 from lmid.progress import progress_disabled
@@ -213,7 +214,7 @@ class CycleGan(Method):
         info = {
             "steps": cfg.steps, "steps_this_run": cfg.steps - start, "train_loop_s": round(wall, 3),
             "s_per_step": round(wall / max(1, cfg.steps - start), 4),
-            "generator_params": count_params(g_ab), "discriminator_params": count_params(nets["d_b"]),
+            "generator_params": count_parameters(g_ab), "discriminator_params": count_parameters(nets["d_b"]),
             "source_slices_seen": int(len(data.source)), "target_slices_seen": int(len(data.target)),
             "source_fraction": p.source_fraction, "nfe_per_slice": 1,
         }

@@ -18,15 +18,6 @@ def write_train_log(path: Path, columns: list[str], rows: list[list[float]]) -> 
     write_text(path, "\n".join(lines) + "\n")
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA only (CPU runs stay in float32 and bit-reproducible)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def count_params(module: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
-
-
 def to_signed(x: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, H, W) in [0, 1] → (N, 1, H, W) float32 in [-1, 1] on ``device``."""
     return (torch.as_tensor(np.asarray(x, dtype=np.float32)).unsqueeze(1) * 2.0 - 1.0).to(device)

@@ -229,6 +229,20 @@ def gather(method: str, shard_paths: list[Path], slices_path: Path, manifest_pat
     return {"slices": int(len(index)), "wall_s_total": float(wall.sum())}
 
 
+def sweep_sampler(params: Params, model_path: Path, slices_path: Path, manifest_path: Path, segmenter_path: Path,
+                  shard_path: Path, translations_path: Path, metrics_path: Path, limit: int = 0,
+                  device: str = "auto") -> dict:
+    """``lmid sampler-sweep``: LMIDiffusion with ``params``' sampler on the first ``limit`` slices,
+    one sample each: translate, gather and score, writing the files the three steps would."""
+    from lmid.evaluation.metrics import evaluate_translations
+
+    info = translate_shard(params, "lmidiffusion", model_path, slices_path, shard_path, samples=1, device=device,
+                           limit=limit)
+    gather("lmidiffusion", [shard_path], slices_path, manifest_path, translations_path)
+    evaluate_translations("lmidiffusion", translations_path, slices_path, segmenter_path, metrics_path)
+    return info
+
+
 def write_nifti(method: str, image: np.ndarray, std: np.ndarray, subjects: np.ndarray, slice_index: np.ndarray,
                 manifest_path: Path, out_dir: Path) -> None:
     """One NIfTI per subject on the prepared slice grid, with the affine recorded by ``prepare``.

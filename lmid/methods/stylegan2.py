@@ -77,7 +77,8 @@ from lmid.config import Params
 from lmid.data.slices import SliceSet
 from lmid.errors import LmidError, ParamsError
 from lmid.io import write_text
-from lmid.methods.gan_common import write_train_log, autocast, count_params, to_signed
+from lmid.methods.gan_common import to_signed, write_train_log
+from lmid.networks import autocast, count_parameters
 from lmid.methods.base import Method, TrainingData, Translation
 from lmid.networks.stylegan2 import Discriminator, Generator, init_stylegan
 from lmid.progress import progress_disabled
@@ -522,7 +523,7 @@ class StyleGan2(Method):
         info = {
             "steps": cfg.steps, "steps_this_run": cfg.steps - start, "train_loop_s": round(wall, 3),
             "s_per_step": round(wall / max(1, cfg.steps - start), 4), "kimg": round(cfg.steps * bs / 1000, 3),
-            "generator_params": count_params(g_ema), "discriminator_params": count_params(d),
+            "generator_params": count_parameters(g_ema), "discriminator_params": count_parameters(d),
             "ada_p_final": round(ada.p, 4), "target_slices_seen": int(len(data.target)),
             "nfe_per_slice": p.invert_steps, "inversion_loss": INVERSION_LOSS_TEXT[p.invert_loss],
         }

@@ -285,6 +285,3 @@ class ConditionalUNet(nn.Module):
             h = up(h)
         return self.head(h)
 
-
-def count_parameters(*modules: nn.Module) -> int:
-    return int(sum(p.numel() for m in modules for p in m.parameters()))

@@ -5,6 +5,7 @@
 # input, and no rule may claim it as an output (Snakemake empties a folder it is about to make).
 if P.data.source == "simulated":
 
+    # Code: lmid generate: lmid/cli/data.py:_generate -> lmid.data.phantom.generate
     rule generate:
         # The whole folder of volumes, with phantom.json (what `prepare` checks) written last.
         output:
@@ -27,6 +28,7 @@ if P.data.source == "simulated":
             "lmid generate --params {params.cfg} --out {params.out} > {log} 2>&1"
 
 
+# Code: lmid prepare: lmid/cli/data.py:_prepare -> lmid.data.prepare.prepare
 rule prepare:
     input:
         get_raw_input,
@@ -58,6 +60,7 @@ rule prepare:
 # The unseen-protocol twins of the simulated subjects (params section unseen_protocol).
 if UNSEEN:
 
+    # Code: lmid generate: lmid/cli/data.py:_generate -> lmid.data.phantom.generate
     rule generate_unseen:
         """The same simulated subjects on the unseen protocol (params section unseen_protocol)."""
         output:
@@ -81,6 +84,7 @@ if UNSEEN:
             "lmid generate --params {params.cfg} --protocol unseen --out {params.out} > {log} 2>&1"
 
 
+    # Code: lmid prepare: lmid/cli/data.py:_prepare -> lmid.data.prepare.prepare
     rule prepare_unseen:
         """Slices of the unseen protocol, split by subject exactly as the main protocol's."""
         input:

@@ -1,6 +1,7 @@
 # Evaluation: segment every translation with the target-only K-Means, score per slice, aggregate.
 
 
+# Code: lmid evaluate: lmid/cli/evaluation.py:_evaluate -> lmid.evaluation.metrics.evaluate_translations
 rule evaluate:
     input:
         translations=f"{TRANSLATIONS}/{{experiment}}/{{method}}/translations.npz",
@@ -26,6 +27,7 @@ rule evaluate:
         " --slices {input.slices} --segmenter {input.segmenter} --out {output} > {log} 2>&1"
 
 
+# Code: lmid aggregate: lmid/cli/evaluation.py:_aggregate -> lmid.evaluation.aggregate.aggregate
 rule aggregate:
     input:
         metrics=ALL_SCORES,
@@ -59,6 +61,7 @@ rule aggregate:
         " --infos {input.infos} --manifest {input.manifest} --out-dir {params.out} > {log} 2>&1"
 
 
+# Code: lmid diagnose: lmid/cli/evaluation.py:_diagnose -> lmid.evaluation.diagnostics.diagnose
 rule diagnose:
     """LMIDiffusion on validation slices: conditioning ablation, oracle, convergence over snapshots.
 
@@ -92,6 +95,7 @@ rule diagnose:
         " --segmenter {input.segmenter} --slices {params.slices} --out {output} > {log} 2>&1"
 
 
+# Code: lmid check-baselines: lmid/cli/evaluation.py:_check_baselines -> lmid.evaluation.baselines.check_baselines
 rule check_baselines:
     """Sanity evidence for StyleGAN2-ADA, SDEdit and CycleGAN: samples, histograms, both directions."""
     input:

@@ -2,6 +2,7 @@
 # the same figures with captions from workflow/report/*.rst.
 
 
+# Code: lmid report: lmid/cli/evaluation.py:_report -> lmid.report.html.build_report
 rule report:
     input:
         metrics=f"{REPORTS}/metrics.json",

@@ -2,6 +2,7 @@
 # Re-running a killed job resumes from data/models/<method>/checkpoint.pt.
 
 
+# Code: lmid train: lmid/cli/methods.py:_train -> lmid.methods.runner.train_method
 rule train:
     input:
         train=f"{SLICES}/train.npz",
@@ -32,6 +33,7 @@ rule train:
         " --val {input.val} --out {params.out} > {log} 2>&1"
 
 
+# Code: lmid fit-segmenter: lmid/cli/evaluation.py:_fit_segmenter -> lmid.evaluation.segment.fit_segmenter_cmd
 rule fit_segmenter:
     input:
         train=f"{SLICES}/train.npz",

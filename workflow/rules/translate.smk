@@ -1,6 +1,7 @@
 # Translation of the test split, sharded into independent jobs per method, then gathered.
 
 
+# Code: lmid translate: lmid/cli/methods.py:_translate -> lmid.methods.runner.translate_shard
 rule translate:
     input:
         model=get_model,
@@ -29,6 +30,7 @@ rule translate:
         " --num-shards {wildcards.n} --out {output} > {log} 2>&1"
 
 
+# Code: lmid gather: lmid/cli/methods.py:_gather -> lmid.methods.runner.gather
 rule gather:
     input:
         shards=get_shards,
@@ -52,6 +54,7 @@ rule gather:
         " --manifest {input.manifest} --out {output.translations} --nifti-dir {output.nifti} > {log} 2>&1"
 
 
+# Code: lmid sampler-sweep: lmid/cli/methods.py:_sampler_sweep -> lmid.methods.runner.sweep_sampler
 rule sampler_sweep:
     """LMIDiffusion at one sampler setting on validation slices (the sampler table)."""
     input:
@@ -79,11 +82,7 @@ rule sampler_sweep:
     conda:
         ENV
     shell:
-        "(lmid translate --params {params.cfg} --method lmidiffusion --model {input.model}"
-        " --slices {input.slices} --limit {params.limit} --samples 1"
-        " --sampler {wildcards.setting}"
-        " --out {output.shard}"
-        " && lmid gather --method lmidiffusion --shards {output.shard} --slices {input.slices}"
-        " --manifest {input.manifest} --out {output.translations}"
-        " && lmid evaluate --params {params.cfg} --method lmidiffusion --translations {output.translations}"
-        " --slices {input.slices} --segmenter {input.segmenter} --out {output.metrics}) > {log} 2>&1"
+        "lmid sampler-sweep --params {params.cfg} --model {input.model} --slices {input.slices}"
+        " --manifest {input.manifest} --segmenter {input.segmenter} --sampler {wildcards.setting}"
+        " --limit {params.limit} --shard-out {output.shard} --translations-out {output.translations}"
+        " --out {output.metrics} > {log} 2>&1"
