@@ -1,0 +1,299 @@
+"""How ``lmid aggregate`` writes its tables: Markdown, LaTeX and CSV from the summary's statistics.
+
+Cell formatters (``fmt``, ``fmt_p``, ``plain``, shared with the HTML report), each experiment's rows
+and caption, the unseen-protocol and sampler sections, and the writers of ``tables/*``. The numbers
+come from lmid/evaluation/table_stats.py; nothing here computes a statistic.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from lmid.evaluation.display import DISPLAY, PAPER, PAPER_LABEL, ROWS, column_title, method_order
+from lmid.evaluation.table_stats import best_method, method_stats
+from lmid.io import write_text
+
+
+# ------------------------------------------------------------------------------- cells and values
+def clean(obj, ndigits: int = 6):
+    """Round floats, NaN/Inf → None, numpy → Python: what a deterministic JSON file needs."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v, ndigits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v, ndigits) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        if not math.isfinite(x):
+            return None
+        x = round(x, ndigits)
+        return 0.0 if x == 0 else x
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def fmt(x, decimals: int = 2) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{x:.{decimals}f}"
+
+
+def fmt_p(p) -> str:
+    if p is None or (isinstance(p, float) and not math.isfinite(p)):
+        return "—"
+    if p < 1e-3:
+        return "< 0.001"
+    return f"{p:.3f}"
+
+
+def plain(x) -> str:
+    """A table cell for any value: floats to 4 significant digits, missing as a dash."""
+    if isinstance(x, float):
+        return f"{x:.4g}" if math.isfinite(x) else "—"
+    return "—" if x is None else str(x)
+
+
+def _cell(stats: dict | None, decimals: int, bold: bool = False, ci: bool = True) -> str:
+    if stats is None:
+        return "not run"
+    if stats.get("mean") is None or not math.isfinite(stats["mean"]):
+        return "—"
+    text = f"{fmt(stats['mean'], decimals)} ± {fmt(stats['std'], decimals)}"
+    if bold:
+        text = f"**{text}**"
+    if ci and stats.get("ci_low") is not None and math.isfinite(stats["ci_low"]):
+        text += f" [{fmt(stats['ci_low'], decimals)}, {fmt(stats['ci_high'], decimals)}]"
+    return text
+
+
+# ------------------------------------------------------------------------------ experiment tables
+def table_rows(summary: dict, methods: list[str], with_paper: bool, reference: str) -> list[tuple[str, list[str], str]]:
+    """Rows of one experiment's table as (label, cells, kind) with kind in ours/paper/p/n."""
+    rows = []
+
+    def paper_row(key: str, label: str) -> None:
+        if with_paper:
+            cells = [f"{PAPER[m][key][0]:.2f} ± {PAPER[m][key][1]:.2f}" if m in PAPER else "—" for m in methods]
+            rows.append((f"{label} — {PAPER_LABEL}", cells, "paper"))
+
+    for key, label, dec in ROWS:
+        best = best_method(summary, key, methods)
+        rows.append((label, [_cell(method_stats(summary, m, key), dec, bold=(m == best)) for m in methods], "ours"))
+        # IXI has no tissue labels, so the paper's Dice is most plausibly against K-Means of the
+        # real T1: its row stands beside ours of that kind.
+        if key != "dice" or summary["dice_key"] != "dice_gt":
+            paper_row(key, label)
+        if key == "dice" and summary["dice_key"] == "dice_gt":
+            rows.append(("Dice vs K-Means of real target",
+                         [_cell(method_stats(summary, m, "dice_km"), 2) for m in methods], "ours"))
+            paper_row("dice", "Dice")
+            rows.append(("Dice ceiling: K-Means on the real target",
+                         [_cell(method_stats(summary, m, "dice_ceiling"), 2, ci=False) for m in methods], "ours"))
+    rows.append(("Tissue contrast WM−GM (× real)",
+                 [_cell(method_stats(summary, m, "contrast_wm_gm"), 2) for m in methods], "ours"))
+    rows.append(("Tissue contrast GM−CSF (× real)",
+                 [_cell(method_stats(summary, m, "contrast_gm_csf"), 2) for m in methods], "ours"))
+    rows.append(("WM > GM > CSF (fraction of slices)",
+                 [_cell(method_stats(summary, m, "tissue_order"), 2, ci=False) for m in methods], "ours"))
+    rows.append(("PSNR in brain (dB)", [_cell(method_stats(summary, m, "psnr_mask"), 2) for m in methods], "ours"))
+    rows.append(("SSIM in brain", [_cell(method_stats(summary, m, "ssim_mask"), 2) for m in methods], "ours"))
+    ref_name = DISPLAY.get(reference, reference)
+    for key, label, _ in ROWS:
+        rows.append((f"p {label.split()[0]} (Wilcoxon vs {ref_name})",
+                     ["ref." if m == reference else "—" if method_stats(summary, m, key) is None
+                      else fmt_p(method_stats(summary, m, key).get("p_vs_reference")) for m in methods], "p"))
+    rows.append(("subjects (n)", [str(summary["methods"][m].get("n_subjects") or "—") if m in summary["methods"]
+                                  else "0" for m in methods], "n"))
+    rows.append(("slices (n)", [str(summary["methods"][m]["n"]) if m in summary["methods"] else "0"
+                                for m in methods], "n"))
+    return rows
+
+
+def caption(summary: dict, source: str, target: str, confidence: float, n_boot: int, reference: str,
+            with_paper: bool) -> str:
+    dice = ("Dice against the ground-truth labels" if summary["dice_key"] == "dice_gt"
+            else f"Dice against K-Means of the real {target} slice (no ground-truth labels)")
+    text = (f"{source} → {target}. {dice}: per slice the unweighted mean over CSF, GM and WM, then mean ± std over "
+            f"test slices, [{100 * confidence:g} % percentile bootstrap CI of the mean, {n_boot} resamples of whole "
+            f"subjects, since slices of one subject are not independent]. PSNR/SSIM "
+            f"against the real {target} slice on [0, 1] (data range 1), whole slice; 'in brain' rows use the brain "
+            f"mask only. p: two-sided paired Wilcoxon signed-rank test over slices against "
+            f"{DISPLAY.get(reference, reference)}. "
+            f"Bold: best of the paper's four methods.")
+    n_subjects = [e.get("n_subjects") for e in summary["methods"].values() if e.get("n_subjects")]
+    if n_subjects and min(n_subjects) < 10:
+        text += (f" Only {min(n_subjects)} test subjects: an interval from resampling so few subjects is rough "
+                 "(with 2 it can collapse onto the subject means).")
+    if with_paper:
+        text += (" Rows marked 'paper' are the published numbers on IXI (300 training / 75 test slices), "
+                 "not computed on our data: compare trends, not values.")
+    return text
+
+
+def experiment_title(exp: str, first: str, with_paper: bool, unseen: bool) -> str:
+    """The heading of one experiment's Markdown table (``first``: "source → target")."""
+    return f"{first} (experiment `{exp}`)" + ("" if with_paper else ": unseen protocol, no retraining"
+                                              if unseen else ": zero-shot second source")
+
+
+def markdown_table(title: str, cap: str, rows, methods: list[str], params, first: str) -> str:
+    head = "| " + " | ".join([first] + [column_title(m, params) for m in methods]) + " |"
+    sep = "|" + "---|" * (len(methods) + 1)
+    body = ["| " + " | ".join([label] + cells) + " |" for label, cells, _ in rows]
+    return "\n".join([f"## {title}", "", cap, "", head, sep, *body, ""])
+
+
+def latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("→", r"$\rightarrow$"), ("±", r"$\pm$"), ("—", "--"), ("<", r"$<$")):
+        text = text.replace(a, b)
+    return re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", text)
+
+
+def latex_table(cap: str, rows, methods: list[str], params, first: str, label: str) -> str:
+    cols = "l" + "c" * len(methods)
+    lines = [
+        "% Generated by `lmid aggregate`; needs \\usepackage{booktabs}.",
+        "\\begin{table}[t]", "\\centering", "\\scriptsize",
+        f"\\caption{{{latex_escape(cap)}}}", f"\\label{{{label}}}",
+        f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
+        " & ".join(latex_escape(c) for c in [first] + [column_title(m, params) for m in methods]) + " \\\\",
+        "\\midrule",
+    ]
+    prev = None
+    for row_label, cells, kind in rows:
+        if prev is not None and kind != prev and kind in ("p", "n"):
+            lines.append("\\midrule")
+        lines.append(" & ".join(latex_escape(c) for c in [row_label] + cells) + " \\\\")
+        prev = kind
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    return "\n".join(lines)
+
+
+def tidy_rows(experiment: str, summary: dict, methods: list[str], with_paper: bool) -> list[dict]:
+    out = []
+    for m in methods:
+        entry = summary["methods"].get(m, {})
+        for key in ("dice", "dice_km", "dice_gt", "psnr", "ssim", "psnr_mask", "ssim_mask", "contrast_wm_gm",
+                    "contrast_gm_csf", "tissue_order", "dice_ceiling"):
+            st = entry.get(key)
+            if not st or not st["n"]:
+                continue
+            out.append({"experiment": experiment, "source": "ours", "method": m, "metric": key,
+                        "dice_reference": summary["dice_reference"] if key == "dice" else "",
+                        "n": st["n"], "mean": st["mean"], "std": st["std"], "ci_low": st["ci_low"],
+                        "ci_high": st["ci_high"], "p_vs_reference": st.get("p_vs_reference")})
+        if with_paper and m in PAPER:
+            for key, (mean, std) in PAPER[m].items():
+                out.append({"experiment": experiment, "source": PAPER_LABEL, "method": m, "metric": key,
+                            "dice_reference": "ground truth" if key == "dice" else "", "n": 75, "mean": mean,
+                            "std": std, "ci_low": None, "ci_high": None, "p_vs_reference": None})
+    return out
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    write_text(path, pd.DataFrame(clean(rows)).to_csv(index=False, float_format="%.6g", na_rep=""))
+
+
+# -------------------------------------------------------------------------------- unseen protocol
+def protocol_description(params) -> str:
+    """One sentence on the unseen protocol, for the Markdown table and the HTML report."""
+    u = params.unseen_protocol
+    seqs = ", ".join(f"{m} TR {q.tr_ms:g} / TE {q.te_ms:g} ms" for m, q in u.sequences.items())
+    snr = u.snr if u.snr is not None else params.simulate.snr
+    return (f"The test subjects simulated again on a protocol no model was trained on ({seqs}; tissue T1/T2 of "
+            f"another field strength; SNR {snr:g}), translated by the models trained on the main protocol as they "
+            "are. Change = unseen − main, paired over the same slices, [subject-level bootstrap CI].")
+
+
+def protocol_shift_markdown(shift: dict, params) -> str:
+    if shift.get("status") != "ok":
+        return ""
+    lines = [f"## Unseen protocol `{params.unseen_protocol.name}`: Dice without retraining", "",
+             protocol_description(params), ""]
+    for exp, e in shift["experiments"].items():
+        methods = method_order(list(e["methods"]), params)
+        lines += [f"### `{exp}` → `{e['unseen_experiment']}`", "",
+                  "| Dice | " + " | ".join(column_title(m, params) for m in methods) + " |",
+                  "|---|" + "---|" * len(methods)]
+        lines.append("| main protocol | " + " | ".join(fmt(e["methods"][m]["main"]) for m in methods) + " |")
+        lines.append("| unseen protocol | " + " | ".join(fmt(e["methods"][m]["unseen"]) for m in methods) + " |")
+        lines.append("| change | " + " | ".join(
+            f"{e['methods'][m]['change']['mean']:+.2f} [{e['methods'][m]['change']['ci_low']:+.2f}, "
+            f"{e['methods'][m]['change']['ci_high']:+.2f}]" for m in methods) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def protocol_shift_rows(shift: dict) -> list[dict]:
+    """``tables/protocol_shift.csv``: one row per experiment and method."""
+    return [{"experiment": exp, "unseen_experiment": e["unseen_experiment"], "method": m, "dice_main": r["main"],
+             "dice_unseen": r["unseen"], "change": r["change"]["mean"], "change_ci_low": r["change"]["ci_low"],
+             "change_ci_high": r["change"]["ci_high"], "pairs": r["pairs"]}
+            for exp, e in shift["experiments"].items() for m, r in e["methods"].items()]
+
+
+# -------------------------------------------------------------------------- sampler and SDEdit t0
+def smallest_nfe_sentence(entry: dict | None) -> str:
+    if not entry:
+        return ""
+    return (f"Best mean Dice: {entry['best']} ({fmt(entry['best_mean'], 3)}, CI from {fmt(entry['ci_low'], 3)}). "
+            f"Fewest network evaluations with a mean inside that interval: {entry['setting']} "
+            f"({fmt(entry['nfe_per_slice'], 0)} per slice, Dice {fmt(entry['mean'], 3)}).")
+
+
+def sampler_markdown(sampler: dict, t0: dict) -> str:
+    lines = ["## LMIDiffusion sampler settings", ""]
+    if sampler.get("status") != "ok":
+        lines += ["Not run (no `data/metrics/sampler/*.csv`).", ""]
+    else:
+        lines += ["LMIDiffusion with several samplers on the same validation slices (one sample each). "
+                  "Time per slice is wall-clock on the machine that translated.", "",
+                  "| setting | sampler | steps | NFE / slice | time / slice (s) | Dice | PSNR (dB) | SSIM | n |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sampler["settings"]:
+            lines.append(f"| {r['setting']} | {r['kind']} | {r['steps']} | {fmt(r['nfe_per_slice'], 0)} | "
+                         f"{fmt(r['wall_s_per_slice'], 3)} | {_cell(r['dice'], 3, ci=False)} | "
+                         f"{_cell(r['psnr'], 2, ci=False)} | {_cell(r['ssim'], 3, ci=False)} | {r['n']} |")
+        lines.append("")
+        lines += [smallest_nfe_sentence(sampler.get("smallest_nfe")), ""]
+    lines += ["## SDEdit: t0 chosen on validation slices", ""]
+    if t0.get("status") != "ok":
+        lines += ["Not run (no validation sweep in `data/models/sdedit/train_info.json`).", ""]
+    else:
+        cols = t0["columns"]
+        lines += [f"Chosen t0: {t0['chosen_t0']}" if t0.get("chosen_t0") is not None else "", "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in t0["rows"]:
+            lines.append("| " + " | ".join(plain(r.get(c)) for c in cols) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def sampler_latex(sampler: dict) -> str:
+    lines = ["% Generated by `lmid aggregate`; needs \\usepackage{booktabs}.", "\\begin{tabular}{lrrrrccc}",
+             "\\toprule", "setting & steps & NFE & s/slice & Dice & PSNR (dB) & SSIM & n \\\\", "\\midrule"]
+    for r in sampler["settings"]:
+        lines.append(" & ".join(latex_escape(c) for c in (
+            r["setting"], str(r["steps"]), fmt(r["nfe_per_slice"], 0), fmt(r["wall_s_per_slice"], 3),
+            _cell(r["dice"], 3, ci=False), _cell(r["psnr"], 2, ci=False), _cell(r["ssim"], 3, ci=False),
+            str(r["n"]))) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def sampler_rows(sampler: dict) -> list[dict]:
+    """``tables/sampler.csv``: one row per sampler setting, mean/std/CI of each metric."""
+    return [{"setting": r["setting"], "kind": r["kind"], "steps": r["steps"], "n": r["n"],
+             "nfe_per_slice": r["nfe_per_slice"], "wall_s_per_slice": r["wall_s_per_slice"],
+             "dice_reference": r["dice_key"], **{f"{k}_{q}": r[k][q] for k in ("dice", "psnr", "ssim")
+                                                 for q in ("mean", "std", "ci_low", "ci_high")}}
+            for r in sampler["settings"]]
