@@ -290,3 +290,38 @@ def test_committed_preset_pages_render_with_every_section(page, tmp_path):
         assert f">{name}" in dom, name
     assert dom.count("data:image/png;base64,") >= 10  # the figures are embedded, none missing
     assert "not run" not in dom.split('id="results"')[1].split("</section>")[0]  # every method in the main table
+
+
+# ------------------------------------------------------------------------------------- captions
+@pytest.mark.filterwarnings("ignore:Argument \"writer_name\":PendingDeprecationWarning")  # as Snakemake calls it
+def test_rst_captions_are_generated_from_the_captions_module(tmp_path):
+    """workflow/report/*.rst (Snakemake's captions) are written by lmid.report.captions, so they
+    cannot drift from the HTML report's captions; each is valid RST that Snakemake's Jinja pass keeps."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    from lmid.report.captions import rst_files, write_rst_captions
+
+    folder = ROOT / "workflow" / "report"
+    expected = rst_files()
+    assert {p.name for p in folder.glob("*.rst")} == set(expected)
+    for name, text in expected.items():
+        assert (folder / name).read_text(encoding="utf-8") == text, \
+            f"{name} differs: run lmid.report.captions.write_rst_captions('workflow/report')"
+        assert jinja2.Environment().from_string(text).render() == text.rstrip("\n"), name
+        publish_parts(text, writer_name="html", settings_overrides={"halt_level": 2, "report_level": 5})
+    named = set(re.findall(r'caption="\.\./report/([\w.]+\.rst)"', (ROOT / "workflow/rules/report.smk").read_text()))
+    assert named and named <= set(expected)
+    assert {p.name for p in write_rst_captions(tmp_path)} == set(expected)
+
+
+def test_html_figure_captions_come_from_the_captions_module(project):
+    from markupsafe import escape
+
+    from lmid.report import captions
+
+    root, _ = project
+    page = (root / "reports/index.html").read_text()
+    for text in (captions.loss_curves(), captions.uncertainty(), captions.grid(3, "PD", "T1"),
+                 captions.title("lmi")):
+        assert str(escape(text)) in page, text

@@ -11,8 +11,9 @@ Translation of a source slice s (``lmidiffusion.sampler``):
   clamped to [0, 1]. ``steps < T`` walks an evenly spaced sub-sequence (respaced DDPM).
 * ``kind: ddim`` — ``steps`` DDIM steps (η = ``eta``) with the same conditioning.
 * ``start: source`` — instead of pure noise, start from the source noised to ``start_t``·T.
-* ``samples > 1`` — independent chains per slice; the image is their mean, ``std`` the per-pixel
-  standard deviation (an uncertainty map).
+* ``samples > 1`` — independent chains per slice; the image is chain 0 (what is scored: a mean of
+  chains is blurrier than any one sample), ``std`` the per-pixel standard deviation over the chains
+  (an uncertainty map).
 
 Slices are processed ``sampler.batch_size`` chains at a time; each chain's noise comes from its
 own generator seeded from the slice's seed, so results do not depend on batching or sharding.
