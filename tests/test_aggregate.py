@@ -12,7 +12,8 @@ from scipy.stats import kstest, wilcoxon
 
 from lmid.config import load_params
 from lmid.errors import InputFileError
-from lmid.evaluation.aggregate import PAPER, aggregate
+from lmid.evaluation.aggregate import aggregate
+from lmid.evaluation.display import PAPER
 from lmid.evaluation.metrics import COLUMNS, write_metrics_csv
 from lmid.evaluation.stats import bootstrap_ci, wilcoxon_p
 from lmid.io import write_json
@@ -260,16 +261,3 @@ def test_protocol_shift_is_the_paired_change_per_method(metrics):
     md = (root / "a" / "tables" / "table.md").read_text()
     assert "Unseen protocol `3t`" in md and "| change |" in md
     assert (root / "a" / "tables" / "protocol_shift.csv").is_file()
-
-
-def test_split_modules_reexported_from_aggregate():
-    """lmid/report/html.py, diagnostics.py, the workflow and the CLI import these from aggregate."""
-    import lmid.evaluation.aggregate as agg
-    from lmid.evaluation import display, table_stats, tables
-
-    for mod, names in ((display, ("DISPLAY", "PAPER", "PAPER_LABEL", "ROWS", "column_title", "method_order", "role")),
-                       (table_stats, ("best_method", "method_stats")),
-                       (tables, ("clean", "fmt", "fmt_p", "plain", "protocol_description", "smallest_nfe_sentence"))):
-        for name in names:
-            assert getattr(agg, name) is getattr(mod, name), name
-    assert callable(agg.aggregate) and callable(agg.aggregate_outputs) and callable(agg.is_unseen_experiment)

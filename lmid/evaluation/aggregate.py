@@ -32,23 +32,15 @@ import logging
 from pathlib import Path
 
 from lmid.errors import InputFileError, LmidError
-# Re-exported (noqa: F401): lmid/report/html.py, lmid/evaluation/diagnostics.py and the tests
-# import these from here, and they kept working when this module was split by concern.
-from lmid.evaluation.display import (COMPETITORS, DISPLAY, ORDER, PAPER, PAPER_LABEL, ROWS,  # noqa: F401
-                                     column_title, method_order, role)
+from lmid.evaluation.display import PAPER, column_title, method_order
 from lmid.evaluation.metrics import read_metrics_csv
-from lmid.evaluation.table_stats import (SAMPLER_RE, SUMMARY_COLUMNS, T0_CHOSEN_KEYS, T0_SWEEP_KEYS,  # noqa: F401
-                                         best_method, dvc_metrics, method_stats, protocol_shift,
-                                         sdedit_sweep, smallest_nfe_within_ci, summarise_experiment,
+from lmid.evaluation.table_stats import (dvc_metrics, protocol_shift, sdedit_sweep, summarise_experiment,
                                          summarise_sampler, timings)
-from lmid.evaluation.tables import (caption, clean, experiment_title, fmt, fmt_p, latex_escape,  # noqa: F401
-                                    latex_table, markdown_table, plain, protocol_description,
-                                    protocol_shift_markdown, protocol_shift_rows, sampler_latex,
-                                    sampler_markdown, sampler_rows, smallest_nfe_sentence, table_rows,
-                                    tidy_rows, write_csv)
+from lmid.evaluation.tables import (caption, clean, experiment_title, latex_table, markdown_table,
+                                    protocol_shift_markdown, protocol_shift_rows, sampler_latex, sampler_markdown,
+                                    sampler_rows, table_rows, tidy_rows, write_csv)
 from lmid.io import read_json, write_json, write_text
-from lmid.experiments import (experiment_modalities, experiment_name, is_unseen_experiment,  # noqa: F401
-                              unseen_experiment)
+from lmid.experiments import experiment_modalities, is_unseen_experiment
 
 log = logging.getLogger(__name__)
 

@@ -137,7 +137,7 @@ def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: 
     if final is not None and all(r["step"] < int(final) for r in curve):
         curve.append({"step": int(final), **result["source"]})
     result["convergence"] = sorted(curve, key=lambda r: r["step"])
-    from lmid.evaluation.aggregate import clean
+    from lmid.evaluation.tables import clean
 
     write_json(out_path, clean(result))
     return result

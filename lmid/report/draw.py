@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmid.evaluation.aggregate import DISPLAY, is_unseen_experiment
+from lmid.evaluation.display import DISPLAY
+from lmid.experiments import is_unseen_experiment
 from lmid.report import captions, figdata, figures
 from lmid.report.captions import FIGURE_FILES
 from lmid.report.figdata import Missing

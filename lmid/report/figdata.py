@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmid.evaluation.aggregate import DISPLAY, method_order
+from lmid.evaluation.display import DISPLAY, method_order
 from lmid.evaluation.metrics import read_metrics_csv
 
 log = logging.getLogger(__name__)

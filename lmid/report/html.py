@@ -24,7 +24,8 @@ from pathlib import Path
 
 import jinja2
 
-from lmid.evaluation.aggregate import PAPER_LABEL, is_unseen_experiment
+from lmid.evaluation.display import PAPER_LABEL
+from lmid.experiments import is_unseen_experiment
 from lmid.io import write_text
 from lmid.report import environment, tables
 from lmid.report.captions import FIGURE_FILES  # noqa: F401  (re-exported: lmid.report.html.FIGURE_FILES)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmid.errors import LmidError
-from lmid.evaluation.aggregate import (DISPLAY, PAPER, ROWS, best_method, column_title, fmt, fmt_p, method_order,
-                                      method_stats, plain, protocol_description, role, smallest_nfe_sentence)
+from lmid.evaluation.display import DISPLAY, PAPER, ROWS, column_title, method_order, role
+from lmid.evaluation.table_stats import best_method, method_stats
+from lmid.evaluation.tables import fmt, fmt_p, plain, protocol_description, smallest_nfe_sentence
 from lmid.io import read_json
 
 
@@ -59,7 +60,7 @@ def experiment_table(exp: str, s: dict, params, summary: dict) -> dict:
     def stat_row(key: str, label: str, dec: int, cls: str = "secondary") -> None:
         body.append(row(label, [stat_cell(method_stats(s, m, key), dec) for m in methods], cls))
 
-    # Same rows, same order as the Markdown table (lmid.evaluation.aggregate.table_rows): IXI has
+    # Same rows, same order as the Markdown table (lmid.evaluation.tables.table_rows): IXI has
     # no labels, so the paper's Dice stands beside our Dice against K-Means of the real target.
     for key, label, dec in ROWS:
         best = best_method(s, key, methods)
