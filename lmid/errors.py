@@ -20,6 +20,9 @@ class InputFileError(LmidError):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self):  # rebuilt from both parts when a worker process sends it back
+        return type(self), (self.path, self.problem)
+
 
 class ParamsError(LmidError):
     """params.yaml (or a preset) is invalid; the message names the key."""

@@ -182,3 +182,17 @@ def test_bias_check_matches_both_runs_and_a_direct_count(tmp_path):
         assert checks[mode]["applied"] == mode and checks[mode][key] == pytest.approx(direct, abs=1e-12)
     for key in ("dice_ceiling_with_n4", "dice_ceiling_without_n4"):
         assert checks["none"][key] == pytest.approx(checks["n4"][key], abs=1e-12), key
+
+
+def test_a_bad_volume_in_a_worker_is_named_and_nothing_is_written(tmp_path):
+    """An error raised in a worker process reaches the caller whole (the file and the problem)."""
+    from lmid.errors import InputFileError
+
+    raw = ixi_folder(tmp_path / "raw", n=4, mods=("T1", "PD"))
+    bad = raw / "IXI003-Guys-0801-PD.nii.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00garbage" * 20)
+    with pytest.raises(InputFileError) as info:
+        prepare(params(**{"data.extra_modalities": [], "prepare.slices": {"train": 4, "val": 2, "test": 2}}),
+                raw, tmp_path / "out", workers=2)
+    assert info.value.path == str(bad) and str(info.value).startswith(str(bad))
+    assert not (tmp_path / "out").exists()
