@@ -63,43 +63,27 @@ def head_mask(volume: np.ndarray) -> np.ndarray:
 def strip_skull(volume: np.ndarray, affine: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, dict]:
     """BET's brain mask of ``volume`` (on its own grid) and how it was made.
 
-    The volume is resampled (linear) onto an isotropic grid of its finest voxel size, BET runs
-    there, and its mask comes back by nearest-neighbour resampling.
+    BET takes one voxel size for all three axes, so an anisotropic volume is resampled (linear,
+    ``nibabel.processing``) onto an isotropic grid of its finest voxel size, BET runs there, and
+    its mask comes back by nearest neighbour.
     """
     import nibabel as nib
-    import SimpleITK as sitk
     from brainextractor import BrainExtractor
-
-    from lmid.data.registration import from_sitk, to_sitk
+    from nibabel.processing import resample_from_to, resample_to_output
 
     t0 = time.perf_counter()
-    img = to_sitk(volume, affine)
-    spacing = np.asarray(img.GetSpacing())
-    iso = float(spacing.min())
-    size = [int(np.ceil(n * s / iso)) for n, s in zip(img.GetSize(), spacing)]
-    grid = sitk.Image(size, sitk.sitkFloat32)
-    grid.SetSpacing([iso] * 3)
-    grid.SetDirection(img.GetDirection())
-    # Same physical corner: the first voxel's outer face lines up on both grids.
-    corner = np.asarray(img.TransformContinuousIndexToPhysicalPoint([-0.5] * 3))
-    direction = np.asarray(img.GetDirection()).reshape(3, 3)
-    grid.SetOrigin([float(v) for v in corner + direction @ np.full(3, iso / 2)])
-    resampled = sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    data = from_sitk(resampled)
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
-    iso_affine = np.eye(4)
-    iso_affine[:3, :3] = direction * iso
-    iso_affine[:3, 3] = resampled.GetOrigin()
-    iso_affine = lps_to_ras @ iso_affine
-
+    img = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    iso = float(zooms.min())
+    grid = img if np.allclose(zooms, iso, rtol=1e-3) else resample_to_output(img, voxel_sizes=iso, order=1)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # it prints every step
         warnings.simplefilter("ignore")
-        bet = BrainExtractor(nib.Nifti1Image(data.astype(np.float32), iso_affine), bt=threshold)
+        bet = BrainExtractor(nib.Nifti1Image(np.asarray(grid.dataobj, dtype=np.float32), grid.affine), bt=threshold)
         bet.run()
-        iso_mask = np.asarray(bet.compute_mask(), dtype=np.float32)
-    back = sitk.Resample(to_sitk(iso_mask, iso_affine), img, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0,
-                         sitk.sitkFloat32)
-    mask = from_sitk(back) > 0.5
+        grid_mask = np.asarray(bet.compute_mask(), dtype=np.float32)
+    if grid is not img:
+        grid_mask = np.asarray(resample_from_to(nib.Nifti1Image(grid_mask, grid.affine), img, order=0).dataobj)
+    mask = grid_mask > 0.5
     log.debug("BET: %.1f s", time.perf_counter() - t0)
     return mask, {"method": f"BET (brainextractor), f = {threshold:g}, on a {iso:g} mm isotropic grid"}
 
