@@ -67,6 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from lmid.config import Params
+from lmid.data.brainmask import FOREGROUND, N4_DILATION_MM, head_mask, n4_correct, strip_skull
 from lmid.data.ixi import LABEL, FolderScan, SubjectFiles
 from lmid.data.slices import SliceSet
 from lmid.errors import InputFileError, LmidError, ParamsError
@@ -376,8 +377,6 @@ class SubjectReader:
 
     def geometry(self, subj: SubjectFiles) -> Geometry:
         """The subject's brain mask (``prepare.brain_mask``) and any registration it needed."""
-        from lmid.data.brainmask import head_mask, strip_skull
-
         t0 = time.perf_counter()
         src_path, source, affine, label = self._source_and_label(subj)
         registration: dict = {}
@@ -414,8 +413,6 @@ class SubjectReader:
         return True
 
     def extract(self, subj: SubjectFiles, split: str, quota: int, seed: int, geometry: Geometry) -> SubjectSlices:
-        from lmid.data.brainmask import n4_correct
-
         p = self.params.prepare
         size = p.size
         src_path, source, affine, label = self._source_and_label(subj)
@@ -648,7 +645,7 @@ def prepare(params: Params, raw_dir: Path, out_dir: Path, workers: int = 1) -> d
         "label_note": _label_note(params, use_labels),
         "brain_mask": _mask_note(params, reader.mode, mods),
         "bias_correction": "N4 (SimpleITK) of every volume inside the brain mask dilated "
-                           f"{_n4_dilation()} mm" if reader.bias == "n4" else "none",
+                           f"{N4_DILATION_MM:g} mm" if reader.bias == "n4" else "none",
         "bias_check": bias_check,
         "slice_size": [p.size, p.size],
         "slice_orientation": ORIENTATION,
@@ -734,20 +731,12 @@ def _bias_check(params: Params, splits: dict, results: dict[str, SubjectSlices],
 
 
 def _mask_note(params: Params, mode: str, mods: Modalities) -> str:
-    from lmid.data.brainmask import FOREGROUND
-
     if mode == "labels":
         return "tissue map > 0"
     if mode == "strip":
         return (f"BET skull stripping (brainextractor, f = {params.prepare.strip_threshold:g}) of the {mods.target} "
                 "volume on the source grid")
     return f"source > {FOREGROUND} x its 99th percentile, largest component, holes filled per axial plane"
-
-
-def _n4_dilation() -> str:
-    from lmid.data.brainmask import N4_DILATION_MM
-
-    return f"{N4_DILATION_MM:g}"
 
 
 def _label_note(params: Params, use_labels: bool) -> str:
