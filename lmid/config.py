@@ -291,8 +291,21 @@ class DiffusionTrainParams(TrainParams):
     #: Also keep the EMA weights every this many steps (0 = never) under ``snapshots/``, for the
     #: convergence curve; a snapshot is a few MB at demo size.
     snapshot_every: int = Field(default=0, ge=0)
-    #: bf16 autocast and channels_last on CUDA (ignored on CPU).
+    #: bf16 autocast of the U-Net (fp32 weights, optimiser state and loss): on CUDA (with
+    #: channels_last), and on a CPU with bf16 units (AMX or AVX512-BF16); elsewhere float32.
     mixed_precision: bool = True
+    #: EMA warm-up: decay min(ema_decay, (1 + k) / (10 + k)) at step k, so early snapshots are not
+    #: dominated by the initial weights (off: the authors' constant decay).
+    ema_warmup: bool = False
+    #: Learning rate: ``constant`` (the authors') or ``cosine`` (decayed to ``lr_min_fraction``·lr
+    #: at ``steps``), after a linear warm-up over ``lr_warmup_steps``.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_warmup_steps: int = Field(default=0, ge=0)
+    lr_min_fraction: float = Field(default=0.0, ge=0, le=1)
+    #: ε-loss weighting: ``none`` (plain ε-MSE, the authors') or ``min_snr`` (Hang et al. 2023:
+    #: weight min(SNR_t, γ) / SNR_t with SNR_t = ᾱ_t / (1 − ᾱ_t), γ = ``min_snr_gamma``).
+    loss_weighting: Literal["none", "min_snr"] = "none"
+    min_snr_gamma: float = Field(default=5.0, gt=0)
 
 
 class SamplerParams(Section):
@@ -305,6 +318,9 @@ class SamplerParams(Section):
     #: the LMI map of x_t is informative) or ``trailing``; see ``NoiseSchedule.timesteps``.
     spacing: Literal["uniform", "quad", "trailing"] = "uniform"
     eta: float = Field(default=0.0, ge=0, le=1)
+    #: Ancestral only: clip x̂_0 to [0, 1] inside the posterior mean (Ho et al. 2020's sampler).
+    #: Off reproduces the released code, whose posterior mean is never clipped.
+    clip_x0: bool = False
     #: Start from pure noise (the paper) or from the source noised to ``start_t`` (a fraction of T).
     start: Literal["noise", "source"] = "noise"
     start_t: float = Field(default=1.0, gt=0, le=1)
@@ -456,18 +472,29 @@ class SegmentParams(Section):
         return self
 
 
-#: A sampler setting of the sampler table, e.g. ``ddim-20-quad`` (kind, steps, optional spacing).
-SAMPLER_SETTING = r"(ancestral|ddim)-[1-9][0-9]*(-(uniform|quad|trailing))?"
+#: A sampler setting of the sampler table: ``<kind>-<steps>[-<spacing>][-eta<η>][-clip]``, e.g.
+#: ``ddim-25-quad-eta1`` or ``ancestral-1000-clip`` (spacing ``uniform``, η 0 and no clip when
+#: left out). The one definition: the Snakefile's wildcard and the table reader use it too.
+SAMPLER_SETTING = (r"(ancestral|ddim)-[1-9][0-9]*(-(uniform|quad|trailing))?"
+                   r"(-eta(0|1|0\.[0-9]*[1-9]))?(-clip)?")
+SAMPLER_SETTING_HELP = "'<ancestral|ddim>-<steps>[-<uniform|quad|trailing>][-eta<0..1>][-clip]'"
 
 
 def parse_sampler_setting(setting: str) -> dict:
-    """``ddim-20-quad`` → {kind: ddim, steps: 20, spacing: quad} (spacing defaults to uniform)."""
+    """``ddim-20-quad-eta1`` → {kind: ddim, steps: 20, spacing: quad, eta: 1.0, clip_x0: False}."""
     import re
 
-    if not re.fullmatch(SAMPLER_SETTING, setting):
-        raise ValueError(f"{setting!r} is not '<ancestral|ddim>-<steps>[-<uniform|quad|trailing>]'")
-    kind, steps, *rest = setting.split("-")
-    return {"kind": kind, "steps": int(steps), "spacing": rest[0] if rest else "uniform"}
+    m = re.fullmatch(SAMPLER_SETTING, setting)
+    if not m:
+        raise ValueError(f"{setting!r} is not {SAMPLER_SETTING_HELP}")
+    kind, steps = setting.split("-")[:2]
+    eta = float(m.group(5)) if m.group(5) is not None else 0.0
+    clip = m.group(6) is not None
+    if clip and kind != "ancestral":
+        raise ValueError(f"{setting!r}: -clip applies to the ancestral sampler only (DDIM always clips x̂_0)")
+    if eta and kind != "ddim":
+        raise ValueError(f"{setting!r}: -eta applies to DDIM only (ancestral is η = 1 by construction)")
+    return {"kind": kind, "steps": int(steps), "spacing": m.group(3) or "uniform", "eta": eta, "clip_x0": clip}
 
 
 class EvaluateParams(Section):
@@ -475,8 +502,8 @@ class EvaluateParams(Section):
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     #: The method every other one is compared against (paired Wilcoxon signed-rank test).
     reference_method: MethodName = "lmidiffusion"
-    #: Sampler table: LMIDiffusion settings ``<kind>-<steps>[-<spacing>]`` (spacing ``uniform`` when
-    #: left out) run on ``sampler_slices`` validation slices.
+    #: Sampler table: LMIDiffusion settings (``SAMPLER_SETTING``) run on ``sampler_slices``
+    #: validation slices spread evenly over every validation subject; the best is the test sampler.
     sampler_settings: list[str] = ["ancestral-1000", "ddim-100", "ddim-50", "ddim-25", "ddim-10"]
     sampler_slices: int = Field(default=16, ge=1)
     #: Validation slices of ``lmid diagnose`` (ablation, oracle, convergence curve).
@@ -484,11 +511,11 @@ class EvaluateParams(Section):
 
     @model_validator(mode="after")
     def _settings(self):
-        import re
-
         for s in self.sampler_settings:
-            if not re.fullmatch(SAMPLER_SETTING, s):
-                raise ValueError(f"sampler_settings: {s!r} is not '<ancestral|ddim>-<steps>[-<uniform|quad|trailing>]'")
+            try:
+                parse_sampler_setting(s)
+            except ValueError as err:
+                raise ValueError(f"sampler_settings: {err}") from None
         return self
 
 

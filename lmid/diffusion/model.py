@@ -51,7 +51,7 @@ class DiffusionModel:
             inp = build_input(x_t) if build_input is not None else x_t
             if channels_last:
                 inp = inp.contiguous(memory_format=torch.channels_last)
-            with autocast(device, self.mixed_precision):
+            with autocast(device, self.mixed_precision, cpu=True):
                 return self.net(inp, t).float()
 
         return fn

@@ -73,18 +73,26 @@ def ancestral_coefficients(schedule: NoiseSchedule, seq: Sequence[int]) -> dict[
     var = beta.copy()
     # Last step: the posterior variance of the step before it (0 for a one-step chain).
     var[-1] = beta[-2] * (1.0 - abar[-1]) / (1.0 - abar[-2]) if len(seq) >= 2 else 0.0
-    return {"eps": beta / np.sqrt(1.0 - abar), "scale": 1.0 / np.sqrt(1.0 - beta), "var": var, "beta": beta}
+    return {"eps": beta / np.sqrt(1.0 - abar), "scale": 1.0 / np.sqrt(1.0 - beta), "var": var, "beta": beta,
+            # Clipped form (Ho et al. eq. 7): μ = c_x0 · clip(x̂_0) + c_xt · x_t, x̂_0 from ε̂.
+            "x0_x": 1.0 / np.sqrt(abar), "x0_eps": np.sqrt(1.0 - abar) / np.sqrt(abar),
+            "c_x0": np.sqrt(abar_prev) * beta / (1.0 - abar), "c_xt": np.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar)}
 
 
 @torch.no_grad()
 def ancestral(eps_fn: EpsFn, schedule: NoiseSchedule, x: torch.Tensor, seq: Sequence[int], noise: ChainNoise,
-              progress=None) -> torch.Tensor:
+              progress=None, clip_x0: bool = False) -> torch.Tensor:
     """DDPM ancestral sampling with the authors' "fixed large" variance; returns x_0 clamped to [0, 1].
 
     ``x`` is x_{seq[0]}. For each step (t → t_prev):
 
     1. ε̂ = ε_θ(x_t, t)                                     (conditioning inside ``eps_fn``)
-    2. μ = (x_t − β'_t / √(1 − ᾱ_t) · ε̂) / √α'_t            (Ho et al. eq. 11, ε-form, no x̂_0 clip)
+    2. μ = (x_t − β'_t / √(1 − ᾱ_t) · ε̂) / √α'_t            (Ho et al. eq. 11, ε-form, no x̂_0 clip:
+       the released code), or with ``clip_x0`` the posterior mean of the clipped estimate,
+       x̂_0 = clip((x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t, 0, 1) and
+       μ = √ᾱ_prev β'_t / (1 − ᾱ_t) · x̂_0 + √α'_t (1 − ᾱ_prev) / (1 − ᾱ_t) · x_t   (Ho et al. eq. 7).
+       Both are the same μ when nothing is clipped. Without the clip an ε̂ error at large t is
+       carried into x_t unbounded; the clip keeps every step's target inside the image range.
     3. σ² = β'_t (fixed large); on the last step the posterior variance of the step before,
        β̃ = β'_{t_2} (1 − ᾱ_{t_1}) / (1 − ᾱ_{t_2}) — for the full chain exactly the authors'
        ``append(posterior_variance[1], betas[1:])``
@@ -97,13 +105,18 @@ def ancestral(eps_fn: EpsFn, schedule: NoiseSchedule, x: torch.Tensor, seq: Sequ
     c_eps = _to_device(coef["eps"], x.device)
     c_scale = _to_device(coef["scale"], x.device)
     c_std = _to_device(np.sqrt(coef["var"]), x.device)  # σ_t
+    c = {k: _to_device(coef[k], x.device) for k in ("x0_x", "x0_eps", "c_x0", "c_xt")}
     t_all = torch.as_tensor(seq, dtype=torch.long, device=x.device)
     bar = _progress(len(seq), progress)
     shape = x.shape[1:]
     for i in range(len(seq)):
         t = t_all[i].expand(x.shape[0])
         eps = eps_fn(x, t).float()  # step 1
-        mean = (x - c_eps[i] * eps) * c_scale[i]  # step 2
+        if clip_x0:  # step 2, clipped
+            x0 = (x * c["x0_x"][i] - eps * c["x0_eps"][i]).clamp(0.0, 1.0)
+            mean = c["c_x0"][i] * x0 + c["c_xt"][i] * x
+        else:  # step 2, as released
+            mean = (x - c_eps[i] * eps) * c_scale[i]
         x = mean + c_std[i] * noise.randn(shape, x.dtype)  # steps 3-4
         if bar is not None:
             bar.update(1)
@@ -154,9 +167,9 @@ def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x: torch.Tensor, seq: Sequence[
 
 
 def run(kind: str, eps_fn: EpsFn, schedule: NoiseSchedule, x: torch.Tensor, seq: Sequence[int], noise: ChainNoise,
-        eta: float = 0.0, progress=None) -> torch.Tensor:
+        eta: float = 0.0, progress=None, clip_x0: bool = False) -> torch.Tensor:
     if kind == "ancestral":
-        return ancestral(eps_fn, schedule, x, seq, noise, progress=progress)
+        return ancestral(eps_fn, schedule, x, seq, noise, progress=progress, clip_x0=clip_x0)
     if kind == "ddim":
         return ddim(eps_fn, schedule, x, seq, noise, eta=eta, progress=progress)
     raise ValueError(f"unknown sampler kind {kind!r} (ancestral | ddim)")

@@ -10,8 +10,14 @@ One training step, with x_0 a batch of augmented target slices:
 1. t ~ U{0, …, T−1} for half the batch, T−1−t for the other half (antithetic pairs)
 2. ε ~ N(0, I); x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε and x_{t+1} likewise with the *same* ε
    (t+1 capped at T−1, as in the authors' code)
-3. loss = ‖ε − ε_θ(input(x_0, x_t, x_{t+1}), t)‖² (mean over pixels and batch)
-4. Adam step after clipping the gradient norm; EMA of the weights (the EMA weights sample)
+3. loss = ‖ε − ε_θ(input(x_0, x_t, x_{t+1}), t)‖² (mean over pixels and batch), or with
+   ``loss_weighting: min_snr`` each image's MSE weighted by min(SNR_t, γ) / SNR_t
+4. Adam step after clipping the gradient norm (lr from :func:`learning_rate`); EMA of the
+   weights with decay :func:`ema_decay` (the EMA weights sample)
+
+The authors' recipe is the default (constant lr, plain MSE, constant EMA decay). The study's
+named variants (EMA and lr warm-up, cosine decay, min-SNR-γ) are parameters of
+``diffusion.train``; docs/method.md §4 says which the presets use and why.
 
 Reproducibility: every random number (batch indices, augmentation, t, ε) comes from one CPU
 ``torch.Generator`` seeded with ``seed``; dropout uses the global torch RNG, seeded at start. The
@@ -37,7 +43,7 @@ from lmid.diffusion.conditioning import lmi_map
 from lmid.diffusion.model import DiffusionModel
 from lmid.diffusion.schedule import NoiseSchedule
 from lmid.diffusion.unet import build_unet, check_image_size
-from lmid.networks import autocast, count_parameters
+from lmid.networks import autocast, count_parameters, uses_bf16
 from lmid.errors import InputFileError, LmidError
 from lmid.io import write_text
 from lmid.progress import progress_disabled
@@ -45,6 +51,38 @@ from lmid.progress import progress_disabled
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "lmid-diffusion-checkpoint"
+
+
+def ema_decay(step: int, decay: float, warmup: bool) -> float:
+    """EMA decay after ``step`` optimiser steps (1-based): ``decay``, or with ``warmup``
+    min(decay, (1 + step) / (10 + step)), the warm-up of Song & Ermon's and Karras' EMA.
+
+    Without warm-up, at decay 0.999 the step-1,000 average still holds 0.999^1000 = 37 % of the
+    initial weights, so early snapshots look worse than the network is.
+    """
+    return min(float(decay), (1.0 + step) / (10.0 + step)) if warmup else float(decay)
+
+
+def learning_rate(step: int, tp) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warm-up over ``lr_warmup_steps``,
+    then ``lr`` (constant) or a cosine from ``lr`` to ``lr_min_fraction``·lr at ``tp.steps``."""
+    base = float(tp.lr)
+    warm = int(tp.lr_warmup_steps)
+    if step < warm:
+        return base * (step + 1) / warm
+    if tp.lr_schedule == "constant":
+        return base
+    span = max(1, int(tp.steps) - warm)
+    progress = min(1.0, (step - warm) / span)
+    low = base * float(tp.lr_min_fraction)
+    return low + 0.5 * (base - low) * (1.0 + math.cos(math.pi * progress))
+
+
+def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR_t, γ) / SNR_t per timestep, SNR_t = ᾱ_t / (1 − ᾱ_t) (Hang et al. 2023, ε-prediction)."""
+    abar = torch.as_tensor(np.asarray([schedule.abar(int(k)) for k in t.tolist()], dtype=np.float64))
+    snr = abar / (1.0 - abar)
+    return (torch.clamp(snr, max=float(gamma)) / snr).float()
 
 
 class Ema:
@@ -55,10 +93,11 @@ class Ema:
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
+    def update(self, module: torch.nn.Module, decay: float | None = None) -> None:
+        d = self.decay if decay is None else float(decay)
         for k, v in module.state_dict().items():
             if v.is_floating_point():
-                self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
+                self.shadow[k].lerp_(v.detach(), 1.0 - d)
             else:
                 self.shadow[k].copy_(v)
 
@@ -92,7 +131,7 @@ class DiffusionTrainer:
         self.device = torch.device(device)
         self.method = method
         self.schedule = NoiseSchedule(params.schedule)
-        self.amp = bool(params.train.mixed_precision) and self.device.type == "cuda"
+        self.amp = uses_bf16(self.device, params.train.mixed_precision, cpu=True)
         #: Per-step losses of this run (tests read them; the log file holds window means).
         self.step_losses: list[float] = []
         self.net = None
@@ -255,18 +294,26 @@ class DiffusionTrainer:
             inp = self.network_input(x0, x_t, x_next, idx, variant)
             if self.device.type == "cuda":
                 inp = inp.contiguous(memory_format=torch.channels_last)
-            # ---- step 3: ε-MSE
-            with autocast(self.device, self.amp):
+            # ---- step 3: ε-MSE (per image, then weighted)
+            with autocast(self.device, self.amp, cpu=True):
                 pred = self.net(inp, t_dev)
-            loss = F.mse_loss(pred.float(), eps)
+            per_image = (pred.float() - eps).square().mean(dim=(1, 2, 3))
+            mse = per_image.mean()
+            if tp.loss_weighting == "min_snr":
+                loss = (per_image * min_snr_weights(self.schedule, t, tp.min_snr_gamma).to(self.device)).mean()
+            else:
+                loss = mse
             # ---- step 4: clipped Adam step, EMA
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, tp)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), tp.grad_clip)
             opt.step()
-            self.ema.update(self.net)
+            self.ema.update(self.net, ema_decay(step + 1, tp.ema_decay, tp.ema_warmup))
             step += 1
-            value = float(loss.detach())
+            # The log holds the plain ε-MSE whatever the weighting, so recipes compare.
+            value = float(mse.detach())
             self.step_losses.append(value)
             window.append(value)
             bar.update(1)

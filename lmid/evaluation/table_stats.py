@@ -33,7 +33,7 @@ SUMMARY_COLUMNS = {
     "contrast_wm_gm": "contrast_wm_gm", "contrast_gm_csf": "contrast_gm_csf", "tissue_order": "tissue_order",
     "dice_ceiling": "dice_ceiling",
 }
-#: A sampler score file's stem: <kind>-<steps>[-<spacing>] (lmid/config.py).
+#: A sampler score file's stem: a sampler setting (lmid/config.py: SAMPLER_SETTING).
 SAMPLER_RE = re.compile(SAMPLER_SETTING)
 
 
@@ -103,7 +103,7 @@ def summarise_sampler(files, n_boot: int, confidence: float, seed: int, order: l
         dice_key = _dice_key(frames)
         spec = parse_sampler_setting(csv.stem)
         row = {"setting": csv.stem, "kind": spec["kind"], "steps": spec["steps"], "spacing": spec["spacing"],
-               "n": int(len(df)),
+               "eta": spec["eta"], "clip_x0": spec["clip_x0"], "n": int(len(df)),
                "dice_key": dice_key,
                "dice": summarise(df[SUMMARY_COLUMNS[dice_key]].to_numpy(dtype=float), n_boot, confidence, seed),
                "psnr": summarise(df["psnr"].to_numpy(dtype=float), n_boot, confidence, seed),

@@ -9,6 +9,7 @@ Translation of a source slice s (``lmidiffusion.sampler``):
   the T ancestral DDPM steps with the "fixed large" variance, the network seeing
   ``[x_t, LMI(s, x_t), LMI(s, s)]`` (LMI(s, x_t) recomputed each step, LMI(s, s) once), output
   clamped to [0, 1]. ``steps < T`` walks an evenly spaced sub-sequence (respaced DDPM).
+  ``clip_x0`` clips x̂_0 inside the posterior mean (Ho et al.'s sampler; the released one does not).
 * ``kind: ddim`` — ``steps`` DDIM steps (η = ``eta``) with the same conditioning.
 * ``start: source`` — instead of pure noise, start from the source noised to ``start_t``·T.
 * ``samples > 1`` — independent chains per slice; the image is chain 0 (what is scored: a mean of
@@ -62,11 +63,11 @@ def lmi_translate(model: DiffusionModel, source: np.ndarray, seeds: np.ndarray, 
             x = noise.randn(src.shape[1:])  # x_{T−1} ~ N(0, I)
         else:
             x = samplers.noised(schedule, src, start, noise)  # x_start = √ᾱ s + √(1−ᾱ) z
-        return samplers.run(sp.kind, model.eps_fn(guide), schedule, x, seq, noise, eta=sp.eta)
+        return samplers.run(sp.kind, model.eps_fn(guide), schedule, x, seq, noise, eta=sp.eta, clip_x0=sp.clip_x0)
 
     image, mean, std = translate_batched(source, seeds, samples, sp.batch_size, device, one_batch, progress=progress)
     info = {"sampler": sp.kind, "steps": len(seq), "spacing": sp.spacing, "start": sp.start, "start_index": start, "eta": sp.eta,
-            "samples": samples, "lmi_mode": lmi.mode}
+            "clip_x0": sp.clip_x0, "samples": samples, "lmi_mode": lmi.mode}
     return Translation(image=image, std=std, mean=mean, nfe=len(seq) * samples, info=info)
 
 
