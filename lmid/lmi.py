@@ -113,6 +113,16 @@ def _parzen(x: torch.Tensor, centres: torch.Tensor, std: float) -> torch.Tensor:
     return torch.where(k < floor, torch.zeros((), dtype=k.dtype, device=k.device), k)
 
 
+def _parzen_flat(x: torch.Tensor, centres: torch.Tensor, std: float, table: bool) -> torch.Tensor:
+    """:func:`_parzen` of every element of ``x`` as a (numel, bins) matrix; with ``table``, through
+    the kernel vectors of ``x``'s distinct values (the same numbers, one exp per distinct value)."""
+    flat = x.reshape(-1)
+    if table and not flat.requires_grad:
+        values, inverse = torch.unique(flat, return_inverse=True)
+        return _parzen(values, centres, std).index_select(0, inverse)
+    return _parzen(flat, centres, std)
+
+
 def _entropy_bits(p: torch.Tensor, dim) -> torch.Tensor:
     """Shannon entropy in bits with the layer's ``log2(p + eps)`` guard."""
     return -(p * torch.log2(p + EPS)).sum(dim=dim)
@@ -122,33 +132,44 @@ def _normalise(p: torch.Tensor, dim) -> torch.Tensor:
     return p / (p.sum(dim=dim, keepdim=True) + EPS)
 
 
-#: Source-side bin window of the no-grad path (0 = off). A clean image's 3x3 patch usually spans a
-#: few grey levels, so its kernel vectors are negligible outside ~11-14 of the 27 bins; joints and
-#: their entropy are then taken over those bins only. On the demo's slices 71 % of pixels fit, and
-#: the layer is ~13 % faster (reports/benchmarks/training-cpu.md): the gathers eat most of the gain.
-SOURCE_WINDOW = 14
-#: A source bin is left out when every patch pixel's kernel value there is below this fraction of
-#: that pixel's own largest kernel value: the joint mass left out is then at most bins * tau of
-#: the total (2.7e-8 for 27 bins), which moves an entropy by ~1e-6 bits at most.
+#: Source-window widths (in bins) of the no-grad path; empty = off. A clean image's 3x3 patch
+#: usually spans a few grey levels, so its kernel vectors are negligible outside ~12-20 of the
+#: 27 bins. Each pixel takes the narrowest width that holds every significant source bin of its
+#: patch, and its joints and their entropy are taken over those bins only. Pixels are grouped by
+#: width before chunking, so no chunk mixes widths (reports/benchmarks/training-cpu.md).
+SOURCE_WINDOWS = (12, 14, 17, 20, 23)
+#: A source bin is significant when some patch pixel's kernel value there reaches this. In-range
+#: intensities have a peak kernel value >= 0.83, so the joint mass left out is at most
+#: bins * tau / 0.83 of the total (3e-8 for 27 bins), which moves an entropy by ~1e-6 bits.
 WINDOW_TAU = 1e-9
 
 
-def _source_window(ks: torch.Tensor, width: int):
-    """Per pixel, the first bin of a ``width``-bin window holding every non-negligible source bin.
+def _source_windows(u_min: torch.Tensor, u_max: torch.Tensor, bins: int, std: float,
+                    widths=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel, ``(start, width)`` of the source-bin window holding every significant bin.
 
-    ``ks``: (n, w*w, bins) source kernel vectors of each pixel's patch. Returns ``(start, fits)``:
-    ``fits[p]`` is False where the significant bins span more than ``width``.
+    ``u_min``/``u_max``: the smallest and largest intensity (0..255 scale) of each pixel's source
+    patch. Kernel value ``K(u)_k < WINDOW_TAU`` when ``|u - c_k| > D = std sqrt(2 ln(1/tau))``, so
+    the significant bins are those with centres in ``[u_min - D, u_max + D]``. A patch with any
+    intensity outside [0, 255] (its peak kernel value may be tiny, and then so is the joint's
+    total) takes the full width, as does one that no width in ``widths`` holds.
     """
-    bins = ks.shape[-1]
-    peak = ks.amax(dim=-1, keepdim=True)
-    keep = (ks >= WINDOW_TAU * peak) & (peak > 0)
-    used = keep.any(dim=1)  # (n, bins)
-    idx = torch.arange(bins, device=ks.device)
-    lo = torch.where(used, idx, bins).amin(dim=-1)
-    hi = torch.where(used, idx, -1).amax(dim=-1)
-    fits = (hi - lo + 1) <= width
-    start = lo.clamp(min=0, max=bins - width)
-    return start, fits
+    widths = SOURCE_WINDOWS if widths is None else widths
+    full = torch.full_like(u_min, bins, dtype=torch.long)
+    if not widths or bins < 2:
+        return torch.zeros_like(full), full
+    step = 255.0 / (bins - 1)
+    reach = std * (2.0 * torch.log(torch.tensor(1.0 / WINDOW_TAU, dtype=torch.float64))).sqrt().item()
+    lo = torch.ceil((u_min - reach) / step).clamp(0, bins - 1).long()
+    hi = torch.floor((u_max + reach) / step).clamp(0, bins - 1).long()
+    need = hi - lo + 1
+    width = full.clone()
+    for w in sorted(widths, reverse=True):  # narrowest width that holds the window
+        if w < bins:
+            width = torch.where(need <= w, w, width)
+    width = torch.where((u_min < 0) | (u_max > 255), full, width)
+    start = torch.minimum(lo, bins - width).clamp_min(0)
+    return start, width
 
 
 def _joint_entropy_nograd(rhs, ks, total, out, log_buf):
@@ -169,16 +190,44 @@ def _joint_entropy_nograd(rhs, ks, total, out, log_buf):
     return ((total - EPS) * torch.log2(total) - jlogj) / total
 
 
-def _chunk_nmi(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride, workspace=None):
-    """Max-over-candidates NMI for a chunk of pixels.
+def _chunk_nmi_nograd(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride, start, width, workspace):
+    """:func:`_chunk_nmi` without autograd, for pixels that share one source-window ``width``.
+
+    ``start`` (n,): first source bin of each pixel's window. The joints are (cand * bins) x width
+    instead of (cand * bins) x bins; marginals, their entropies and the joints' totals still use
+    every bin.
+    """
+    n = b.shape[0]
+    npx, cand = cand_idx.shape[1:]
+    bins = ks_flat.shape[-1]
+    base = (b * stride)[:, None]
+    ks = ks_flat.index_select(0, (base + src_idx[pix]).view(-1)).view(n, npx, bins)
+    kt = kt_flat.index_select(0, (base[:, :, None] + cand_idx[pix]).view(-1)).view(n, npx, cand, bins)
+    p_s = _normalise(ks.mean(dim=1), -1)
+    h_s = _entropy_bits(p_s, -1)[:, None]
+    p_t = _normalise(kt.mean(dim=1), -1)
+    h_t = _entropy_bits(p_t, -1)
+    total = torch.einsum("nk,nkc->nc", ks.sum(-1), kt.sum(-1)) + EPS
+    rhs = kt.view(n, npx, cand * bins).transpose(1, 2)
+    if width < bins:
+        cols = start[:, None, None] + torch.arange(width, device=ks.device)
+        ks = ks.gather(2, cols.expand(-1, npx, -1))
+    size = n * cand * bins * width
+    buf, log_buf = workspace[0].view(-1)[:size], workspace[1].view(-1)[:size]
+    h_st = _joint_entropy_nograd(rhs, ks, total, buf.view(n, cand * bins, width),
+                                 log_buf.view(n, cand * bins, width))
+    nmi = 2.0 * (h_s + h_t - h_st + EPS) / (h_s + h_t + EPS)
+    return nmi.amax(dim=1)
+
+
+def _chunk_nmi(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride):
+    """Max-over-candidates NMI for a chunk of pixels (the autograd-friendly path).
 
     ``ks_flat`` / ``kt_flat``: (B * Hp * Wp, bins) kernel vectors of the padded source / target.
     ``src_idx[p]`` (w * w,): flat padded offsets of the source patch of image pixel ``p``;
     ``cand_idx[p]`` (w * w, cand): flat offsets of element (c, d) of every candidate (a, b).
     ``b``, ``pix``: batch index and image-pixel index (1-D, length n) of the chunk's pixels;
     ``stride``: rows of ``ks_flat`` per image (Hp * Wp).
-    ``workspace``: ``None`` for the autograd-friendly path, else a pair of preallocated
-    (chunk, cand * bins, bins) buffers reused by every chunk (no-grad path).
     """
     n = b.shape[0]
     npx, cand = cand_idx.shape[1:]
@@ -203,36 +252,8 @@ def _chunk_nmi(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride, workspace=No
     # All joints of the chunk in one batched matmul over the patch pixels (c, d):
     # J[n, (a, b, q), p] = sum_{c,d} K_t[n, (c, d), (a, b, q)] K_s[n, (c, d), p].
     rhs = kt.view(n, npx, cand * bins).transpose(1, 2)  # strided view, bmm reads it as is
-    if workspace is None:
-        joint = torch.bmm(rhs, ks).view(n, cand, bins * bins) / total[..., None]
-        h_st = _entropy_bits(joint, -1)  # (n, cand)
-    else:
-        buf, log_buf = workspace[0].view(-1), workspace[1].view(-1)
-        width = SOURCE_WINDOW
-        if 0 < width < bins:
-            start, fits = _source_window(ks, width)
-        else:
-            fits = torch.zeros(n, dtype=torch.bool, device=ks.device)
-        h_st = torch.empty_like(total)
-        narrow = fits.nonzero().squeeze(1)
-        wide = (~fits).nonzero().squeeze(1)
-        if len(narrow):
-            # Only the source bins start .. start + width - 1 of each pixel (see SOURCE_WINDOW).
-            cols = (start[narrow, None] + torch.arange(width, device=ks.device)).unsqueeze(1)
-            ks_w = ks[narrow].gather(2, cols.expand(-1, npx, -1))
-            m = len(narrow)
-            size = m * cand * bins * width
-            h_st[narrow] = _joint_entropy_nograd(rhs[narrow], ks_w, total[narrow],
-                                                 buf[:size].view(m, cand * bins, width),
-                                                 log_buf[:size].view(m, cand * bins, width))
-        if len(wide):
-            m = len(wide)
-            size = m * cand * bins * bins
-            sub = rhs if m == n else rhs[wide]
-            h_st[wide] = _joint_entropy_nograd(sub, ks if m == n else ks[wide], total[wide],
-                                               buf[:size].view(m, cand * bins, bins),
-                                               log_buf[:size].view(m, cand * bins, bins))
-
+    joint = torch.bmm(rhs, ks).view(n, cand, bins * bins) / total[..., None]
+    h_st = _entropy_bits(joint, -1)  # (n, cand)
     nmi = 2.0 * (h_s + h_t - h_st + EPS) / (h_s + h_t + EPS)
     return nmi.amax(dim=1)
 
@@ -320,36 +341,64 @@ def local_mutual_information(
 
     centres = torch.linspace(0.0, 255.0, bins, dtype=dtype, device=device)
     std = 2.0 * float(sigma) ** 2
-    # Parzen kernel of every (padded) pixel, evaluated once: (B * Hp * Wp, bins).
-    ks_flat = _parzen(u, centres, std).reshape(-1, bins)
-    kt_flat = _parzen(v, centres, std).reshape(-1, bins)
+    # Parzen kernel of every (padded) pixel, evaluated once: (B * Hp * Wp, bins). Truncated
+    # intensities take few distinct values (0..255 for an image in range), so their kernel
+    # vectors come from a table of those values rather than one exp per pixel and bin.
+    ks_flat = _parzen_flat(u, centres, std, table=mode == "authors")
+    kt_flat = _parzen_flat(v, centres, std, table=mode == "authors")
     stride = u.shape[1] * u.shape[2]
 
     n_pix = bsz * height * width
-    if max_chunk_pixels is None:
-        per_pixel = window * window * bins * bins * torch.finfo(dtype).bits // 8
-        budget = _JOINT_BUDGET_BYTES["cpu" if device.type == "cpu" else "cuda"]
-        max_chunk_pixels = max(1, budget // per_pixel)
-    chunk = min(max_chunk_pixels, n_pix)
+    per_pixel = window * window * bins * bins * torch.finfo(dtype).bits // 8
+    budget = _JOINT_BUDGET_BYTES["cpu" if device.type == "cpu" else "cuda"]
     needs_grad = torch.is_grad_enabled() and (ks_flat.requires_grad or kt_flat.requires_grad)
-    workspace = None
     if not needs_grad:
-        shape = (chunk, window * window * bins, bins)
-        workspace = (torch.empty(shape, dtype=dtype, device=device),
-                     torch.empty(shape, dtype=dtype, device=device))
-
+        return _lmi_nograd(u, ks_flat, kt_flat, src_idx, cand_idx, (bsz, height, width), stride, bins, std,
+                           max_chunk_pixels or max(1, budget // per_pixel)).to(out_dtype)
+    chunk = min(max_chunk_pixels or max(1, budget // per_pixel), n_pix)
     out = []
     for start in range(0, n_pix, chunk):
         flat = torch.arange(start, min(start + chunk, n_pix), device=device)
         b = flat // (height * width)
         args = (ks_flat, kt_flat, src_idx, cand_idx, b, flat - b * (height * width), stride)
-        if needs_grad and n_pix > chunk:
+        if n_pix > chunk:
             # Recompute each chunk in backward instead of keeping all joints alive.
             out.append(checkpoint(_chunk_nmi, *args, use_reentrant=False))
         else:
-            out.append(_chunk_nmi(*args, workspace=workspace))
+            out.append(_chunk_nmi(*args))
     lmi = torch.cat(out).view(bsz, 1, height, width)
     return lmi.to(out_dtype)
+
+
+def _lmi_nograd(u, ks_flat, kt_flat, src_idx, cand_idx, shape, stride, bins, std, max_chunk_pixels):
+    """The layer without autograd: pixels grouped by source-window width, then chunked.
+
+    A chunk of width-``w`` pixels holds ``max_chunk_pixels * bins / w`` of them (the joint
+    buffer's size is what the budget bounds). Returns the (B, 1, H, W) map.
+    """
+    bsz, height, width_px = shape
+    hw = height * width_px
+    n_pix = bsz * hw
+    device = u.device
+    flat = torch.arange(n_pix, device=device)
+    b_all = flat // hw
+    pix_all = flat - b_all * hw
+    patch = u.reshape(-1)[(b_all * stride)[:, None] + src_idx[pix_all]]  # (n_pix, w*w)
+    start, width = _source_windows(patch.amin(-1), patch.amax(-1), bins, std)
+    out = torch.empty(n_pix, dtype=ks_flat.dtype, device=device)
+    cand = cand_idx.shape[-1]
+    chunk_full = min(max_chunk_pixels, n_pix)
+    shape_ws = (chunk_full, cand * bins, bins)
+    workspace = (torch.empty(shape_ws, dtype=ks_flat.dtype, device=device),
+                 torch.empty(shape_ws, dtype=ks_flat.dtype, device=device))
+    for w in torch.unique(width).tolist():
+        members = (width == w).nonzero().squeeze(1)
+        chunk = max(1, chunk_full * bins // w)
+        for lo in range(0, len(members), chunk):
+            sel = members[lo:lo + chunk]
+            out[sel] = _chunk_nmi_nograd(ks_flat, kt_flat, src_idx, cand_idx, b_all[sel], pix_all[sel], stride,
+                                         start[sel], int(w), workspace)
+    return out.view(bsz, 1, height, width_px)
 
 
 class LocalMutualInformation(nn.Module):

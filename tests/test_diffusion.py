@@ -282,9 +282,15 @@ def test_timestep_spacings():
 def test_sampler_setting_strings():
     from lmid.config import EvaluateParams, parse_sampler_setting
 
-    assert parse_sampler_setting("ddim-20-quad") == {"kind": "ddim", "steps": 20, "spacing": "quad"}
-    assert parse_sampler_setting("ancestral-1000") == {"kind": "ancestral", "steps": 1000, "spacing": "uniform"}
-    for bad in ("ddim-0", "ddim-20-cosine", "plms-10"):
+    plain = {"eta": 0.0, "clip_x0": False}
+    assert parse_sampler_setting("ddim-20-quad") == {"kind": "ddim", "steps": 20, "spacing": "quad", **plain}
+    assert parse_sampler_setting("ancestral-1000") == {"kind": "ancestral", "steps": 1000, "spacing": "uniform", **plain}
+    assert parse_sampler_setting("ddim-25-quad-eta0.5") == {"kind": "ddim", "steps": 25, "spacing": "quad",
+                                                            "eta": 0.5, "clip_x0": False}
+    assert parse_sampler_setting("ancestral-1000-clip")["clip_x0"] is True
+    assert parse_sampler_setting("ddim-10-eta1")["eta"] == 1.0
+    for bad in ("ddim-0", "ddim-20-cosine", "plms-10", "ddim-20-clip", "ancestral-10-eta1", "ddim-5-eta2",
+                "ddim-5-eta0.50", "ddim-5-clip-eta1"):
         with pytest.raises(ValueError):
             parse_sampler_setting(bad)
     with pytest.raises(ValueError, match="sampler_settings"):
@@ -315,3 +321,102 @@ def test_training_fingerprint_ignores_run_length_and_sampler(tmp_path):
     dump["cyclegan"]["train"]["steps"] = 10  # CycleGAN's learning-rate decay depends on its length
     assert training_fingerprint(Params.model_validate(dump), "cyclegan", train) != \
         training_fingerprint(base, "cyclegan", train)
+
+
+# ------------------------------------------------------------------ recipe variants (diffusion.train)
+
+
+def test_ema_warmup_follows_the_power_schedule():
+    from lmid.diffusion.trainer import ema_decay
+
+    assert ema_decay(1, 0.999, warmup=False) == 0.999
+    assert ema_decay(1, 0.999, warmup=True) == pytest.approx(2 / 11)
+    assert ema_decay(100, 0.999, warmup=True) == pytest.approx(101 / 110)
+    assert ema_decay(10**6, 0.999, warmup=True) == 0.999
+    # Weight of the initial parameters left after k steps: prod of the decays. Without warm-up it
+    # is 0.999^1000 = 37 % at step 1,000; with it, 10 / (10 + k) until the cap, a few % at most.
+    left_plain = np.prod([ema_decay(k, 0.999, False) for k in range(1, 1001)])
+    left_warm = np.prod([ema_decay(k, 0.999, True) for k in range(1, 1001)])
+    assert left_plain == pytest.approx(0.3677, abs=1e-3) and left_warm < 0.02
+
+
+def test_learning_rate_warmup_and_cosine():
+    from lmid.config import DiffusionTrainParams
+    from lmid.diffusion.trainer import learning_rate
+
+    tp = DiffusionTrainParams(steps=1000, lr=1e-3, lr_warmup_steps=100, lr_schedule="cosine", lr_min_fraction=0.1)
+    assert learning_rate(0, tp) == pytest.approx(1e-5)
+    assert learning_rate(99, tp) == pytest.approx(1e-3)
+    assert learning_rate(100, tp) == pytest.approx(1e-3)
+    assert learning_rate(550, tp) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half-way down the cosine
+    assert learning_rate(999, tp) == pytest.approx(1e-4, rel=1e-4)
+    lrs = [learning_rate(k, tp) for k in range(100, 1000)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    constant = DiffusionTrainParams(steps=1000, lr=1e-3)
+    assert {learning_rate(k, constant) for k in (0, 500, 999)} == {1e-3}
+
+
+def test_min_snr_weights_against_the_definition():
+    from lmid.config import ScheduleParams
+    from lmid.diffusion.schedule import NoiseSchedule
+    from lmid.diffusion.trainer import min_snr_weights
+
+    sched = NoiseSchedule(ScheduleParams())
+    t = torch.tensor([0, 10, 100, 500, 999])
+    w = min_snr_weights(sched, t, 5.0)
+    for k, tk in enumerate(t.tolist()):
+        snr = sched.abar(tk) / (1 - sched.abar(tk))
+        assert float(w[k]) == pytest.approx(min(snr, 5.0) / snr, rel=1e-6)
+    assert float(w[-1]) == pytest.approx(1.0)  # noisy end: SNR < γ, weight 1
+    assert float(w[0]) < 1e-3  # nearly clean: down-weighted
+
+
+def test_clipped_ancestral_equals_the_released_one_when_nothing_is_clipped():
+    from lmid.config import ScheduleParams
+    from lmid.diffusion import sampler as samplers
+    from lmid.diffusion.schedule import NoiseSchedule
+
+    sched = NoiseSchedule(ScheduleParams(timesteps=50))
+    seq = sched.timesteps(49, 10, "uniform")
+    x0 = torch.full((2, 1, 8, 8), 0.5, dtype=torch.float32)
+
+    def oracle_eps(x, t):  # the ε that points exactly at x0 = 0.5: x̂_0 never leaves [0, 1]
+        a = torch.as_tensor([sched.abar(int(k)) for k in t], dtype=torch.float32)[:, None, None, None]
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    def bad_eps(x, t):  # an ε far too small: x̂_0 overshoots, the clip matters
+        return torch.zeros_like(x)
+
+    def run(eps_fn, clip):
+        noise = samplers.ChainNoise([1, 2], torch.device("cpu"))
+        start = noise.randn((1, 8, 8))
+        return samplers.ancestral(eps_fn, sched, start, seq, noise, clip_x0=clip)
+
+    torch.testing.assert_close(run(oracle_eps, True), run(oracle_eps, False), atol=1e-5, rtol=0)
+    assert float((run(bad_eps, True) - run(bad_eps, False)).abs().max()) > 1e-2
+
+
+def test_bf16_autocast_on_cpu_is_deterministic_and_close_to_fp32():
+    from lmid.config import UNetParams
+    from lmid.diffusion.unet import build_unet
+    from lmid.networks import autocast, cpu_has_bf16, uses_bf16
+
+    assert uses_bf16(torch.device("cpu"), True, cpu=True) == cpu_has_bf16()
+    assert not uses_bf16(torch.device("cpu"), True, cpu=False)
+    assert not uses_bf16(torch.device("cpu"), False, cpu=True)
+    torch.manual_seed(0)
+    net = build_unet(UNetParams(channels=(16, 16), attention_levels=(False, True), num_res_blocks=1,
+                                num_head_channels=16, norm_num_groups=8, dropout=0.0), in_channels=3).eval()
+    with torch.no_grad():  # MONAI zero-initialises the output convolution: give it weights
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        ref = net(x, t)
+        with autocast(torch.device("cpu"), True, cpu=True):
+            a = net(x, t).float()
+            b = net(x, t).float()
+    assert torch.equal(a, b)
+    # bf16 keeps 8 mantissa bits: the output moves by well under 1 % of its own scale.
+    assert float((a - ref).pow(2).mean()) < 1e-2 * float(ref.pow(2).mean())

@@ -288,17 +288,17 @@ def test_source_window_is_used_and_changes_nothing(monkeypatch):
 
     clean, noisy = _smooth_pair(21)
     calls = []
-    real = lmi_module._source_window
+    real = lmi_module._source_windows
 
-    def spy(ks, width):
-        start, fits = real(ks, width)
-        calls.append(float(fits.float().mean()))
-        return start, fits
+    def spy(u_min, u_max, bins, std, widths=None):
+        start, width = real(u_min, u_max, bins, std, widths)
+        calls.append(float((width < bins).float().mean()))
+        return start, width
 
-    monkeypatch.setattr(lmi_module, "_source_window", spy)
+    monkeypatch.setattr(lmi_module, "_source_windows", spy)
     windowed = local_mutual_information(clean, noisy)
-    assert calls and min(calls) > 0.3  # flat areas take the narrow path (edges do not)
-    monkeypatch.setattr(lmi_module, "SOURCE_WINDOW", 0)
+    assert calls and min(calls) > 0.3  # flat areas take a narrow window (edges do not)
+    monkeypatch.setattr(lmi_module, "SOURCE_WINDOWS", ())
     full = local_mutual_information(clean, noisy)
     # Measured: 2e-9 in float64 (the left-out joint mass is below 27 * 1e-9 of the total).
     torch.testing.assert_close(windowed, full, atol=1e-8, rtol=0)
@@ -306,12 +306,29 @@ def test_source_window_is_used_and_changes_nothing(monkeypatch):
 
 
 def test_source_window_bounds_the_significant_bins():
-    from lmid.lmi import _source_window
+    from lmid.lmi import WINDOW_TAU, _parzen, _source_windows
 
-    ks = torch.zeros(3, 2, 27)
-    ks[0, :, 4:9] = 1.0  # 5 bins
-    ks[1, 0, 0:3], ks[1, 1, 20:27] = 1.0, 1.0  # spans 27 bins
-    ks[2, :, 24:27] = 1.0  # near the top: the window is moved down to fit
-    start, fits = _source_window(ks, 14)
-    assert fits.tolist() == [True, False, True]
-    assert start[0].item() == 4 and start[2].item() == 27 - 14
+    centres = torch.linspace(0, 255, 27, dtype=torch.float64)
+    u_min = torch.tensor([100.0, 0.0, 250.0, 10.0, -3.0, 120.0], dtype=torch.float64)
+    u_max = torch.tensor([104.0, 255.0, 255.0, 40.0, 20.0, 300.0], dtype=torch.float64)
+    start, width = _source_windows(u_min, u_max, 27, 8.0)
+    # A flat patch needs 12 bins, a patch over the whole range all 27; at the top the window
+    # moves down to fit; out-of-range intensities always take every bin.
+    assert width.tolist()[:3] == [12, 27, 12] and width[4] == 27 and width[5] == 27
+    assert start[2].item() == 27 - 12
+    # Brute force: every bin outside the window is below the threshold for every value in the patch.
+    for k in range(4):
+        for value in torch.linspace(u_min[k].item(), u_max[k].item(), 50, dtype=torch.float64):
+            kern = _parzen(value[None], centres, 8.0)[0]
+            outside = torch.ones(27, dtype=torch.bool)
+            outside[start[k]: start[k] + width[k]] = False
+            assert float(torch.cat([kern[outside], kern.new_zeros(1)]).max()) < WINDOW_TAU
+
+
+def test_parzen_table_matches_direct_kernels():
+    from lmid.lmi import _parzen, _parzen_flat
+
+    centres = torch.linspace(0, 255, 27)
+    x = torch.trunc(torch.randn(5, 7, 9, generator=torch.Generator().manual_seed(3)) * 200 + 100)
+    torch.testing.assert_close(_parzen_flat(x, centres, 8.0, table=True), _parzen(x.reshape(-1), centres, 8.0),
+                               atol=0, rtol=0)

@@ -81,6 +81,17 @@ class SliceSet:
         save_npz(path, **arrays)
 
 
+def spread_indices(n_total: int, n: int) -> np.ndarray:
+    """``n`` indices spread evenly over ``n_total`` slices (all when ``n`` is 0 or larger).
+
+    Splits are ordered by subject, so an even spread reaches every subject of the split, where
+    the first ``n`` slices would cover only the first few.
+    """
+    if n <= 0 or n >= n_total:
+        return np.arange(n_total)
+    return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
+
+
 def load_slices(path: str | Path, allow_empty: bool = False) -> SliceSet:
     """Load and check a split file; errors name the file and the problem."""
     z = load_npz(path, REQUIRED)

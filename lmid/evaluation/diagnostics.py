@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from lmid.config import LmiParams, Params
-from lmid.data.slices import SliceSet, load_slices
+from lmid.data.slices import SliceSet, load_slices, spread_indices
 from lmid.diffusion.conditioning import lmi_map
 from lmid.diffusion.model import DiffusionModel
 from lmid.errors import InputFileError, LmidError
@@ -44,13 +44,6 @@ SEED_OFFSET = 5107
 #: Per-slice scores summarised in the oracle and convergence entries.
 SCORES = ("dice_gt_mean", "dice_km_mean", "psnr", "ssim", "psnr_mask", "ssim_mask", "contrast_wm_gm",
           "contrast_gm_csf", "tissue_order")
-
-
-def _pick(n_total: int, n: int) -> np.ndarray:
-    """An even spread of ``n`` indices over ``n_total`` slices (all when n is 0 or larger)."""
-    if n <= 0 or n >= n_total:
-        return np.arange(n_total)
-    return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
 
 
 @torch.no_grad()
@@ -114,7 +107,7 @@ def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: 
     seg = KMeansSegmenter.load(segmenter_path)
     model = DiffusionModel.load(Path(model_path), dev, method="lmidiffusion",
                                 mixed_precision=params.diffusion.train.mixed_precision)
-    idx = _pick(len(val), slices)
+    idx = spread_indices(len(val), slices)
     seed = params.seed + SEED_OFFSET
     sp = params.lmidiffusion.sampler
     result: dict = {"slices": int(len(idx)), "split": str(val_path),

@@ -33,6 +33,8 @@ SUMMARY_COLUMNS = {
     "contrast_wm_gm": "contrast_wm_gm", "contrast_gm_csf": "contrast_gm_csf", "tissue_order": "tissue_order",
     "dice_ceiling": "dice_ceiling",
 }
+#: What the sampler table summarises per setting (Dice against the split's best reference).
+SAMPLER_SCORES = ("dice", "psnr", "ssim", "psnr_mask", "ssim_mask", "contrast_wm_gm", "contrast_gm_csf")
 #: A sampler score file's stem: a sampler setting (lmid/config.py: SAMPLER_SETTING).
 SAMPLER_RE = re.compile(SAMPLER_SETTING)
 
@@ -102,12 +104,15 @@ def summarise_sampler(files, n_boot: int, confidence: float, seed: int, order: l
         frames = {csv.stem: df}
         dice_key = _dice_key(frames)
         spec = parse_sampler_setting(csv.stem)
+        # Subject-level intervals: a sweep's slices (and its chains of one slice) are not independent.
+        groups = df["subject"].astype(str).to_numpy()
         row = {"setting": csv.stem, "kind": spec["kind"], "steps": spec["steps"], "spacing": spec["spacing"],
                "eta": spec["eta"], "clip_x0": spec["clip_x0"], "n": int(len(df)),
+               "chains": int(df["chain"].nunique()) if "chain" in df.columns else 1,
                "dice_key": dice_key,
-               "dice": summarise(df[SUMMARY_COLUMNS[dice_key]].to_numpy(dtype=float), n_boot, confidence, seed),
-               "psnr": summarise(df["psnr"].to_numpy(dtype=float), n_boot, confidence, seed),
-               "ssim": summarise(df["ssim"].to_numpy(dtype=float), n_boot, confidence, seed),
+               **{key: summarise(df[SUMMARY_COLUMNS[dice_key] if key == "dice" else SUMMARY_COLUMNS[key]]
+                                 .to_numpy(dtype=float), n_boot, confidence, seed, groups=groups)
+                  for key in SAMPLER_SCORES if key == "dice" or SUMMARY_COLUMNS[key] in df.columns},
                "nfe_per_slice": _mean(df, "nfe"), "wall_s_per_slice": _mean(df, "wall_s")}
         settings.append(row)
     if not settings:
