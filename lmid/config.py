@@ -10,6 +10,7 @@ generated from these models (``lmid schema``), so the two cannot drift apart.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,44 @@ class Section(BaseModel):
         return value
 
 
+# ------------------------------------------------------------------------------------------ paths
+def _project_root() -> Path | None:
+    """The checkout this package runs from (the folder above ``lmid/`` with pyproject.toml), if any."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "pyproject.toml").is_file() else None
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Whether folder ``inner`` is ``outer`` or lies below it (both absolute, normalised)."""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def check_folder_param(value: str) -> str:
+    """A folder named in params.yaml (``paths.*``, ``data.root``): a usable path that is never the
+    filesystem root, the current folder or the project checkout, nor a folder above them.
+
+    The workflow replaces some of these folders whole (``generate`` makes ``data.root``) and
+    writes the resolved parameters into ``paths.data``, so any of these would wipe or litter the
+    project. Control characters (NUL, newline, ...) make no path a shell or a YAML file keeps."""
+    if not value.strip():
+        raise ValueError("must name a folder, got an empty string")
+    bad = sorted({f"0x{ord(c):02x}" for c in value if ord(c) < 0x20 or ord(c) == 0x7F})
+    if bad:
+        raise ValueError(f"{value!r} holds control character(s) {', '.join(bad)}: not a usable folder name")
+    protected = {"the current folder": Path.cwd(), "the project folder": _project_root()}
+    for where in {os.path.abspath(value), os.path.realpath(value)}:
+        if where == os.path.abspath(os.sep):
+            raise ValueError(f"{value!r} is the filesystem root: choose a folder of its own")
+        for what, folder in protected.items():
+            if folder is None:
+                continue
+            for f in {os.path.abspath(folder), os.path.realpath(folder)}:
+                if _contains(where, f):
+                    kind = "is" if where == f else "contains"
+                    raise ValueError(f"{value!r} {kind} {what} ({f}): choose a folder of its own below it")
+    return value
+
+
 # --------------------------------------------------------------------------------------------- data
 class DataParams(Section):
     source: Literal["simulated", "ixi", "brats"] = "simulated"
@@ -54,6 +93,11 @@ class DataParams(Section):
     registration: bool = True
     #: IXI only: keep subjects from these sites (empty = all).
     sites: list[str] = []
+
+    @field_validator("root")
+    @classmethod
+    def _usable_root(cls, value: str) -> str:
+        return check_folder_param(value)
 
 
 class SequenceParams(Section):
@@ -534,6 +578,11 @@ class PathsParams(Section):
     data: str = "data"
     reports: str = "reports"
 
+    @field_validator("data", "reports")
+    @classmethod
+    def _usable_folders(cls, value: str) -> str:
+        return check_folder_param(value)
+
 
 class Params(Section):
     seed: int = Field(default=1234, ge=0)
@@ -569,6 +618,12 @@ class Params(Section):
                              f"it {levels} times")
         if self.data.source_modality == self.data.target_modality:
             raise ValueError("data.source_modality and data.target_modality must differ")
+        # Simulated volumes are an output of the run: the workflow makes (and replaces) data.root,
+        # so it must lie under the run's own folder, never beside it in the default data/raw.
+        root, data = os.path.abspath(self.data.root), os.path.abspath(self.paths.data)
+        if self.data.source == "simulated" and (root == data or not _contains(data, root)):
+            raise ValueError(f"data.root {self.data.root!r} must be a folder inside paths.data {self.paths.data!r} "
+                             f"for simulated data (the run writes it), e.g. {self.paths.data.rstrip('/')}/raw")
         unseen = self.unseen_protocol
         if unseen.enabled and self.data.source != "simulated":
             raise ValueError(f"unseen_protocol.enabled needs data.source: simulated (got {self.data.source!r}); "
