@@ -138,6 +138,13 @@ PARAM_CASES = {
     "negative-steps": ({"diffusion.train.steps": -3}, "diffusion.train.steps"),
     "fraction-above-one": ({"cyclegan.source_fraction": 1.5}, "cyclegan.source_fraction"),
     "unknown-method": ({"methods": ["lmidiffusion", "pix2pix"]}, "methods"),
+    "data-folder-is-root": ({"paths.data": "/"}, "paths.data"),
+    "data-folder-is-here": ({"paths.data": "."}, "paths.data"),
+    "data-folder-above-here": ({"paths.data": ".."}, "paths.data"),
+    "reports-folder-with-newline": ({"paths.reports": "rep\nx"}, "paths.reports"),
+    "raw-folder-with-nul": ({"data.root": "data/raw\x00x"}, "data.root"),
+    "simulated-raw-outside-data-folder": ({"paths.data": "/tmp/elsewhere"}, "data.root 'data/raw' must be a folder "
+                                                                            "inside paths.data '/tmp/elsewhere'"),
 }
 
 
@@ -150,6 +157,29 @@ def test_params_rejected_at_start(tmp_path, case):
     assert res.returncode == 2, res.stderr
     assert key in res.stderr and str(params) in res.stderr, res.stderr
     assert not out.exists()
+
+
+def test_snakemake_refuses_a_data_folder_of_slash_before_writing_anything(tmp_path):
+    """`--config paths={data: /}` would write /params.resolved.yaml before any job ran."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    resolved = Path("/params.resolved.yaml")
+    if resolved.exists():
+        pytest.skip(f"{resolved} exists already: cannot tell whether this run wrote it")
+    (tmp_path / "workflow").symlink_to(ROOT / "workflow")
+    shutil.copy(TINY, tmp_path / "params.yaml")
+    bin_dir = Path(sys.executable).parent
+    res = subprocess.run([str(bin_dir / "snakemake"), "-n", "--cores", "1", "--config",
+                          "paths={data: /, reports: reports}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"})
+    assert res.returncode != 0, res.stdout[-2000:]
+    assert "paths.data" in res.stderr + res.stdout and "filesystem root" in res.stderr + res.stdout, res.stderr[-2000:]
+    assert not resolved.exists()
 
 
 # ----------------------------------------------------------------- slices, checkpoints, outputs
@@ -228,3 +258,70 @@ def test_slices_loader_names_the_file(tmp_path):
     with pytest.raises(InputFileError) as info:
         load_slices(path)
     assert "broken.npz" in str(info.value)
+
+
+# ------------------------------------------------------------------ hostile folder names
+#: Shell syntax that would run `touch INJECTED` if any path reached a shell unquoted, with a space,
+#: both quote characters and a non-ASCII letter besides.
+HOSTILE_DIR = "pro ject 'q\" ;$(touch INJECTED) é"
+HOSTILE_DATA = "out é $(touch INJECTED) `touch INJECTED`"
+
+
+def _copy_of_repository(dest: Path) -> Path:
+    """The tracked files of this checkout (less the committed reports and data) under ``dest``."""
+    import subprocess
+
+    from conftest import ROOT
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in files.splitlines():
+        if name.startswith(("reports/", "data/")):
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name, follow_symlinks=False)
+    return dest
+
+
+def test_workflow_quotes_every_path_it_puts_into_a_command(tmp_path):
+    """A project in a folder named with shell syntax, and params whose folders hold `$(...)`,
+    backticks and `;`: Snakemake and `dvc repro` run the real jobs, nothing is injected, and every
+    output lands where the parameters say."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    root = _copy_of_repository(tmp_path / HOSTILE_DIR / "repo")
+    tree = yaml.safe_load(TINY.read_text())
+    raw = f"{HOSTILE_DATA}/raw;touch INJECTED;#"
+    tree["paths"] = {"data": HOSTILE_DATA, "reports": "rep $(touch INJECTED)"}
+    tree["data"]["root"] = raw
+    (root / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+
+    def run(*cmd):
+        res = subprocess.run(list(cmd), cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, (cmd, res.stdout[-3000:], res.stderr[-3000:])
+        return res
+
+    # Snakemake: simulate, prepare, train, translate (2 shards), gather, fit the segmenter, score.
+    scores = root / HOSTILE_DATA / "metrics" / "pd2t1" / "identity.csv"
+    run(str(bin_dir / "snakemake"), "--cores", "1", "--nocolor", "--", str(scores.relative_to(root)))
+    assert not list(tmp_path.rglob("INJECTED*")), "a path reached the shell unquoted"
+    assert (root / raw / "phantom.json").is_file()
+    assert (root / HOSTILE_DATA / "params.resolved.yaml").is_file()
+    assert all((root / HOSTILE_DATA / "slices" / f).is_file() for f in ("train.npz", "val.npz", "test.npz"))
+    assert scores.is_file() and len(scores.read_text().splitlines()) == 1 + tree["prepare"]["slices"]["test"]
+
+    # DVC: the generated commands hold every path as one quoted word, and dvc repro runs them.
+    run(sys.executable, "workflow/scripts/dvc_yaml.py")
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    argv = shlex.split(stages["prepare"]["cmd"])
+    assert argv[argv.index("--raw") + 1] == raw and argv[argv.index("--out") + 1] == f"{HOSTILE_DATA}/slices"
+    argv = shlex.split(stages["evaluate-pd2t1-identity"]["cmd"])
+    assert argv[argv.index("--out") + 1] == str(scores.relative_to(root))
+    run("dvc", "config", "core.no_scm", "true")
+    run("dvc", "repro", "--force", "prepare")
+    assert not list(tmp_path.rglob("INJECTED*")), "dvc repro ran a path through the shell unquoted"
+    assert (root / raw / "phantom.json").is_file() and (root / HOSTILE_DATA / "slices" / "test.npz").is_file()

@@ -25,7 +25,7 @@ if P.data.source == "simulated":
         conda:
             ENV
         shell:
-            "lmid generate --params {params.cfg} --out {params.out} > {log} 2>&1"
+            "lmid generate --params {params.cfg:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 # Code: lmid prepare: lmid/cli/data.py:_prepare -> lmid.data.prepare.prepare
@@ -54,7 +54,7 @@ rule prepare:
     conda:
         ENV
     shell:
-        "lmid prepare --params {params.cfg} --raw {params.raw} --out {params.out} --threads {threads} > {log} 2>&1"
+        "lmid prepare --params {params.cfg:q} --raw {params.raw:q} --out {params.out:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 # The unseen-protocol twins of the simulated subjects (params section unseen_protocol).
@@ -81,7 +81,7 @@ if UNSEEN:
         conda:
             ENV
         shell:
-            "lmid generate --params {params.cfg} --protocol unseen --out {params.out} > {log} 2>&1"
+            "lmid generate --params {params.cfg:q} --protocol unseen --out {params.out:q} > {log:q} 2>&1"
 
 
     # Code: lmid prepare: lmid/cli/data.py:_prepare -> lmid.data.prepare.prepare
@@ -110,4 +110,4 @@ if UNSEEN:
         conda:
             ENV
         shell:
-            "lmid prepare --params {params.cfg} --raw {params.raw} --out {params.out} --threads {threads} > {log} 2>&1"
+            "lmid prepare --params {params.cfg:q} --raw {params.raw:q} --out {params.out:q} --threads {threads:q} > {log:q} 2>&1"

@@ -23,8 +23,8 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "lmid evaluate --params {params.cfg} --method {wildcards.method} --translations {input.translations}"
-        " --slices {input.slices} --segmenter {input.segmenter} --out {output} > {log} 2>&1"
+        "lmid evaluate --params {params.cfg:q} --method {wildcards.method:q} --translations {input.translations:q}"
+        " --slices {input.slices:q} --segmenter {input.segmenter:q} --out {output:q} > {log:q} 2>&1"
 
 
 # Code: lmid aggregate: lmid/cli/evaluation.py:_aggregate -> lmid.evaluation.aggregate.aggregate
@@ -57,8 +57,8 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "lmid aggregate --params {params.cfg} --scores {input.metrics} --sampler {input.sampler}"
-        " --infos {input.infos} --manifest {input.manifest} --out-dir {params.out} > {log} 2>&1"
+        "lmid aggregate --params {params.cfg:q} --scores {input.metrics:q} --sampler {input.sampler:q}"
+        " --infos {input.infos:q} --manifest {input.manifest:q} --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 # Code: lmid diagnose: lmid/cli/evaluation.py:_diagnose -> lmid.evaluation.diagnostics.diagnose
@@ -91,8 +91,8 @@ rule diagnose:
     conda:
         ENV
     shell:
-        "lmid diagnose --params {params.cfg} --model {input.model} --val {input.val}"
-        " --segmenter {input.segmenter} --slices {params.slices} --out {output} > {log} 2>&1"
+        "lmid diagnose --params {params.cfg:q} --model {input.model:q} --val {input.val:q}"
+        " --segmenter {input.segmenter:q} --slices {params.slices:q} --out {output:q} > {log:q} 2>&1"
 
 
 # Code: lmid check-baselines: lmid/cli/evaluation.py:_check_baselines -> lmid.evaluation.baselines.check_baselines
@@ -119,5 +119,5 @@ rule check_baselines:
     conda:
         ENV
     shell:
-        "lmid check-baselines --params {params.cfg} --models {input.models} --test {input.test}"
-        " --out {output.numbers} --images {output.images} > {log} 2>&1"
+        "lmid check-baselines --params {params.cfg:q} --models {input.models:q} --test {input.test:q}"
+        " --out {output.numbers:q} --images {output.images:q} > {log:q} 2>&1"

@@ -52,8 +52,9 @@ rule report:
         models=lambda w, input: os.path.dirname(input.segmenter),
         slices=lambda w, input: os.path.dirname(input.manifest),
         translations=lambda w, input: os.path.dirname(os.path.dirname(os.path.dirname(input.translations[0]))),
-        unseen=lambda w, input: f"--unseen-slices-dir {os.path.dirname(input.unseen[0])}" if input.unseen else "",
-        baselines=lambda w, input: f"--baseline-images {input.baselines[1]}" if input.baselines else "",
+        # Option and value as two words, each quoted by the shell command's {...:q}; none when absent.
+        unseen=lambda w, input: ["--unseen-slices-dir", os.path.dirname(input.unseen[0])] if input.unseen else [],
+        baselines=lambda w, input: ["--baseline-images", input.baselines[1]] if input.baselines else [],
         # The page shows every parameter, so any change of params.yaml rebuilds it.
         reads=values(*PARAMS_TREE),
     log:
@@ -67,6 +68,6 @@ rule report:
     conda:
         ENV
     shell:
-        "lmid report --params {params.cfg} --reports-dir {params.reports} --models-dir {params.models}"
-        " --metrics-dir {params.metrics} --translations-dir {params.translations} --slices-dir {params.slices}"
-        " {params.unseen} {params.baselines} --out {output.html} > {log} 2>&1"
+        "lmid report --params {params.cfg:q} --reports-dir {params.reports:q} --models-dir {params.models:q}"
+        " --metrics-dir {params.metrics:q} --translations-dir {params.translations:q} --slices-dir {params.slices:q}"
+        " {params.unseen:q} {params.baselines:q} --out {output.html:q} > {log:q} 2>&1"

@@ -29,8 +29,8 @@ rule train:
     conda:
         ENV
     shell:
-        "lmid train --params {params.cfg} --method {wildcards.method} --train {input.train}"
-        " --val {input.val} --out {params.out} > {log} 2>&1"
+        "lmid train --params {params.cfg:q} --method {wildcards.method:q} --train {input.train:q}"
+        " --val {input.val:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 # Code: lmid fit-segmenter: lmid/cli/evaluation.py:_fit_segmenter -> lmid.evaluation.segment.fit_segmenter_cmd
@@ -53,4 +53,4 @@ rule fit_segmenter:
     conda:
         ENV
     shell:
-        "lmid fit-segmenter --params {params.cfg} --train {input.train} --out {output} > {log} 2>&1"
+        "lmid fit-segmenter --params {params.cfg:q} --train {input.train:q} --out {output:q} > {log:q} 2>&1"

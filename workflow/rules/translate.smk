@@ -25,9 +25,9 @@ rule translate:
     conda:
         ENV
     shell:
-        "lmid translate --params {params.cfg} --method {wildcards.method} --model {input.model}"
-        " --slices {input.slices} --source-modality {params.source} --shard {wildcards.shard}"
-        " --num-shards {wildcards.n} --out {output} > {log} 2>&1"
+        "lmid translate --params {params.cfg:q} --method {wildcards.method:q} --model {input.model:q}"
+        " --slices {input.slices:q} --source-modality {params.source:q} --shard {wildcards.shard:q}"
+        " --num-shards {wildcards.n:q} --out {output:q} > {log:q} 2>&1"
 
 
 # Code: lmid gather: lmid/cli/methods.py:_gather -> lmid.methods.runner.gather
@@ -50,8 +50,8 @@ rule gather:
     conda:
         ENV
     shell:
-        "lmid gather --method {wildcards.method} --shards {input.shards} --slices {input.slices}"
-        " --manifest {input.manifest} --out {output.translations} --nifti-dir {output.nifti} > {log} 2>&1"
+        "lmid gather --method {wildcards.method:q} --shards {input.shards:q} --slices {input.slices:q}"
+        " --manifest {input.manifest:q} --out {output.translations:q} --nifti-dir {output.nifti:q} > {log:q} 2>&1"
 
 
 # Code: lmid sampler-sweep: lmid/cli/methods.py:_sampler_sweep -> lmid.methods.runner.sweep_sampler
@@ -82,7 +82,7 @@ rule sampler_sweep:
     conda:
         ENV
     shell:
-        "lmid sampler-sweep --params {params.cfg} --model {input.model} --slices {input.slices}"
-        " --manifest {input.manifest} --segmenter {input.segmenter} --sampler {wildcards.setting}"
-        " --limit {params.limit} --shard-out {output.shard} --translations-out {output.translations}"
-        " --out {output.metrics} > {log} 2>&1"
+        "lmid sampler-sweep --params {params.cfg:q} --model {input.model:q} --slices {input.slices:q}"
+        " --manifest {input.manifest:q} --segmenter {input.segmenter:q} --sampler {wildcards.setting:q}"
+        " --limit {params.limit:q} --shard-out {output.shard:q} --translations-out {output.translations:q}"
+        " --out {output.metrics:q} > {log:q} 2>&1"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import shlex
 import sys
 from pathlib import Path
 
@@ -52,6 +53,24 @@ def _present(tree, key: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+def _squeeze(cmd: str) -> str:
+    """Runs of blanks as one space, except inside quotes (a quoted path keeps its spaces)."""
+    out, quote, gap = [], None, False
+    for ch in cmd.strip():
+        if quote is None and ch.isspace():
+            gap = True
+            continue
+        if gap:
+            out.append(" ")
+            gap = False
+        if quote is None and ch in "'\"":
+            quote = ch
+        elif ch == quote:
+            quote = None
+        out.append(ch)
+    return "".join(out)
 
 
 def _stage_name(job) -> str:
@@ -102,7 +121,7 @@ def build_graph(snakefile: Path, workdir: Path):
 def render(rows: list[dict], where: dict, raw_params: dict) -> str:
     stamp = f"{where['data']}/dvc_yaml.ok"
     stages = {"dvc-yaml": {
-        "cmd": f"python workflow/scripts/dvc_yaml.py --check --stamp {stamp}",
+        "cmd": f"python workflow/scripts/dvc_yaml.py --check --stamp {shlex.quote(stamp)}",
         "deps": ["workflow/Snakefile", "workflow/rules", "workflow/scripts/dvc_yaml.py", "lmid/registry.py",
                  "lmid/experiments.py"],
         "params": [{"params.yaml": None}],
@@ -111,14 +130,16 @@ def render(rows: list[dict], where: dict, raw_params: dict) -> str:
     }}
     reports = where["reports"].rstrip("/") + "/"
     for row in rows:
+        # The rules quote every value they put into a command ({x:q}, i.e. shlex.quote), so the
+        # pieces replaced here are matched in their quoted form and the command stays quoted.
         cmd = row["shell"].strip()
         for log in row["log"]:
-            cmd = cmd.removesuffix(f"> {log} 2>&1").strip()
+            cmd = cmd.removesuffix(f"> {shlex.quote(log)} 2>&1").strip()
         if cmd.startswith("(") and cmd.endswith(")"):
             cmd = cmd[1:-1]
-        cmd = cmd.replace(f"--params {where['params_file']}", "--params params.yaml")
+        cmd = cmd.replace(f"--params {shlex.quote(where['params_file'])}", "--params params.yaml")
         deps = list(dict.fromkeys(row["input"] + row["code"] + ([stamp] if row["root"] else [])))
-        stage = {"cmd": " ".join(cmd.split()), "deps": deps}
+        stage = {"cmd": _squeeze(cmd), "deps": deps}
         params = [k for k in row["reads"] if _present(raw_params, k)]
         if params:
             stage["params"] = params
