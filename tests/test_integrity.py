@@ -182,7 +182,7 @@ def test_evaluate_refuses_translations_of_another_split(tiny_data, identity_shar
     assert _gather(tiny_data, shards, tr).returncode == 0
     res = run_lmid("evaluate", "--params", TINY, "--method", "identity", "--translations", tr, "--slices",
                    tiny_data / "val.npz", "--segmenter", identity_shards / "kmeans.json", "--out", tmp_path / "m.csv")
-    _fails_cleanly(res, str(tr))
+    _fails_cleanly(res, str(tr), str(tiny_data / "val.npz"))
     assert not (tmp_path / "m.csv").exists()
 
 
@@ -327,3 +327,69 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing(tmp_path):
                          env={**os.environ})
     _fails_cleanly(res, "File too large")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ splits paired by content
+@pytest.fixture(scope="module")
+def unseen_test(tiny_data, tmp_path_factory) -> Path:
+    """The tiny subjects simulated again on the unseen protocol and prepared: a test split with the
+    same subjects and planes as tiny_data's, and other images."""
+    d = tmp_path_factory.mktemp("unseen")
+    res = run_lmid("generate", "--params", TINY, "--protocol", "unseen", "--out", d / "raw_3t")
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_lmid("prepare", "--params", TINY, "--raw", d / "raw_3t", "--out", d / "slices_3t")
+    assert res.returncode == 0, res.stderr[-2000:]
+    main, twin = np.load(tiny_data / "test.npz"), np.load(d / "slices_3t" / "test.npz")
+    assert np.array_equal(main["subject"], twin["subject"]) and np.array_equal(main["slice_index"], twin["slice_index"])
+    assert not np.array_equal(main["source"], twin["source"])
+    return d / "slices_3t" / "test.npz"
+
+
+def test_translations_are_paired_with_their_split_by_content(tiny_data, identity_shards, unseen_test, tmp_path):
+    """Same subjects, same planes, other images (the unseen protocol): gather and evaluate refuse."""
+    shards = [identity_shards / f"shard-{k}-of-2.npz" for k in (0, 1)]
+    res = _gather(tiny_data, shards, tmp_path / "t.npz", slices=unseen_test)
+    _fails_cleanly(res, str(shards[0]), str(unseen_test), "another split")
+    assert not (tmp_path / "t.npz").exists()
+    tr = tmp_path / "translations.npz"
+    assert _gather(tiny_data, shards, tr).returncode == 0
+    assert "split_fingerprint" in np.load(tr).files
+    res = run_lmid("evaluate", "--params", TINY, "--method", "identity", "--translations", tr, "--slices",
+                   unseen_test, "--segmenter", identity_shards / "kmeans.json", "--out", tmp_path / "m.csv")
+    _fails_cleanly(res, str(tr), str(unseen_test), "another split")
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_gather_refuses_shards_of_two_splits(tiny_data, identity_shards, unseen_test, tmp_path):
+    twin_shard = tmp_path / "shard-1-of-2.npz"
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--model", identity_shards / "identity/model.pt",
+                   "--slices", unseen_test, "--shard", 1, "--num-shards", 2, "--out", twin_shard)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for slices in (tiny_data / "test.npz", unseen_test):
+        res = _gather(tiny_data, [identity_shards / "shard-0-of-2.npz", twin_shard], tmp_path / "t.npz", slices=slices)
+        _fails_cleanly(res, str(slices), "another split")
+        assert not (tmp_path / "t.npz").exists()
+
+
+@pytest.mark.parametrize("split", ["val", "unseen"])
+def test_evaluate_refuses_an_ungathered_shard_of_another_split(tiny_data, identity_shards, unseen_test, tmp_path,
+                                                               split):
+    slices = tiny_data / "val.npz" if split == "val" else unseen_test
+    shard = identity_shards / "shard-0-of-2.npz"  # 3 slices of the test split: indices valid in val too
+    res = run_lmid("evaluate", "--params", TINY, "--method", "identity", "--translations", shard, "--slices", slices,
+                   "--segmenter", identity_shards / "kmeans.json", "--out", tmp_path / "m.csv")
+    _fails_cleanly(res, str(shard), str(slices))
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_evaluate_refuses_translations_without_a_split_fingerprint(tiny_data, identity_shards, tmp_path):
+    """A file that cannot say which split it came from (an older lmid, made by hand) is not scored."""
+    tr = tmp_path / "translations.npz"
+    assert _gather(tiny_data, [identity_shards / f"shard-{k}-of-2.npz" for k in (0, 1)], tr).returncode == 0
+    arrays = dict(np.load(tr))
+    del arrays["split_fingerprint"]
+    np.savez(tr, **arrays)
+    res = run_lmid("evaluate", "--params", TINY, "--method", "identity", "--translations", tr, "--slices",
+                   tiny_data / "test.npz", "--segmenter", identity_shards / "kmeans.json", "--out", tmp_path / "m.csv")
+    _fails_cleanly(res, str(tr), "no fingerprint", "translate again")
+    assert not (tmp_path / "m.csv").exists()

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lmid.data.slices import load_slices, split_fingerprint
 from lmid.errors import InputFileError
 from lmid.evaluation.metrics import (COLUMNS, dice, dice_per_class, evaluate_translations, psnr, score_slice,
                                      ssim)
@@ -157,7 +158,8 @@ def _write_inputs(tmp_path, n=3, shape_ok=True):
     if not shape_ok:
         img = img[:, :-1]
     save_npz(tmp_path / "tr.npz", image=img, std=np.zeros_like(img), index=np.array([2, 0]),
-             nfe=np.array([25, 25]), wall_s=np.array([0.5, 0.5]), method=np.asarray("sdedit"))
+             nfe=np.array([25, 25]), wall_s=np.array([0.5, 0.5]), method=np.asarray("sdedit"),
+             split_fingerprint=np.asarray(split_fingerprint(load_slices(tmp_path / "test.npz"))))
     return split
 
 

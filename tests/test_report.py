@@ -19,7 +19,7 @@ import yaml
 
 from lmid.cli import main as lmid_main
 from lmid.config import load_params
-from lmid.data.slices import SliceSet
+from lmid.data.slices import SliceSet, load_slices, split_fingerprint
 from lmid.io import save_npz, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,7 @@ def build_project(root: Path, n_test: int = 8) -> dict:
         "skipped_subjects": [], "subjects": {"IXI100": {"n_axial": 60, "slice_affine": np.eye(4).tolist()}},
     })
     quality = {"lmidiffusion": 0.03, "sdedit": 0.08, "cyclegan": 0.05, "cdm": 0.015}
+    made_from = np.asarray(split_fingerprint(load_slices(slices / "test.npz")))  # as translate records it
     for exp, src in (("pd2t1", test.source), ("t22t1", test.extra["T2"])):
         for m in METHODS:
             if m in quality:
@@ -89,7 +90,7 @@ def build_project(root: Path, n_test: int = 8) -> dict:
             save_npz(root / "data" / "translations" / exp / m / "translations.npz", image=img.astype(np.float32),
                      std=std, index=np.arange(n_test), subject=test.subject, slice_index=test.slice_index,
                      nfe=np.full(n_test, nfe), wall_s=np.full(n_test, 0.01 * (nfe + 1)),
-                     source_modality=np.asarray(exp[:2].upper()), method=np.asarray(m))
+                     source_modality=np.asarray(exp[:2].upper()), method=np.asarray(m), split_fingerprint=made_from)
     models = root / "data" / "models"
     for m in METHODS:
         info = {"method": m, "access": "target training slices only", "train_wall_s": 12.5, "steps": 40}
@@ -225,6 +226,24 @@ def test_missing_optional_inputs_say_not_run(tmp_path):
     page = (tmp_path / "r/index.html").read_text()
     assert "Not run: no <code>data/metrics/sampler/*.csv</code>" in page
     assert "Not run: no second-source experiment" in page
+
+
+def test_report_refuses_translations_of_another_split(project, tmp_path, capsys):
+    """A translations file that records another split than the test split it is drawn beside."""
+    root, built = project
+    translations = tmp_path / "translations"
+    shutil.copytree(root / "data/translations", translations)
+    path = translations / "t22t1" / "cdm" / "translations.npz"
+    arrays = dict(np.load(path))
+    arrays["split_fingerprint"] = np.asarray(split_fingerprint(load_slices(root / "data/slices/val.npz")))
+    save_npz(path, **arrays)
+    rc = lmid_main(["report", "--params", str(built["params_path"]), "--reports-dir", str(root / "reports"),
+                    "--models-dir", str(root / "data/models"), "--metrics-dir", str(root / "data/metrics"),
+                    "--translations-dir", str(translations), "--slices-dir", str(root / "data/slices"),
+                    "--out", str(tmp_path / "index.html")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(path) in err and str(root / "data/slices/test.npz") in err and "another split" in err, err
+    assert not (tmp_path / "index.html").exists()
 
 
 def test_report_without_summary_is_a_clear_error(tmp_path, capsys):

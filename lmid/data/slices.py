@@ -81,6 +81,43 @@ class SliceSet:
         save_npz(path, **arrays)
 
 
+def split_fingerprint(split: SliceSet) -> str:
+    """SHA-256 of what a split holds: the bytes of every image (source, target and each extra
+    modality, by name), the masks and labels, and which subject and plane each slice is.
+
+    Two splits of the same subjects and planes made from other volumes (the unseen protocol's
+    twin, another prepare of other data) differ, so a translation can be paired with the one
+    split it was made from. Shards and gathered translations record it (``split_fingerprint``)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+
+    def add(name: str, array) -> None:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{name} {array.dtype.str} {array.shape}\n".encode())
+        digest.update(array.tobytes())
+
+    add("source", split.source.astype(np.float32))
+    add("target", split.target.astype(np.float32))
+    for name in sorted(split.extra):
+        add(f"extra_{name}", split.extra[name].astype(np.float32))
+    add("mask", split.mask.astype(bool))
+    add("label", split.label.astype(np.uint8))
+    add("has_label", np.asarray(bool(split.has_label)))
+    add("slice_index", np.asarray(split.slice_index, dtype=np.int64))
+    digest.update("\n".join(map(str, split.subject)).encode())
+    return digest.hexdigest()
+
+
+def check_translated_from(path: str | Path, arrays: dict, split: SliceSet, slices_path: str | Path) -> None:
+    """Refuse translations (a shard or a gathered file) that were not made from this split."""
+    if "split_fingerprint" not in arrays:
+        raise InputFileError(path, f"records no fingerprint of the split it was translated from, so it cannot be "
+                                   f"paired with {slices_path} (written by an older lmid or by hand): translate again")
+    if str(arrays["split_fingerprint"]) != split_fingerprint(split):
+        raise InputFileError(path, f"was translated from another split than {slices_path} (their contents differ)")
+
+
 def spread_indices(n_total: int, n: int) -> np.ndarray:
     """``n`` indices spread evenly over ``n_total`` slices (all when ``n`` is 0 or larger).
 

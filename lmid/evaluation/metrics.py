@@ -143,7 +143,7 @@ def evaluate_translations(method: str, translations_path: str | Path, slices_pat
     """``lmid evaluate``: score every translated slice and write one CSV row per slice."""
     import pandas as pd
 
-    from lmid.data.slices import load_slices
+    from lmid.data.slices import check_translated_from, load_slices
     from lmid.io import load_npz
 
     split = load_slices(slices_path)
@@ -163,6 +163,9 @@ def evaluate_translations(method: str, translations_path: str | Path, slices_pat
         if n and key in tr and not np.array_equal(np.asarray(tr[key]).astype(want.dtype), want[index]):
             raise InputFileError(translations_path, f"was made from another split than {slices_path} "
                                                     f"(its {key} values do not match)")
+    # The same subjects and planes can come from another split file (the unseen protocol's twin,
+    # another prepare): only the split's content, recorded by translate and gather, tells.
+    check_translated_from(translations_path, tr, split, slices_path)
     if n and (float(image.min()) < -1e-4 or float(image.max()) > 1 + 1e-4):
         raise InputFileError(translations_path, f"'image' holds values in [{float(image.min()):.4g}, "
                                                 f"{float(image.max()):.4g}]; translations must lie in [0, 1]")

@@ -16,7 +16,7 @@ import numpy as np
 
 from lmid.checkpoint import device_from_arg
 from lmid.config import Params
-from lmid.data.slices import load_slices
+from lmid.data.slices import check_translated_from, load_slices, split_fingerprint
 from lmid.errors import InputFileError, LmidError, ParamsError
 from lmid.io import ensure_dir, load_npz, read_json, save_npz, save_volume, write_json, write_text
 from lmid.methods import get_method
@@ -160,21 +160,15 @@ def translate_shard(params: Params, method: str, model_path: Path | None, slices
              mean=np.clip(mean, 0.0, 1.0).astype(np.float32), index=idx.astype(np.int64),
              nfe=np.asarray(result.nfe if result else 0), wall_s=np.asarray(wall),
              source_modality=np.asarray(src_name), method=np.asarray(method),
-             # What gather checks: which part of which split this is.
+             # What gather and evaluate check: which part of which split (by content) this is.
              shard=np.asarray(shard), num_shards=np.asarray(num_shards), n_slices=np.asarray(n),
-             split_id=np.asarray(split_fingerprint(split)))
+             split_fingerprint=np.asarray(split_fingerprint(split)))
     return {"slices": len(idx), "wall_s": wall, **info}
 
 
-def split_fingerprint(split) -> str:
-    """Short hash of which slices a split holds (subjects and planes, in order)."""
-    digest = hashlib.sha256()
-    digest.update("\n".join(f"{s}:{z}" for s, z in zip(split.subject, split.slice_index)).encode())
-    return digest.hexdigest()[:16]
-
-
 def _check_shards(method: str, parts: list[dict], shard_paths: list[Path], split, slices_path: Path) -> None:
-    """Shards must be this method's, of this split, at its size, and cover each slice exactly once."""
+    """Shards must be this method's, of this split, at its size, of one source modality, and
+    cover each slice exactly once."""
     h, w = split.shape
     for path, part in zip(shard_paths, parts):
         got = str(part["method"]) if "method" in part else method
@@ -183,10 +177,14 @@ def _check_shards(method: str, parts: list[dict], shard_paths: list[Path], split
         if part["image"].shape[1:] != (h, w):
             raise InputFileError(path, f"holds {part['image'].shape[1]}x{part['image'].shape[2]} slices; "
                                        f"{slices_path} has {h}x{w}")
-        if "split_id" in part and str(part["split_id"]) != split_fingerprint(split):
-            raise InputFileError(path, f"was translated from another split than {slices_path}")
+        check_translated_from(path, part, split, slices_path)
     if not parts:
         raise LmidError(f"{method}: no shard files given")
+    sources = [str(p.get("source_modality", "")) for p in parts]
+    for path, src in zip(shard_paths, sources):
+        if src != sources[0]:
+            raise InputFileError(path, f"translates {src!r}, but {shard_paths[0]} translates {sources[0]!r}: "
+                                       "shards of two experiments")
     if all("num_shards" in p for p in parts):
         total = {int(p["num_shards"]) for p in parts}
         n = {int(p["n_slices"]) for p in parts}
@@ -223,7 +221,7 @@ def gather(method: str, shard_paths: list[Path], slices_path: Path, manifest_pat
     src_mod = str(parts[0]["source_modality"]) if parts and "source_modality" in parts[0] else ""
     save_npz(out_path, image=image, std=std, mean=mean, index=index, subject=split.subject[index],
              slice_index=split.slice_index[index], nfe=nfe, wall_s=wall, source_modality=np.asarray(src_mod),
-             method=np.asarray(method))
+             method=np.asarray(method), split_fingerprint=np.asarray(split_fingerprint(split)))
     if nifti_dir is not None:
         write_nifti(method, image, std, split.subject[index], split.slice_index[index], manifest_path, Path(nifti_dir))
     return {"slices": int(len(index)), "wall_s_total": float(wall.sum())}

@@ -120,7 +120,8 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
 
     reports_dir, models_dir, metrics_dir, translations_dir, slices_dir, out_path = map(
         Path, (reports_dir, models_dir, metrics_dir, translations_dir, slices_dir, out_path))
-    inp = load_inputs(reports_dir, translations_dir, slices_dir, unseen_slices_dir, baseline_images_path)
+    inp = load_inputs(reports_dir, translations_dir, slices_dir, unseen_slices_dir, baseline_images_path,
+                      is_unseen=lambda experiment: is_unseen_experiment(experiment, params))
     summary = inp.summary
     fig_dir = reports_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

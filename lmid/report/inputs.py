@@ -75,23 +75,32 @@ def _optional_json(path: Path) -> dict | None:
 
 
 def load_inputs(reports_dir: Path, translations_dir: Path, slices_dir: Path, unseen_slices_dir=None,
-                baseline_images_path=None) -> ReportInputs:
+                baseline_images_path=None, is_unseen=lambda experiment: False) -> ReportInputs:
+    """Everything the report reads. Each experiment's translations are checked against the test
+    split they were made from: ``unseen_slices_dir``'s where ``is_unseen(experiment)``, else ``slices_dir``'s."""
+    from lmid.data.slices import check_translated_from
+
     summary = read_summary(reports_dir)
     splits = {name: load_split(slices_dir / f"{name}.npz") for name in ("train", "val", "test")}
     test = splits["test"]
+    unseen_path = Path(unseen_slices_dir) / "test.npz" if unseen_slices_dir else None
+    unseen_test = load_split(unseen_path) if unseen_path else None
     translations = load_translations(translations_dir, list(summary["experiments"]),
                                      {e: s["method_order"] for e, s in summary["experiments"].items()})
     for exp, trs in translations.items():
+        own, own_path = (unseen_test, unseen_path) if is_unseen(exp) else (test, slices_dir / "test.npz")
+        if own is None:  # the figures of this experiment are not drawn
+            continue
         for m, tr in trs.items():
-            if test is not None and (tr["image"].shape[1:] != test.shape
-                                     or np.max(tr["index"], initial=-1) >= len(test)):
-                raise InputFileError(translations_dir / exp / m / "translations.npz",
-                                     f"does not match the test split {slices_dir / 'test.npz'}")
+            path = translations_dir / exp / m / "translations.npz"
+            if tr["image"].shape[1:] != own.shape or np.max(tr["index"], initial=-1) >= len(own):
+                raise InputFileError(path, f"does not match the test split {own_path}")
+            check_translated_from(path, tr, own, own_path)
     baselines = _optional_json(reports_dir / "baselines.json")
     return ReportInputs(
         summary=summary, splits=splits, translations=translations,
         diagnostics=_optional_json(reports_dir / "diagnostics.json"),
-        unseen_test=load_split(Path(unseen_slices_dir) / "test.npz") if unseen_slices_dir else None,
+        unseen_test=unseen_test,
         baselines=baselines,
         baseline_images=load_npz(baseline_images_path) if baselines and baseline_images_path else None,
         manifest=read_manifest(slices_dir))
