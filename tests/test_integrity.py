@@ -393,3 +393,47 @@ def test_evaluate_refuses_translations_without_a_split_fingerprint(tiny_data, id
                    tiny_data / "test.npz", "--segmenter", identity_shards / "kmeans.json", "--out", tmp_path / "m.csv")
     _fails_cleanly(res, str(tr), "no fingerprint", "translate again")
     assert not (tmp_path / "m.csv").exists()
+
+
+# ------------------------------------------------------------------ writes that land elsewhere
+@pytest.fixture(scope="module")
+def lmidiffusion_folder(tiny_data, tmp_path_factory) -> Path:
+    """A trained LMIDiffusion model folder: model.pt, checkpoint.pt, train_info.json."""
+    d = tmp_path_factory.mktemp("lmid") / "lmidiffusion"
+    res = run_lmid("train", "--params", TINY, "--method", "lmidiffusion", "--train", tiny_data / "train.npz", "--val",
+                   tiny_data / "val.npz", "--out", d, "--set", "diffusion.train.steps=2",
+                   "--set", "diffusion.train.checkpoint_every=1", "--set", "diffusion.train.snapshot_every=0")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert all((d / f).is_file() for f in ("model.pt", "checkpoint.pt", "train_info.json"))
+    return d
+
+
+@pytest.mark.parametrize("keep", ["all", "model.pt", "checkpoint.pt", "train_info.json"])
+def test_train_refuses_a_folder_holding_another_methods_model(tiny_data, lmidiffusion_folder, tmp_path, keep):
+    folder = tmp_path / "models"
+    shutil.copytree(lmidiffusion_folder, folder)
+    for f in list(folder.iterdir()):
+        if keep != "all" and f.name != keep:
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    before = _digests(folder)
+    res = run_lmid("train", "--params", TINY, "--method", "identity", "--train", tiny_data / "train.npz",
+                   "--val", tiny_data / "val.npz", "--out", folder)
+    _fails_cleanly(res, str(folder), "'lmidiffusion'", "identity")
+    assert _digests(folder) == before, "the other method's files were changed"
+
+
+def test_a_stale_checkpoint_is_set_aside_not_deleted(tiny_data, lmidiffusion_folder, tmp_path):
+    """Other training parameters start afresh, and the old checkpoint stays, renamed."""
+    folder = tmp_path / "lmidiffusion"
+    shutil.copytree(lmidiffusion_folder, folder)
+    old = (folder / "checkpoint.pt").read_bytes()
+    old_fingerprint = (folder / "fingerprint.txt").read_text().strip()
+    res = run_lmid("train", "--params", TINY, "--method", "lmidiffusion", "--train", tiny_data / "train.npz",
+                   "--val", tiny_data / "val.npz", "--out", folder, "--set", "diffusion.train.steps=2",
+                   "--set", "diffusion.train.checkpoint_every=1", "--set", "diffusion.train.snapshot_every=0",
+                   "--set", "diffusion.train.lr=5.0e-4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    aside = folder / f"checkpoint.stale-{old_fingerprint[:12]}.pt"
+    assert aside.is_file() and aside.read_bytes() == old, sorted(p.name for p in folder.iterdir())
+    assert "starting afresh" in res.stderr and aside.name in res.stderr, res.stderr[-3000:]
+    assert (folder / "checkpoint.pt").is_file() and (folder / "checkpoint.pt").read_bytes() != old

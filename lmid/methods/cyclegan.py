@@ -132,6 +132,7 @@ class CycleGan(Method):
 
         def save(step: int) -> None:
             save_checkpoint(ckpt_path, {
+                "method": self.name,  # whose folder this is (lmid train refuses another method's)
                 "nets": {k: n.state_dict() for k, n in nets.items()}, "opt_g": opt_g.state_dict(),
                 "opt_d": opt_d.state_dict(), "pool_a": pool_a.state_dict(), "pool_b": pool_b.state_dict(),
                 "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 def train_method(params: Params, method: str, train_path: Path, val_path: Path, out_dir: Path,
                  device: str = "auto") -> dict:
     """Train ``method`` on what it may see; writes ``model.pt`` and ``train_info.json``."""
+    _refuse_another_methods_folder(method, Path(out_dir))
     m = get_method(method)
     train = load_slices(train_path)
     val = load_slices(val_path, allow_empty=True)
@@ -37,7 +39,7 @@ def train_method(params: Params, method: str, train_path: Path, val_path: Path, 
                                        "must come from one 'lmid prepare' run (prepare again)")
     data = m.training_data(params, train)
     out_dir = ensure_dir(out_dir)
-    _discard_stale_checkpoint(params, method, train_path, out_dir)
+    _set_aside_stale_checkpoint(params, method, train_path, out_dir)
     dev = device_from_arg(device)
     t0 = time.perf_counter()
     info = m.train(params, data, val, out_dir, dev) or {}
@@ -98,20 +100,68 @@ def training_fingerprint(params: Params, method: str, train_path: Path) -> str:
     return digest.hexdigest()
 
 
-def _discard_stale_checkpoint(params: Params, method: str, train_path: Path, out_dir: Path) -> None:
-    """Resume only a checkpoint made with the same params and data; otherwise start afresh."""
+#: Files of a model folder that name the method they belong to (key ``method``).
+_OWNED_FILES = ("model.pt", "train_info.json", "checkpoint.pt")
+
+
+def _named_method(path: Path) -> str | None:
+    """The method ``path`` says it belongs to; None when it is missing, unreadable or silent."""
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix == ".json":
+            content = read_json(path)
+        else:
+            from lmid.checkpoint import load_checkpoint
+
+            content = load_checkpoint(path)
+    except (LmidError, OSError):
+        return None
+    value = content.get("method") if isinstance(content, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _refuse_another_methods_folder(method: str, out_dir: Path) -> None:
+    """A model folder belongs to one method: training another one there would overwrite its
+    model.pt and start from (or set aside) its checkpoint."""
+    for name in _OWNED_FILES:
+        other = _named_method(out_dir / name)
+        if other is not None and other != method:
+            raise InputFileError(out_dir, f"holds a model of {other!r} ({name} names it); refusing to train "
+                                          f"{method!r} there: give {method} a folder of its own")
+
+
+def _set_aside_stale_checkpoint(params: Params, method: str, train_path: Path, out_dir: Path) -> None:
+    """Resume only a checkpoint made with the same params and data; otherwise start afresh.
+
+    The other checkpoint is kept, renamed ``checkpoint.stale-<its fingerprint>.pt``: it may be
+    hours of training under the parameters it was made with."""
     fingerprint = training_fingerprint(params, method, train_path)
     stamp = out_dir / "fingerprint.txt"
     ckpt = out_dir / "checkpoint.pt"
-    if ckpt.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
-        log.warning("%s: %s was made with other parameters or data; starting afresh", method, ckpt)
-        ckpt.unlink()
+    old = stamp.read_text().strip() if stamp.exists() else ""
+    if ckpt.exists() and old != fingerprint:
+        tag = (old or _file_sha256(ckpt))[:12]
+        aside, k = out_dir / f"checkpoint.stale-{tag}.pt", 2
+        while aside.exists():
+            aside, k = out_dir / f"checkpoint.stale-{tag}-{k}.pt", k + 1
+        os.replace(ckpt, aside)
+        log.warning("%s: %s was made with other parameters or data; set aside as %s, starting afresh",
+                    method, ckpt, aside)
     elif ckpt.exists():
         from lmid.checkpoint import load_checkpoint
 
         step = load_checkpoint(ckpt).get("step", "?")
         log.info("%s: resuming from %s (step %s)", method, ckpt, step)
     write_text(stamp, fingerprint + "\n")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def shard_indices(n: int, shard: int, num_shards: int) -> np.ndarray:

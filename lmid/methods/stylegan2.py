@@ -436,6 +436,7 @@ class StyleGan2(Method):
 
         def save(step: int) -> None:
             save_checkpoint(ckpt_path, {
+                "method": self.name,  # whose folder this is (lmid train refuses another method's)
                 "g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(), "opt_g": opt_g.state_dict(),
                 "opt_d": opt_d.state_dict(), "ada": ada.state_dict(), "gen": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "step": step, "log_rows": rows, "log_window": window,
