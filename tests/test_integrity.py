@@ -437,3 +437,59 @@ def test_a_stale_checkpoint_is_set_aside_not_deleted(tiny_data, lmidiffusion_fol
     assert aside.is_file() and aside.read_bytes() == old, sorted(p.name for p in folder.iterdir())
     assert "starting afresh" in res.stderr and aside.name in res.stderr, res.stderr[-3000:]
     assert (folder / "checkpoint.pt").is_file() and (folder / "checkpoint.pt").read_bytes() != old
+
+
+def _translate_args(identity_shards, slices, out):
+    return ["translate", "--params", TINY, "--method", "identity", "--model", identity_shards / "identity/model.pt",
+            "--slices", slices, "--out", out]
+
+
+@pytest.mark.parametrize("case", ["translate-out-is-slices", "translate-out-links-to-slices", "evaluate-out-is-translations",
+                                  "gather-out-is-a-shard", "fit-segmenter-out-is-train", "out-is-params",
+                                  "check-baselines-out-is-images", "prepare-out-holds-raw", "train-out-holds-train"])
+def test_an_output_that_is_an_input_is_refused(tiny_data, identity_shards, tmp_path, case):
+    """Nothing is written, and the input is left as it was."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny_data, work / "slices")
+    shutil.copy(identity_shards / "shard-0-of-2.npz", work)
+    shutil.copy(identity_shards / "shard-1-of-2.npz", work)
+    shutil.copy(TINY, work / "params.yaml")
+    tr = work / "translations.npz"
+    assert _gather(work / "slices", [work / "shard-0-of-2.npz", work / "shard-1-of-2.npz"], tr).returncode == 0
+    test, params = work / "slices" / "test.npz", work / "params.yaml"
+    if case == "translate-out-is-slices":
+        args, words = _translate_args(identity_shards, test, test), ("--out", "--slices")
+    elif case == "translate-out-links-to-slices":
+        (work / "link.npz").symlink_to(test)
+        args, words = _translate_args(identity_shards, test, work / "link.npz"), ("--out", "--slices")
+    elif case == "evaluate-out-is-translations":
+        args = ["evaluate", "--params", TINY, "--method", "identity", "--translations", tr, "--slices", test,
+                "--segmenter", identity_shards / "kmeans.json", "--out", tr]
+        words = ("--out", "--translations")
+    elif case == "gather-out-is-a-shard":
+        args = ["gather", "--method", "identity", "--shards", work / "shard-0-of-2.npz", work / "shard-1-of-2.npz",
+                "--slices", test, "--manifest", work / "slices" / "manifest.json", "--out", work / "shard-1-of-2.npz"]
+        words = ("--out", "--shards")
+    elif case == "fit-segmenter-out-is-train":
+        args = ["fit-segmenter", "--params", TINY, "--train", work / "slices" / "train.npz",
+                "--out", work / "slices" / "train.npz"]
+        words = ("--out", "--train")
+    elif case == "out-is-params":
+        args = ["translate", "--params", params, "--method", "identity", "--model", identity_shards / "identity/model.pt",
+                "--slices", test, "--out", params]
+        words = ("--out", "--params")
+    elif case == "check-baselines-out-is-images":
+        args = ["check-baselines", "--params", TINY, "--models", identity_shards / "identity/model.pt",
+                "--test", test, "--out", work / "same.npz", "--images", work / "same.npz"]
+        words = ("--out", "--images")
+    elif case == "prepare-out-holds-raw":
+        shutil.copytree(tiny_data.parent / "raw", work / "raw")
+        args, words = ["prepare", "--params", TINY, "--raw", work / "raw", "--out", work], ("--out", "--raw")
+    else:
+        args = ["train", "--params", TINY, "--method", "identity", "--train", work / "slices" / "train.npz",
+                "--val", work / "slices" / "val.npz", "--out", work / "slices"]
+        words = ("--out", "--train")
+    before = {p.relative_to(work): hashlib.sha256(p.read_bytes()).hexdigest() for p in work.rglob("*") if p.is_file()}
+    _fails_cleanly(run_lmid(*args), *words)
+    after = {p.relative_to(work): hashlib.sha256(p.read_bytes()).hexdigest() for p in work.rglob("*") if p.is_file()}
+    assert after == before

@@ -48,6 +48,77 @@ def load_params_from_args(args):
     return load_params(args.params, overrides, overrides_label="--set")
 
 
+#: What each command reads and writes, by argument: inputs, output files, and output folders that
+#: the command fills or replaces whole (``generate`` and ``prepare`` swap theirs in at the end).
+COMMAND_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "generate": (("params",), (), ("out",)),
+    "prepare": (("params", "raw"), (), ("out",)),
+    "train": (("params", "train", "val"), (), ("out",)),
+    "translate": (("params", "model", "slices"), ("out",), ()),
+    "sampler-sweep": (("params", "model", "slices", "manifest", "segmenter"),
+                      ("shard_out", "translations_out", "out"), ()),
+    "gather": (("shards", "slices", "manifest"), ("out",), ("nifti_dir",)),
+    "fit-segmenter": (("params", "train"), ("out",), ()),
+    "evaluate": (("params", "translations", "slices", "segmenter"), ("out",), ()),
+    "diagnose": (("params", "model", "snapshots_dir", "val", "unseen_val", "segmenter"), ("out",), ()),
+    "check-baselines": (("params", "models", "test"), ("out", "images"), ()),
+    "aggregate": (("params", "scores", "sampler", "infos", "manifest"), ("out_dir",), ()),
+    "report": (("params", "reports_dir", "models_dir", "metrics_dir", "translations_dir", "slices_dir",
+                "unseen_slices_dir", "baseline_images"), ("out",), ()),
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _named_paths(args, dests) -> list[tuple[str, str]]:
+    """``(flag, path)`` for every path the arguments ``dests`` hold (lists give one each)."""
+    out = []
+    for dest in dests:
+        value = getattr(args, dest, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is not None and str(item) != "":
+                out.append((_flag(dest), str(item)))
+    return out
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(command: str, args, inputs=(), outputs=()) -> None:
+    """Stop before anything is written when an output of ``command`` is one of its inputs (after
+    resolving links), when two outputs are one file, or when an output folder that the command
+    fills holds one of its inputs. ``inputs``/``outputs``: further ``(flag, path)`` pairs."""
+    ins, files, folders = COMMAND_PATHS.get(command, ((), (), ()))
+    ins = _named_paths(args, ins) + list(inputs)
+    files = _named_paths(args, files) + list(outputs)
+    folders = _named_paths(args, folders)
+    for flag, out in files + folders:
+        for in_flag, inp in ins:
+            if _same_file(out, inp):
+                raise LmidError(f"{flag} {out} is also the input {in_flag} {inp}: refusing to overwrite an input "
+                                "(choose another output path)")
+    for flag, folder in folders:
+        top = os.path.realpath(folder)
+        for in_flag, inp in ins:
+            where = os.path.realpath(inp)
+            if where.startswith(top.rstrip(os.sep) + os.sep):
+                raise LmidError(f"{flag} {folder} holds the input {in_flag} {inp}: this step fills that folder "
+                                "with its own files (choose another output folder)")
+    named = files + folders
+    for i, (flag, out) in enumerate(named):
+        for other_flag, other in named[i + 1:]:
+            if _same_file(out, other):
+                raise LmidError(f"{flag} and {other_flag} name the same path {out}: each output needs its own")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The step groups register their sub-commands; each command's function is in its group
     # (``lmid prepare`` -> lmid/cli/data.py:_prepare), which calls one function of the package.
@@ -78,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        refuse_overwriting_inputs(args.command, args)
         args.func(args)
     except LmidError as err:
         print(f"lmid {args.command}: error: {err}", file=sys.stderr)

@@ -134,10 +134,14 @@ def _check_baselines(args) -> None:
 
 
 def _aggregate(args) -> None:
-    from lmid.evaluation.aggregate import aggregate
+    from lmid.cli import refuse_overwriting_inputs
+    from lmid.evaluation.aggregate import aggregate, aggregate_outputs
 
-    aggregate(load_params_from_args(args), args.scores, args.out_dir, infos=args.infos, manifest=args.manifest,
-              sampler=args.sampler)
+    params = load_params_from_args(args)
+    # The files it writes into --out-dir, each of which must not be one of the files it reads.
+    written = [("--out-dir", str(args.out_dir / name)) for name in aggregate_outputs(params)]
+    refuse_overwriting_inputs("aggregate", args, outputs=written)
+    aggregate(params, args.scores, args.out_dir, infos=args.infos, manifest=args.manifest, sampler=args.sampler)
 
 
 def _report(args) -> None:
