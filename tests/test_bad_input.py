@@ -159,27 +159,37 @@ def test_params_rejected_at_start(tmp_path, case):
     assert not out.exists()
 
 
-def test_snakemake_refuses_a_data_folder_of_slash_before_writing_anything(tmp_path):
-    """`--config paths={data: /}` would write /params.resolved.yaml before any job ran."""
+@pytest.mark.parametrize("case", ["slash", "elsewhere"])
+def test_snakemake_refuses_misplaced_data_folders_before_writing_anything(tmp_path, case):
+    """`--config paths={data: /}` would write /params.resolved.yaml before any job ran; with
+    `paths.data` elsewhere and `data.root` left at data/raw, the run would replace the project's
+    own data/raw."""
     import os
     import subprocess
     import sys
 
     from conftest import ROOT
 
-    resolved = Path("/params.resolved.yaml")
+    if case == "slash":
+        config, words, resolved = "paths={data: /, reports: reports}", ("paths.data", "filesystem root"), \
+            Path("/params.resolved.yaml")
+    else:
+        elsewhere = tmp_path / "elsewhere"
+        config, resolved = f"paths={{data: {elsewhere}, reports: {tmp_path / 'rep'}}}", elsewhere / "params.resolved.yaml"
+        words = ("data.root 'data/raw'", f"paths.data '{elsewhere}'")
     if resolved.exists():
         pytest.skip(f"{resolved} exists already: cannot tell whether this run wrote it")
     (tmp_path / "workflow").symlink_to(ROOT / "workflow")
     shutil.copy(TINY, tmp_path / "params.yaml")
     bin_dir = Path(sys.executable).parent
-    res = subprocess.run([str(bin_dir / "snakemake"), "-n", "--cores", "1", "--config",
-                          "paths={data: /, reports: reports}"],
+    res = subprocess.run([str(bin_dir / "snakemake"), "-n", "--cores", "1", "--config", config],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"})
     assert res.returncode != 0, res.stdout[-2000:]
-    assert "paths.data" in res.stderr + res.stdout and "filesystem root" in res.stderr + res.stdout, res.stderr[-2000:]
+    for w in words:
+        assert w in res.stderr + res.stdout, (w, res.stderr[-2000:])
     assert not resolved.exists()
+    assert {p.name for p in tmp_path.iterdir()} <= {".snakemake", "params.yaml", "workflow"}, sorted(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------- slices, checkpoints, outputs
