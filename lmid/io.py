@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import zlib
 from pathlib import Path
@@ -21,6 +25,7 @@ import numpy as np
 
 from lmid.errors import InputFileError, LmidError
 
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------- atomic writes
 def _umask() -> int:
@@ -59,6 +64,48 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             tmp.unlink()
 
 
+#: ``<host>-<pid>-`` at the start of a staging folder's tag: which process on which machine made it.
+_OWNER = re.compile(r"^(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _clear_abandoned(out_dir: Path) -> None:
+    """Folders beside ``out_dir`` that a killed run of the same step left (``kill -9``, a lost
+    node): staging folders are removed, and a previous output that was moved aside
+    (``.<name>.old-*``) goes back into place when ``out_dir`` itself is missing.
+
+    Only folders whose owner process is gone from this machine are touched; one still being
+    written (another run, another node of a cluster) is left alone."""
+    parent, host = out_dir.parent, _host_tag()
+    if not parent.is_dir():
+        return
+    for kind in ("old", "staging"):
+        prefix = f".{out_dir.name}.{kind}-"
+        for path in sorted(parent.iterdir()):
+            owner = _OWNER.match(path.name[len(prefix):]) if path.name.startswith(prefix) else None
+            if owner is None or owner["host"] != host or _process_alive(int(owner["pid"])) or not path.is_dir():
+                continue
+            if kind == "old" and not out_dir.exists():
+                os.replace(path, out_dir)
+                log.warning("%s: put back the previous output from %s, left by a killed run", out_dir, path.name)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                log.warning("%s: removed %s, left by a killed run of this step", out_dir, path.name)
+
+
 @contextlib.contextmanager
 def replaced_folder(out_dir: str | Path, owns: Callable[[str], bool]) -> Iterator[Path]:
     """Yield an empty staging folder beside ``out_dir``; on success it replaces ``out_dir`` whole.
@@ -70,6 +117,7 @@ def replaced_folder(out_dir: str | Path, owns: Callable[[str], bool]) -> Iterato
     refused rather than deleted.
     """
     out_dir = Path(out_dir)
+    _clear_abandoned(out_dir)
     if out_dir.exists():
         if not out_dir.is_dir():
             raise InputFileError(out_dir, "exists and is not a folder")
@@ -81,13 +129,13 @@ def replaced_folder(out_dir: str | Path, owns: Callable[[str], bool]) -> Iterato
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-{_host_tag()}-{os.getpid()}-", dir=parent))
     except OSError as err:
         raise InputFileError(parent, f"cannot create the output folder here ({err.strerror})") from None
     os.chmod(stage, 0o777 & ~_umask())
     try:
         yield stage
-        old = parent / f".{out_dir.name}.old-{stage.name.rsplit('-', 1)[-1]}"
+        old = parent / (f".{out_dir.name}.old-" + stage.name[len(f".{out_dir.name}.staging-"):])
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(stage, out_dir)

@@ -155,6 +155,23 @@ def test_gather_refuses_a_manifest_of_another_slice_size(tiny_data, identity_sha
                    "--nifti-dir", tmp_path / "nifti")
     _fails_cleanly(res, "manifest.json", "48x48")
     assert not (tmp_path / "nifti").exists() or not any((tmp_path / "nifti").iterdir())
+    assert not (tmp_path / "t.npz").exists(), "gather wrote the translations before checking the manifest"
+
+
+def test_gather_checks_the_manifest_before_writing_anything(tiny_data, identity_shards, tmp_path):
+    """A manifest without the geometry of one test subject: nothing may be written, not even the .npz."""
+    import json
+
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    test_subjects = sorted(set(map(str, np.load(tiny_data / "test.npz")["subject"])))
+    del manifest["subjects"][test_subjects[0]]
+    bad = tmp_path / "manifest.json"
+    bad.write_text(json.dumps(manifest))
+    shards = [identity_shards / f"shard-{k}-of-2.npz" for k in (0, 1)]
+    res = run_lmid("gather", "--method", "identity", "--shards", *shards, "--slices", tiny_data / "test.npz",
+                   "--manifest", bad, "--out", tmp_path / "t.npz", "--nifti-dir", tmp_path / "nifti")
+    _fails_cleanly(res, str(bad), test_subjects[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
 
 
 def test_gather_refuses_shards_of_mixed_sizes(tiny_data, identity_shards, tmp_path):
@@ -493,3 +510,30 @@ def test_an_output_that_is_an_input_is_refused(tiny_data, identity_shards, tmp_p
     _fails_cleanly(run_lmid(*args), *words)
     after = {p.relative_to(work): hashlib.sha256(p.read_bytes()).hexdigest() for p in work.rglob("*") if p.is_file()}
     assert after == before
+
+
+# ------------------------------------------------------------------ killed runs
+def test_a_later_generate_removes_the_staging_folder_of_a_killed_one(tmp_path):
+    """kill -9 in the middle of writing the volumes leaves .raw.staging-*; the next run clears it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    out = tmp_path / "raw"
+    cmd = [sys.executable, "-m", "lmid", "generate", "--params", str(TINY), "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not any(s.is_dir() and any(s.iterdir()) for s in tmp_path.glob(".raw.staging-*")):
+        assert proc.poll() is None, "generate ended before it was killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".raw.staging-*")) and not out.exists()
+    res = run_lmid("generate", "--params", TINY, "--out", out)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"], "the killed run's staging folder is still there"
+    assert (out / "phantom.json").is_file() and "removed .raw.staging-" in res.stderr

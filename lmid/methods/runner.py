@@ -269,11 +269,14 @@ def gather(method: str, shard_paths: list[Path], slices_path: Path, manifest_pat
     wall = np.concatenate([np.full(len(p["index"]), float(p["wall_s"]) / max(1, len(p["index"]))) for p in parts])[order]
     nfe = np.concatenate([np.full(len(p["index"]), int(p["nfe"])) for p in parts])[order]
     src_mod = str(parts[0]["source_modality"]) if parts and "source_modality" in parts[0] else ""
-    save_npz(out_path, image=image, std=std, mean=mean, index=index, subject=split.subject[index],
-             slice_index=split.slice_index[index], nfe=nfe, wall_s=wall, source_modality=np.asarray(src_mod),
-             method=np.asarray(method), split_fingerprint=np.asarray(split_fingerprint(split)))
+    subjects, planes = split.subject[index], split.slice_index[index]
+    # Every check before the first write: a manifest that cannot place the volumes leaves nothing.
+    geometry = nifti_geometry(manifest_path, image.shape[1:], subjects, planes) if nifti_dir is not None else None
+    save_npz(out_path, image=image, std=std, mean=mean, index=index, subject=subjects, slice_index=planes,
+             nfe=nfe, wall_s=wall, source_modality=np.asarray(src_mod), method=np.asarray(method),
+             split_fingerprint=np.asarray(split_fingerprint(split)))
     if nifti_dir is not None:
-        write_nifti(method, image, std, split.subject[index], split.slice_index[index], manifest_path, Path(nifti_dir))
+        write_nifti(method, image, std, subjects, planes, manifest_path, Path(nifti_dir), geometry=geometry)
     return {"slices": int(len(index)), "wall_s_total": float(wall.sum())}
 
 
@@ -291,32 +294,47 @@ def sweep_sampler(params: Params, model_path: Path, slices_path: Path, manifest_
     return info
 
 
+def nifti_geometry(manifest_path: Path, size, subjects: np.ndarray, slice_index: np.ndarray) -> dict:
+    """Each subject's volume depth and slice affine from ``manifest.json``, checked against the
+    slices that will be written into it (size, subjects, planes)."""
+    manifest = read_json(manifest_path)
+    recorded = manifest.get("slice_size") if isinstance(manifest, dict) else None
+    if recorded is not None and tuple(recorded) != tuple(size):
+        raise InputFileError(manifest_path, f"describes {recorded[0]}x{recorded[1]} slices, but the translations are "
+                                            f"{size[0]}x{size[1]}: the affines would place them wrongly")
+    known = manifest.get("subjects", {}) if isinstance(manifest, dict) else {}
+    out = {}
+    for sid in np.unique(subjects):
+        g = known.get(str(sid))
+        if not isinstance(g, dict) or "n_axial" not in g or "slice_affine" not in g:
+            raise InputFileError(manifest_path, f"no geometry recorded for subject {sid}")
+        depth, deepest = int(g["n_axial"]), int(np.max(slice_index[subjects == sid]))
+        if not 0 <= deepest < depth:
+            raise InputFileError(manifest_path, f"gives subject {sid} {depth} axial planes, but its slices reach "
+                                                f"plane {deepest}: from another prepare run?")
+        out[str(sid)] = {"n_axial": depth, "slice_affine": np.asarray(g["slice_affine"], dtype=np.float64)}
+    return out
+
+
 def write_nifti(method: str, image: np.ndarray, std: np.ndarray, subjects: np.ndarray, slice_index: np.ndarray,
-                manifest_path: Path, out_dir: Path) -> None:
+                manifest_path: Path, out_dir: Path, geometry: dict | None = None) -> None:
     """One NIfTI per subject on the prepared slice grid, with the affine recorded by ``prepare``.
 
     Axial slices that were not selected are left at 0; a viewer shows the volume in world
-    coordinates aligned with the source volume.
+    coordinates aligned with the source volume. ``geometry``: :func:`nifti_geometry`'s answer
+    when the caller has checked the manifest already.
     """
-    manifest = read_json(manifest_path)
-    size = manifest.get("slice_size")
-    if size is not None and tuple(size) != tuple(image.shape[1:]):
-        raise InputFileError(manifest_path, f"describes {size[0]}x{size[1]} slices, but the translations are "
-                                            f"{image.shape[1]}x{image.shape[2]}: the affines would place them wrongly")
-    geometry = manifest.get("subjects", {})
+    if geometry is None:
+        geometry = nifti_geometry(manifest_path, image.shape[1:], subjects, slice_index)
     ensure_dir(out_dir)
     for sid in np.unique(subjects):
-        g = geometry.get(str(sid))
-        if g is None:
-            raise InputFileError(manifest_path, f"no geometry recorded for subject {sid}")
+        g = geometry[str(sid)]
         sel = subjects == sid
-        depth = int(g["n_axial"])
-        vol = np.zeros((image.shape[1], image.shape[2], depth), np.float32)
+        vol = np.zeros((image.shape[1], image.shape[2], g["n_axial"]), np.float32)
         unc = np.zeros_like(vol)
         for img, sd, z in zip(image[sel], std[sel], slice_index[sel]):
             vol[:, :, int(z)] = img
             unc[:, :, int(z)] = sd
-        affine = np.asarray(g["slice_affine"], dtype=np.float64)
-        save_volume(out_dir / f"{sid}-{method}.nii.gz", vol, affine)
+        save_volume(out_dir / f"{sid}-{method}.nii.gz", vol, g["slice_affine"])
         if np.any(unc):
-            save_volume(out_dir / f"{sid}-{method}-std.nii.gz", unc, affine)
+            save_volume(out_dir / f"{sid}-{method}-std.nii.gz", unc, g["slice_affine"])
