@@ -512,6 +512,22 @@ def test_an_output_that_is_an_input_is_refused(tiny_data, identity_shards, tmp_p
     assert after == before
 
 
+def test_every_command_declares_the_paths_it_reads_and_writes():
+    """The overwrite check (lmid/cli/__init__.py: COMMAND_PATHS) knows every path argument."""
+    import argparse
+
+    from lmid.cli import COMMAND_PATHS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        paths = {a.dest for a in parser._actions if a.type is Path}
+        if name == "schema":
+            continue
+        assert name in COMMAND_PATHS, name
+        declared = {d for group in COMMAND_PATHS[name] for d in group}
+        assert paths <= declared, (name, sorted(paths - declared))
+
+
 # ------------------------------------------------------------------ killed runs
 def test_a_later_generate_removes_the_staging_folder_of_a_killed_one(tmp_path):
     """kill -9 in the middle of writing the volumes leaves .raw.staging-*; the next run clears it."""

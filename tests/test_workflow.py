@@ -262,3 +262,23 @@ def test_fresh_copy_without_data_runs_everything(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     planned = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, flags=re.M))
     assert planned.get("generate") == "1" and planned.get("report") == "1", res.stdout[-2000:]
+
+
+def test_every_value_in_a_shell_command_is_quoted():
+    """Rules put paths and parameters into shell commands only as {x:q} (shlex.quote): a folder
+    named with spaces, quotes or $(...) stays one word (tests/test_bad_input.py runs one)."""
+    field = re.compile(r"\{([A-Za-z_][\w.]*)(:[^}]*)?\}")
+    unquoted = []
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        in_shell = False
+        for number, line in enumerate(smk.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if stripped == "shell:":
+                in_shell = True
+                continue
+            if in_shell and not stripped.startswith('"'):
+                in_shell = False
+            if in_shell:
+                unquoted += [f"{smk.name}:{number}: {{{m.group(1)}{m.group(2) or ''}}}"
+                             for m in field.finditer(stripped) if m.group(2) != ":q"]
+    assert not unquoted, unquoted
