@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -217,3 +219,81 @@ def test_diagnose_ablation_oracle_and_convergence(tmp_path):
     # The last snapshot is the final EMA model: its point equals the final model's score.
     assert back["convergence"][-1]["ssim"] == pytest.approx(back["source"]["ssim"], abs=1e-6)
     assert -1 <= out["oracle"]["ssim"] <= 1 and out["oracle"]["ssim"] != out["source"]["ssim"]
+    # Every snapshot's scores are cached beside it: a second run loads no snapshot.
+    assert len(list((tmp_path / "snapshots").glob("step*.curve-*.json"))) == 2
+    from lmid.diffusion.model import DiffusionModel
+
+    real_load = DiffusionModel.load
+    loaded = []
+
+    def counting_load(path, *a, **k):
+        loaded.append(Path(path).name)
+        return real_load(path, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DiffusionModel, "load", counting_load)
+        again = diagnose(params, tmp_path / "model.pt", snaps, tmp_path / "val.npz", tmp_path / "kmeans.json",
+                         tmp_path / "diag2.json", slices=3, device="cpu")
+    assert loaded == ["model.pt"] and again["convergence"] == out["convergence"]
+    shift = back["conditioning_shift"]
+    assert set(shift["training"]) == {"self", "low_t"} and "T1 (oracle)" in shift["sources"]
+    # The oracle's LMI(s, s) is training's LMI(x_0, x_0) of the same slices.
+    assert shift["sources"]["T1 (oracle)"]["self"]["mean"] == pytest.approx(shift["training"]["self"]["mean"])
+    assert back["convergence_verdict"]["status"] == "too few snapshots"
+
+
+def test_convergence_verdict_against_hand_made_curves():
+    from lmid.evaluation.convergence import verdict
+
+    def curve(values, half):
+        return [{"step": 1000 * (k + 1), "dice_gt_mean": v, "dice_gt_mean_half_width": half}
+                for k, v in enumerate(values)]
+
+    flat = verdict(curve([0.3, 0.5, 0.60, 0.61, 0.60, 0.605], 0.02), keys=("dice_gt_mean",))
+    assert flat["from_step"] == 4000 and flat["to_step"] == 6000  # the last third: steps >= 4,000
+    assert flat["scores"]["dice_gt_mean"]["state"] == "converged" and flat["converged"]
+    rising = verdict(curve([0.3, 0.4, 0.5, 0.55, 0.6, 0.65], 0.02), keys=("dice_gt_mean",))
+    assert rising["scores"]["dice_gt_mean"] == {"moved": pytest.approx(0.10), "half_width": 0.02, "state": "rising"}
+    falling = verdict(curve([0.6, 0.6, 0.6, 0.6, 0.55, 0.5], 0.02), keys=("dice_gt_mean",))
+    assert falling["scores"]["dice_gt_mean"]["state"] == "falling" and not falling["converged"]
+
+
+def test_source_contrast_by_hand():
+    from lmid.evaluation.convergence import source_contrast
+
+    lab = np.array([[[1, 2, 3, 0]]])
+    img = np.array([[[0.9, 0.5, 0.2, 0.0]]])
+    mask = lab > 0
+    assert source_contrast(img, lab, mask)[0] == pytest.approx(0.3 + 0.4)
+    assert np.isnan(source_contrast(img, np.array([[[1, 1, 3, 0]]]), mask)[0])  # no GM
+
+
+def test_sampler_sweep_spreads_slices_and_scores_every_chain(trained, tmp_path):
+    """The sweep protocol: slices spread over the split (every subject), several chains each with
+    its own seeds, chain 0 being exactly what translate would give; one CSV row per slice and chain."""
+    import json
+
+    from lmid.evaluation.metrics import read_metrics_csv
+    from lmid.evaluation.segment import KMeansSegmenter
+    from lmid.methods.runner import sweep_sampler
+
+    params, _, _, _, out = trained
+    val = slice_set(8, seed=5)  # subjects S0..S3, two slices each
+    val.save(tmp_path / "val.npz")
+    seg = KMeansSegmenter(centroids=(0.2, 0.5, 0.8), mapping=(1, 2, 3))
+    (tmp_path / "kmeans.json").write_text(json.dumps(seg.to_dict()))
+    args = (out / "model.pt", tmp_path / "val.npz", tmp_path / "manifest.json", tmp_path / "kmeans.json")
+    info = sweep_sampler(params, *args, tmp_path / "shard.npz", tmp_path / "tr.npz", tmp_path / "m.csv",
+                         limit=4, device="cpu", chains=2)
+    assert info["slices_picked"] == [0, 2, 5, 7]  # every subject, not the first two
+    df = read_metrics_csv(tmp_path / "m.csv")
+    assert sorted(df["chain"].unique()) == [0, 1] and len(df) == 8
+    assert sorted(set(df["subject"])) == ["S0", "S1", "S2", "S3"]
+    assert sorted(set(df["index"])) == [0, 2, 5, 7]
+    a, b = df[df.chain == 0].sort_values("index"), df[df.chain == 1].sort_values("index")
+    assert not np.allclose(a["psnr"].to_numpy(), b["psnr"].to_numpy())  # chains draw their own noise
+    one = sweep_sampler(params, *args, tmp_path / "s1.npz", tmp_path / "t1.npz", tmp_path / "m1.csv",
+                        limit=4, device="cpu", chains=1)
+    assert one["slices_picked"] == info["slices_picked"]
+    np.testing.assert_array_equal(read_metrics_csv(tmp_path / "m1.csv")["psnr"].to_numpy(),
+                                  a.sort_index()["psnr"].to_numpy())

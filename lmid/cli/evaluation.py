@@ -42,7 +42,10 @@ def register(sub) -> None:
                    help="folder of training snapshots step*.pt (default: MODEL_DIR/snapshots)")
     p.add_argument("--val", type=Path, required=True, help="validation split (.npz)")
     p.add_argument("--segmenter", type=Path, required=True, help="JSON written by 'lmid fit-segmenter'")
-    p.add_argument("--slices", type=int, default=8, help="validation slices used (0 = all; default %(default)s)")
+    p.add_argument("--slices", type=int, default=None,
+                   help="validation slices, spread over every subject (0 = all; default: evaluate.diagnostic_slices)")
+    p.add_argument("--unseen-val", type=Path, default=None,
+                   help="validation split of the unseen protocol: its sources join the conditioning-shift measurement")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True, help="diagnostics (.json)")
     p.set_defaults(func=_diagnose)
@@ -115,12 +118,12 @@ def _diagnose(args) -> None:
     from lmid.errors import LmidError
     from lmid.evaluation.diagnostics import diagnose
 
-    if args.slices < 0:
+    if args.slices is not None and args.slices < 0:
         raise LmidError(f"--slices must be >= 0, got {args.slices}")
     folder = args.snapshots_dir or args.model.parent / "snapshots"
     snapshots = sorted(folder.glob("step*.pt")) if folder.is_dir() else []
     diagnose(load_params_from_args(args), args.model, snapshots, args.val, args.segmenter, args.out,
-             slices=args.slices, device=args.device)
+             slices=args.slices, device=args.device, unseen_val_path=args.unseen_val)
 
 
 def _check_baselines(args) -> None:

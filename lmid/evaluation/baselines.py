@@ -7,8 +7,9 @@ at what each baseline *is*, apart from the translation it is scored on:
 * StyleGAN2-ADA: random samples of the EMA generator (no inversion). Their foreground intensity
   histogram is compared with that of real target slices (1-Wasserstein distance); a generator that
   makes saturated discs has a distance far above the floor of real slices against real slices.
-* SDEdit: unconditional samples of its DDPM (DDIM from pure noise), judged the same way; its t0
-  sweep on validation slices is already in its train_info.json.
+* SDEdit: unconditional samples of its DDPM (DDIM from pure noise), judged the same way, also at
+  every training snapshot (its convergence curve); its t0 sweep on validation slices is already in
+  its train_info.json.
 * CycleGAN: both directions on the test split. G_BA (target → source) against the real source
   slice, and the two cycle reconstructions, in PSNR inside the brain mask.
 * The floor: the same histogram distance between as many real slices, drawn at random, and all of
@@ -88,6 +89,20 @@ def ddpm_samples(params: Params, model_path: Path, n: int, shape: tuple[int, int
     return y[:, 0].float().cpu().numpy().astype(np.float32)
 
 
+def ddpm_snapshot_curve(params: Params, folder: Path, n: int, real: np.ndarray, device: torch.device) -> list[dict]:
+    """The unconditional samples' foreground statistics (W1 to real slices) at every training
+    snapshot of SDEdit's DDPM (``diffusion.train.snapshot_every``): its convergence evidence."""
+    curve = []
+    for path in sorted(Path(folder).glob("step*.pt")) if Path(folder).is_dir() else []:
+        from lmid.checkpoint import load_checkpoint
+
+        step = (load_checkpoint(path).get("meta") or {}).get("step")
+        imgs = ddpm_samples(params, path, n, real.shape[1:], device)
+        curve.append({"step": None if step is None else int(step), **foreground_stats(imgs, real)})
+        log.info("check-baselines: sdedit snapshot %s: W1 %.4f", path.name, curve[-1]["w1_to_real"] or float("nan"))
+    return curve
+
+
 def cyclegan_directions(params: Params, model_path: Path, test, device: torch.device) -> tuple[dict, dict]:
     from lmid.methods.cyclegan import CycleGan
 
@@ -153,7 +168,9 @@ def check_baselines(params: Params, models, test_path: Path, out_json: Path, out
         imgs = ddpm_samples(params, path, samples, real.shape[1:], device)
         result["methods"]["sdedit"] = {"status": "ok",
                                        "what": f"unconditional DDPM samples (DDIM, {DDPM_SAMPLE_STEPS} steps)",
-                                       **foreground_stats(imgs, real)}
+                                       **foreground_stats(imgs, real),
+                                       "snapshots": ddpm_snapshot_curve(params, path.parent / "snapshots", samples,
+                                                                        real, device)}
         arrays["sdedit_samples"] = imgs
     if (path := model_of("cyclegan")) is not None:
         stats, imgs = cyclegan_directions(params, path, test, device)

@@ -10,9 +10,12 @@ Three measurements, written to one JSON file by ``lmid diagnose``:
 * **Oracle.** The real T1 slice translated as if it were the source: the best that LMI
   conditioning can deliver with this network and sampler (the map LMI(T1, T1) is the one seen in
   training). A poor oracle points at the prior or the sampler, not at the modality gap.
-* **Convergence.** The PD → T1 translation of the same validation slices with every snapshot of
-  the EMA weights kept during training (``diffusion.train.snapshot_every``), scored like the test
-  set: when Dice, SSIM and PSNR stop rising, more training would not help.
+* **Convergence.** The PD → T1 translation and the oracle of the same validation slices with every
+  snapshot of the EMA weights kept during training (``diffusion.train.snapshot_every``), scored like
+  the test set with subject-level intervals, and a verdict per score
+  (:mod:`lmid.evaluation.convergence`).
+* **Conditioning shift.** In-brain LMI distributions of each source at translation time against
+  training's, and per-slice Dice against the source's own tissue contrast.
 
 Every number is on validation slices (never test), with fixed seeds: same inputs, same file.
 """
@@ -31,7 +34,8 @@ from lmid.data.slices import SliceSet, load_slices, spread_indices
 from lmid.diffusion.conditioning import lmi_map
 from lmid.diffusion.model import DiffusionModel
 from lmid.errors import InputFileError, LmidError
-from lmid.evaluation.metrics import score_slice
+from lmid.evaluation.convergence import (conditioning_shift, curve_row, snapshot_scores, source_contrast,
+                                         translate_rows, verdict)
 from lmid.evaluation.segment import KMeansSegmenter
 from lmid.io import write_json
 
@@ -41,7 +45,9 @@ log = logging.getLogger(__name__)
 ABLATION_T = (5, 20, 50, 100, 200, 400, 700, 999)
 #: Offset added to params.seed for the diagnostics' noise.
 SEED_OFFSET = 5107
-#: Per-slice scores summarised in the oracle and convergence entries.
+#: Slices of the conditioning-shift measurement (one full sampling run per source).
+SHIFT_SLICES = 8
+#: Per-slice scores summarised in the oracle and source entries.
 SCORES = ("dice_gt_mean", "dice_km_mean", "psnr", "ssim", "psnr_mask", "ssim_mask", "contrast_wm_gm",
           "contrast_gm_csf", "tissue_order")
 
@@ -80,24 +86,23 @@ def conditioning_ablation(model: DiffusionModel, target: np.ndarray, seed: int,
 
 
 def _translate_and_score(params: Params, model: DiffusionModel, source: np.ndarray, split: SliceSet,
-                         idx: np.ndarray, seg: KMeansSegmenter, seed: int) -> dict:
-    from lmid.methods.lmidiffusion import lmi_translate
-
-    seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=len(idx))
-    out = lmi_translate(model, source, seeds, params.lmidiffusion.sampler, 1, model.device).image
-    rows = [score_slice(out[k], split.target[i], split.mask[i], seg,
-                        label=split.label[i] if split.has_label else None) for k, i in enumerate(idx)]
+                         idx: np.ndarray, seg: KMeansSegmenter, seed: int) -> tuple[dict, list[dict]]:
+    """Mean scores of a translation of ``source`` (and its per-slice rows)."""
+    rows = translate_rows(params, model, source, split, idx, seg, seed)
     summary = {}
     for key in SCORES:
         vals = np.array([r[key] for r in rows], dtype=float)
         vals = vals[np.isfinite(vals)]
         summary[key] = float(vals.mean()) if vals.size else None
-    return summary
+    return summary, rows
 
 
 def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: Path, segmenter_path: Path,
-             out_path: Path, slices: int = 8, device: str = "auto") -> dict:
-    """``lmid diagnose``: ablation, oracle and convergence curve; writes ``out_path`` (JSON)."""
+             out_path: Path, slices: int | None = None, device: str = "auto",
+             unseen_val_path: Path | None = None) -> dict:
+    """``lmid diagnose``: ablation, oracle, convergence curve with its verdict, and the
+    conditioning shift; writes ``out_path`` (JSON). ``slices`` defaults to
+    ``evaluate.diagnostic_slices``, spread over every validation subject."""
     from lmid.checkpoint import device_from_arg
 
     dev = device_from_arg(device)
@@ -107,29 +112,51 @@ def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: 
     seg = KMeansSegmenter.load(segmenter_path)
     model = DiffusionModel.load(Path(model_path), dev, method="lmidiffusion",
                                 mixed_precision=params.diffusion.train.mixed_precision)
-    idx = spread_indices(len(val), slices)
+    idx = spread_indices(len(val), params.evaluate.diagnostic_slices if slices is None else slices)
     seed = params.seed + SEED_OFFSET
     sp = params.lmidiffusion.sampler
-    result: dict = {"slices": int(len(idx)), "split": str(val_path),
-                    "sampler": {"kind": sp.kind, "steps": sp.steps, "spacing": sp.spacing, "start": sp.start}}
+    src, tgt = params.data.source_modality, params.data.target_modality
+    result: dict = {"slices": int(len(idx)), "subjects": int(len(set(val.subject[idx].tolist()))),
+                    "split": str(val_path), "sampler": sp.model_dump(mode="json")}
     log.info("diagnose: conditioning ablation on %d validation slices", len(idx))
     result["ablation"] = conditioning_ablation(model, val.target[idx], seed)
-    log.info("diagnose: oracle (real %s as the source)", params.data.target_modality)
-    result["oracle"] = _translate_and_score(params, model, val.target[idx], val, idx, seg, seed)
-    result["source"] = _translate_and_score(params, model, val.source[idx], val, idx, seg, seed)
+    log.info("diagnose: oracle (real %s as the source)", tgt)
+    result["oracle"], _ = _translate_and_score(params, model, val.target[idx], val, idx, seg, seed)
+    result["source"], rows = _translate_and_score(params, model, val.source[idx], val, idx, seg, seed)
+
+    # Per-slice Dice against the source's own tissue contrast (when does LMI carry enough?).
+    per_source = {src: (val.source[idx], rows)}
+    for name, images in val.extra.items():
+        log.info("diagnose: %s → %s on the same slices", name, tgt)
+        per_source[name] = (images[idx], _translate_and_score(params, model, images[idx], val, idx, seg, seed)[1])
+    dice_key = "dice_gt_mean" if val.has_label else "dice_km_mean"
+    result["contrast_vs_dice"] = {
+        name: {"source_contrast": source_contrast(images, val.label[idx], val.mask[idx]).tolist(),
+               "dice": [r[dice_key] for r in rws], "dice_key": dice_key}
+        for name, (images, rws) in per_source.items()}
+
+    # What the network sees at translation time against training (a subset keeps it quick).
+    shift_idx = idx[spread_indices(len(idx), SHIFT_SLICES)]
+    sources = {name: images[spread_indices(len(idx), SHIFT_SLICES)] for name, (images, _) in per_source.items()}
+    sources[f"{tgt} (oracle)"] = val.target[shift_idx]
+    if unseen_val_path is not None:
+        unseen = load_slices(unseen_val_path)
+        for name in (src, *unseen.extra):
+            images = unseen.source if name == src else unseen.extra[name]
+            sources[f"{name} (unseen protocol)"] = images[spread_indices(len(unseen), SHIFT_SLICES)]
+    log.info("diagnose: conditioning shift on %d slices", len(shift_idx))
+    result["conditioning_shift"] = conditioning_shift(params, model, sources, val.target[shift_idx],
+                                                      val.mask[shift_idx], seed)
+
     curve = []
     for path in sorted(snapshots):
-        snap = DiffusionModel.load(Path(path), dev, method="lmidiffusion",
-                                   mixed_precision=params.diffusion.train.mixed_precision)
-        step = snap.meta.get("step")
-        if step is None:
+        log.info("diagnose: snapshot %s", Path(path).name)
+        entry = snapshot_scores(params, Path(path), val, Path(val_path), idx, seg, Path(segmenter_path), seed, dev)
+        if entry["step"] is None:
             raise InputFileError(path, "not a training snapshot (no step recorded)")
-        log.info("diagnose: snapshot at step %s", step)
-        curve.append({"step": int(step), **_translate_and_score(params, snap, val.source[idx], val, idx, seg, seed)})
-    final = model.meta.get("step")
-    if final is not None and all(r["step"] < int(final) for r in curve):
-        curve.append({"step": int(final), **result["source"]})
+        curve.append(curve_row(entry))
     result["convergence"] = sorted(curve, key=lambda r: r["step"])
+    result["convergence_verdict"] = verdict(result["convergence"])
     from lmid.evaluation.tables import clean
 
     write_json(out_path, clean(result))

@@ -112,6 +112,13 @@ def draw_figures(params, summary: dict, split, translations: dict, metrics_dir: 
 
     figs.make("convergence", "convergence", captions.title("convergence"), convergence)
 
+    def conditioning(path):
+        d = figdata.conditioning_data(diagnostics)
+        figures.conditioning_shift(path, d["shift"], d["contrast"])
+        return captions.conditioning(d["slices"], tgt)
+
+    figs.make("conditioning", "conditioning", captions.title("conditioning"), conditioning)
+
     def baseline_samples(path):
         figures.sample_rows(path, figdata.baseline_rows(baselines, baseline_images))
         return captions.baselines()

@@ -222,6 +222,13 @@ def convergence_data(diagnostics: dict | None) -> dict:
     return {"curve": curve, "slices": diagnostics["slices"]}
 
 
+def conditioning_data(diagnostics: dict | None) -> dict:
+    shift = (diagnostics or {}).get("conditioning_shift")
+    if not shift:
+        raise Missing("no conditioning-shift measurement (lmid diagnose)")
+    return {"shift": shift, "contrast": diagnostics.get("contrast_vs_dice") or {}, "slices": shift.get("slices")}
+
+
 #: Rows of the baselines figure: key in the baseline samples file → row label.
 BASELINE_ROWS = {"real": "real T1 (random)", "stylegan2_samples": "StyleGAN2-ADA samples",
                  "sdedit_samples": "SDEdit DDPM samples", "cyclegan_target_to_source": "CycleGAN G_BA(T1)"}

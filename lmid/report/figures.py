@@ -274,22 +274,68 @@ def sampler_tradeoff(path, settings: list[dict]) -> Path:
 
 
 def convergence_curve(path, curve: list[dict]) -> Path:
-    """Validation scores of LMIDiffusion at each training snapshot (one panel per score)."""
-    panels = [(("dice_gt_mean", "vs ground truth"), ("dice_km_mean", "vs K-Means of real T1")), "Dice",
+    """Validation scores of LMIDiffusion at each training snapshot (one panel per score), with the
+    subject-level interval as a band where the curve has one, and the oracle's Dice dashed."""
+    panels = [(("dice_gt_mean", "vs ground truth"), ("dice_km_mean", "vs K-Means of real T1"),
+               ("oracle_dice_gt_mean", "oracle, vs ground truth")), "Dice",
               (("ssim", "whole slice"), ("ssim_mask", "in brain")), "SSIM",
               (("psnr", "whole slice"), ("psnr_mask", "in brain")), "PSNR (dB)",
               (("contrast_wm_gm", "WM−GM"), ("contrast_gm_csf", "GM−CSF")), "contrast (× real)"]
     fig, axes = plt.subplots(1, 4, figsize=(12, 2.9), squeeze=False)
     steps = np.array([r["step"] for r in curve], dtype=float)
-    for ax, series, title in zip(axes[0], panels[0::2], panels[1::2]):
-        for key, label in series:
-            y = np.array([np.nan if r.get(key) is None else r[key] for r in curve], dtype=float)
-            if np.isfinite(y).any():
-                ax.plot(steps, y, marker="o", markersize=3, linewidth=1.2, label=label)
+
+    def series(key):
+        return np.array([np.nan if r.get(key) is None else r[key] for r in curve], dtype=float)
+
+    for ax, lines, title in zip(axes[0], panels[0::2], panels[1::2]):
+        for key, label in lines:
+            y = series(key)
+            if not np.isfinite(y).any():
+                continue
+            style = "--" if key.startswith("oracle_") else "-"
+            (line,) = ax.plot(steps, y, style, marker="o", markersize=3, linewidth=1.2, label=label)
+            half = series(f"{key}_half_width")
+            if np.isfinite(half).any() and not key.startswith("oracle_"):
+                ax.fill_between(steps, y - half, y + half, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_title(title)
         ax.set_xlabel("training step")
         ax.grid(color="#ececec", linewidth=0.6)
         ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def conditioning_shift(path, shift: dict, contrast: dict) -> Path:
+    """Left: in-brain LMI quantiles (5-95 % whiskers, 25-75 % box, median) of training's maps and
+    of each source's at translation. Right: per-slice Dice against the source's tissue contrast."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), squeeze=False, gridspec_kw={"width_ratios": [1.6, 1]})
+    ax = axes[0, 0]
+    groups = [("training", shift.get("training", {}))] + list(shift.get("sources", {}).items())
+    labels, pos = [], 0.0
+    for name, entry in groups:
+        for kind, colour in (("self", "#1f77b4"), ("low_t", "#d62728")):
+            q = (entry.get(kind) or {}).get("quantiles") or {}
+            if not q:
+                continue
+            ax.plot([pos, pos], [q["q05"], q["q95"]], color=colour, linewidth=1)
+            ax.add_patch(plt.Rectangle((pos - 0.3, q["q25"]), 0.6, q["q75"] - q["q25"], facecolor=colour,
+                                       alpha=0.35, edgecolor=colour))
+            ax.plot([pos - 0.3, pos + 0.3], [q["q50"]] * 2, color=colour, linewidth=1.5)
+            pos += 1.0
+        labels.append((pos - 1.5, name))
+        pos += 0.6
+    ax.set_xticks([p for p, _ in labels], [n for _, n in labels], fontsize=7, rotation=20)
+    ax.set_ylabel("LMI in the brain")
+    t_max = shift.get("t_max", "")
+    ax.set_title(f"blue: LMI(s, s) · red: LMI(s, x_t), t ≤ {t_max} (training: x_0 as s)", fontsize=8)
+    ax.grid(color="#ececec", linewidth=0.6)
+    ax = axes[0, 1]
+    for name, d in contrast.items():
+        ax.scatter(d["source_contrast"], d["dice"], s=10, label=name, alpha=0.8)
+    ax.set_xlabel("source tissue contrast (|WM−GM| + |GM−CSF|)")
+    ax.set_ylabel("Dice of the translation")
+    ax.grid(color="#ececec", linewidth=0.6)
+    ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return save(fig, path)
 

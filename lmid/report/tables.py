@@ -116,7 +116,7 @@ def sampler_tables(summary: dict) -> dict:
             **table("table-sampler", ["setting", "sampler", "steps", "NFE / slice", "s / slice", "Dice", "PSNR (dB)",
                                       "SSIM", "n"], rows),
             "dice": "vs ground truth" if sampler["settings"][0]["dice_key"] == "dice_gt" else "vs K-Means of the target",
-            "smallest_nfe": smallest_nfe_sentence(sampler.get("smallest_nfe"))}
+            "smallest_nfe": smallest_nfe_sentence(sampler.get("smallest_nfe"), sampler.get("test_sampler"))}
     t0 = summary.get("sdedit_t0", {})
     if t0.get("status") == "ok":
         cols = t0["columns"]
@@ -141,7 +141,16 @@ def diagnostics_tables(diagnostics: dict | None, params) -> dict | None:
             ("tissue_order", "WM > GM > CSF (fraction)", 2))
     oracle = [row(label, [fmt(diagnostics["source"].get(k), d), fmt(diagnostics["oracle"].get(k), d)])
               for k, label, d in keys]
-    return {"ablation": table("table-ablation", ["t", "ε-loss, true LMI", "ε-loss, LMI of another slice", "ratio"],
+    verdict = diagnostics.get("convergence_verdict") or {}
+    names = {"dice_gt_mean": "Dice vs ground truth", "dice_km_mean": f"Dice vs K-Means of real {tgt}",
+             "ssim_mask": "SSIM in brain", "psnr_mask": "PSNR in brain (dB)", "contrast_wm_gm": "contrast WM−GM",
+             "contrast_gm_csf": "contrast GM−CSF", "oracle_dice_gt_mean": "oracle Dice vs ground truth"}
+    verdict_rows = [row(names.get(k, k), [fmt(v["moved"], 3), fmt(v["half_width"], 3), v["state"]])
+                    for k, v in (verdict.get("scores") or {}).items()]
+    return {"verdict": table("table-convergence", ["score", "moved in the last third", "CI half-width", "state"],
+                             verdict_rows, "results narrow") if verdict_rows else None,
+            "verdict_span": (verdict.get("from_step"), verdict.get("to_step")),
+            "ablation": table("table-ablation", ["t", "ε-loss, true LMI", "ε-loss, LMI of another slice", "ratio"],
                               rows, "results narrow"),
             "oracle": table("table-oracle", ["score", f"{src} → {tgt}", f"{tgt} → {tgt} (oracle)"], oracle,
                             "results narrow"),
@@ -165,7 +174,15 @@ def baselines_tables(baselines: dict | None, params) -> dict | None:
            "samples": baselines["samples"], "threshold": f"{baselines['foreground_threshold']:g}",
            "not_ok": [(DISPLAY.get(m, m), e.get("status")) for m, e in baselines["methods"].items()
                       if e.get("status") != "ok"],
-           "cyclegan": None}
+           "cyclegan": None, "sdedit_curve": None}
+    sd = baselines["methods"].get("sdedit") or {}
+    if sd.get("snapshots"):
+        floor_w1 = floor.get("w1_to_real")
+        curve_rows = [row(r["step"], [fmt(r.get("w1_to_real"), 4),
+                                      fmt(r["w1_to_real"] / floor_w1, 1) if r.get("w1_to_real") and floor_w1 else "—",
+                                      fmt(r.get("foreground_fraction"), 3)]) for r in sd["snapshots"]]
+        out["sdedit_curve"] = table("table-sdedit-curve", ["training step", "W₁ to real foreground", "× floor",
+                                                           "foreground fraction"], curve_rows, "results narrow")
     cg = baselines["methods"].get("cyclegan")
     if cg and cg.get("status") == "ok":
         src, tgt = params.data.source_modality, params.data.target_modality

@@ -72,12 +72,17 @@ rule diagnose:
         model=f"{MODELS}/lmidiffusion/model.pt",
         val=f"{SLICES}/val.npz",
         segmenter=f"{MODELS}/kmeans.json",
+        # The unseen protocol's sources join the conditioning-shift measurement.
+        unseen=[f"{SLICES_UNSEEN}/val.npz"] if UNSEEN else [],
     output:
         f"{REPORTS}/diagnostics.json",
     params:
         cfg=PARAMS_FILE,
         slices=P.evaluate.diagnostic_slices,
+        # Option and value as two words, each quoted by {...:q}; none without the unseen protocol.
+        unseen=lambda w, input: ["--unseen-val", input.unseen[0]] if input.unseen else [],
         reads=values("seed", "data", "diffusion", "lmi", "lmidiffusion", "evaluate.diagnostic_slices",
+                     "evaluate.bootstrap", "evaluate.confidence", "unseen_protocol",
                      exclude=SPECS["lmidiffusion"].bookkeeping_keys),
     log:
         f"{DATA}/logs/diagnose.log",
@@ -92,7 +97,7 @@ rule diagnose:
         ENV
     shell:
         "lmid diagnose --params {params.cfg:q} --model {input.model:q} --val {input.val:q}"
-        " --segmenter {input.segmenter:q} --slices {params.slices:q} --out {output:q} > {log:q} 2>&1"
+        " --segmenter {input.segmenter:q} --slices {params.slices:q} {params.unseen:q} --out {output:q} > {log:q} 2>&1"
 
 
 # Code: lmid check-baselines: lmid/cli/evaluation.py:_check_baselines -> lmid.evaluation.baselines.check_baselines

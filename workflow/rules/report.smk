@@ -44,6 +44,9 @@ rule report:
         convergence=report(
             f"{REPORTS}/figures/convergence.png", caption="../report/convergence.rst", category="Training"
         ),
+        conditioning=report(
+            f"{REPORTS}/figures/conditioning.png", caption="../report/conditioning.rst", category="LMI conditioning"
+        ),
         baselines=report(f"{REPORTS}/figures/baselines.png", caption="../report/baselines.rst", category="Training"),
     params:
         cfg=PARAMS_FILE,
