@@ -541,6 +541,16 @@ def parse_sampler_setting(setting: str) -> dict:
     return {"kind": kind, "steps": int(steps), "spacing": m.group(3) or "uniform", "eta": eta, "clip_x0": clip}
 
 
+def sampler_setting(sp: "SamplerParams") -> str:
+    """The sampler-table name of a sampler (the inverse of :func:`parse_sampler_setting`)."""
+    name = f"{sp.kind}-{sp.steps}-{sp.spacing}"
+    if sp.kind == "ddim" and sp.eta:
+        name += f"-eta{sp.eta:g}"
+    if sp.kind == "ancestral" and sp.clip_x0:
+        name += "-clip"
+    return name
+
+
 class EvaluateParams(Section):
     bootstrap: int = Field(default=2000, ge=100)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
@@ -550,6 +560,8 @@ class EvaluateParams(Section):
     #: validation slices spread evenly over every validation subject; the best is the test sampler.
     sampler_settings: list[str] = ["ancestral-1000", "ddim-100", "ddim-50", "ddim-25", "ddim-10"]
     sampler_slices: int = Field(default=16, ge=1)
+    #: Chains per sweep slice (each with its own seeds), so one lucky draw does not pick the sampler.
+    sampler_chains: int = Field(default=1, ge=1)
     #: Validation slices of ``lmid diagnose`` (ablation, oracle, convergence curve).
     diagnostic_slices: int = Field(default=16, ge=2)
 

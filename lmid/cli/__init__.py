@@ -22,12 +22,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def load_params_from_args(args):
-    import yaml
-
     from lmid.config import load_params
 
+    return load_params(args.params, parse_overrides(args.overrides), overrides_label="--set")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items (dotted keys, YAML values) as one nested mapping."""
+    import yaml
+
     overrides: dict = {}
-    for item in args.overrides:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or any(not part for part in key.split(".")):
             raise ParamsError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. diffusion.train.steps=10")
@@ -45,7 +50,7 @@ def load_params_from_args(args):
         if isinstance(node.get(parts[-1]), dict):
             raise ParamsError(f"--set {item!r}: another --set already sets keys under {key}")
         node[parts[-1]] = parsed
-    return load_params(args.params, overrides, overrides_label="--set")
+    return overrides
 
 
 #: What each command reads and writes, by argument: inputs, output files, and output folders that

@@ -38,16 +38,20 @@ def register(sub) -> None:
     p.set_defaults(func=_translate)
 
     p = sub.add_parser("sampler-sweep", help="LMIDiffusion at one sampler setting, translated and scored",
-                       description="Translate the first --limit slices of a split with LMIDiffusion at one sampler "
-                                   "setting (one sample each), join them and score them: what 'lmid translate', "
+                       description="Translate --limit slices spread over a split with LMIDiffusion at one sampler setting "
+                                   "(--chains chains each), join them and score them: what 'lmid translate', "
                                    "'lmid gather' and 'lmid evaluate' would write, in one step (the sampler table).")
     add_common(p)
     p.add_argument("--model", type=Path, required=True, help="lmidiffusion/model.pt written by 'lmid train'")
     p.add_argument("--slices", type=Path, required=True, help="split to translate (.npz), e.g. val.npz")
     p.add_argument("--manifest", type=Path, required=True, help="manifest.json of the prepared slices")
     p.add_argument("--segmenter", type=Path, required=True, help="JSON written by 'lmid fit-segmenter'")
-    p.add_argument("--sampler", required=True, metavar="KIND-STEPS[-SPACING]", help="e.g. ddim-20-quad")
-    p.add_argument("--limit", type=_non_negative, default=0, help="only the first N slices (0 = all)")
+    p.add_argument("--sampler", required=True, metavar="SETTING",
+                   help="<kind>-<steps>[-<spacing>][-eta<η>][-clip], e.g. ddim-25-quad-eta1 or ancestral-1000-clip")
+    p.add_argument("--limit", type=_non_negative, default=None,
+                   help="N slices spread evenly over the split (0 = all; default: evaluate.sampler_slices)")
+    p.add_argument("--chains", type=_non_negative, default=None,
+                   help="chains per slice, each with its own seeds (default: evaluate.sampler_chains)")
     p.add_argument("--device", default="auto")
     p.add_argument("--shard-out", type=Path, required=True, help="translated shard (.npz)")
     p.add_argument("--translations-out", type=Path, required=True, help="joined translations (.npz)")
@@ -86,8 +90,15 @@ def _sampler_sweep(args) -> None:
     from lmid.methods.runner import sweep_sampler
 
     _sampler_overrides(args)
-    sweep_sampler(load_params_from_args(args), args.model, args.slices, args.manifest, args.segmenter, args.shard_out,
-                  args.translations_out, args.out, limit=args.limit, device=args.device)
+    params = load_params_from_args(args)
+    limit = params.evaluate.sampler_slices if args.limit is None else args.limit
+    chains = params.evaluate.sampler_chains if args.chains is None else args.chains
+    if chains < 1:
+        from lmid.errors import ParamsError
+
+        raise ParamsError(f"--chains {chains}: must be at least 1")
+    sweep_sampler(params, args.model, args.slices, args.manifest, args.segmenter, args.shard_out,
+                  args.translations_out, args.out, limit=limit, device=args.device, chains=chains)
 
 
 def _translate(args) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from lmid.config import parse_sampler_setting, sampler_setting
 from lmid.errors import InputFileError, LmidError
 from lmid.evaluation.display import PAPER, column_title, method_order
 from lmid.evaluation.metrics import read_metrics_csv
@@ -167,6 +168,18 @@ def aggregate(params, scores, out_dir: str | Path, infos=(), manifest: str | Pat
         md_parts.append(protocol_shift_markdown(shift, params))
         write_csv(tables_dir / "protocol_shift.csv", protocol_shift_rows(shift))
     sampler = summarise_sampler(sampler, ev.bootstrap, ev.confidence, seed, list(ev.sampler_settings))
+    if sampler.get("smallest_nfe"):
+        # Is the sampler the test set was translated with the sweep's choice (or inside its interval)?
+        test = sampler_setting(params.lmidiffusion.sampler)
+        def same(name: str) -> tuple:  # ddim-25 and ddim-25-uniform name one sampler
+            return tuple(sorted(parse_sampler_setting(name).items()))
+
+        rows = {same(r["setting"]): r for r in sampler["settings"]}
+        row = rows.get(same(test))
+        pick = sampler["smallest_nfe"]
+        sampler["test_sampler"] = {"setting": test, "in_sweep": row is not None,
+                                   "is_best": row is not None and row["setting"] == pick["best"],
+                                   "inside_best_ci": row is not None and row["dice"]["mean"] >= pick["ci_low"]}
     infos = read_train_infos(infos)
     t0 = sdedit_sweep(infos.get("sdedit"))
     summary["sampler"] = sampler

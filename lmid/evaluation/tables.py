@@ -242,12 +242,23 @@ def protocol_shift_rows(shift: dict) -> list[dict]:
 
 
 # -------------------------------------------------------------------------- sampler and SDEdit t0
-def smallest_nfe_sentence(entry: dict | None) -> str:
+def smallest_nfe_sentence(entry: dict | None, test: dict | None = None) -> str:
     if not entry:
         return ""
-    return (f"Best mean Dice: {entry['best']} ({fmt(entry['best_mean'], 3)}, CI from {fmt(entry['ci_low'], 3)}). "
+    text = (f"Best mean Dice: {entry['best']} ({fmt(entry['best_mean'], 3)}, CI from {fmt(entry['ci_low'], 3)}). "
             f"Fewest network evaluations with a mean inside that interval: {entry['setting']} "
             f"({fmt(entry['nfe_per_slice'], 0)} per slice, Dice {fmt(entry['mean'], 3)}).")
+    if test:
+        if not test["in_sweep"]:
+            verdict = "was not in this sweep: it is a guess, not the sweep's choice"
+        elif test["is_best"]:
+            verdict = "is the sweep's best"
+        elif test["inside_best_ci"]:
+            verdict = "lies inside the best setting's interval"
+        else:
+            verdict = "lies below the best setting's interval: choose the test sampler again"
+        text += f" The test set was translated with {test['setting']}, which {verdict}."
+    return text
 
 
 def sampler_markdown(sampler: dict, t0: dict) -> str:
@@ -264,7 +275,7 @@ def sampler_markdown(sampler: dict, t0: dict) -> str:
                          f"{fmt(r['wall_s_per_slice'], 3)} | {_cell(r['dice'], 3, ci=False)} | "
                          f"{_cell(r['psnr'], 2, ci=False)} | {_cell(r['ssim'], 3, ci=False)} | {r['n']} |")
         lines.append("")
-        lines += [smallest_nfe_sentence(sampler.get("smallest_nfe")), ""]
+        lines += [smallest_nfe_sentence(sampler.get("smallest_nfe"), sampler.get("test_sampler")), ""]
     lines += ["## SDEdit: t0 chosen on validation slices", ""]
     if t0.get("status") != "ok":
         lines += ["Not run (no validation sweep in `data/models/sdedit/train_info.json`).", ""]

@@ -17,7 +17,7 @@ import numpy as np
 
 from lmid.checkpoint import device_from_arg
 from lmid.config import Params
-from lmid.data.slices import check_translated_from, load_slices, split_fingerprint
+from lmid.data.slices import check_translated_from, load_slices, split_fingerprint, spread_indices
 from lmid.errors import InputFileError, LmidError, ParamsError
 from lmid.io import ensure_dir, load_npz, read_json, save_npz, save_volume, write_json, write_text
 from lmid.methods import get_method
@@ -282,16 +282,45 @@ def gather(method: str, shard_paths: list[Path], slices_path: Path, manifest_pat
 
 def sweep_sampler(params: Params, model_path: Path, slices_path: Path, manifest_path: Path, segmenter_path: Path,
                   shard_path: Path, translations_path: Path, metrics_path: Path, limit: int = 0,
-                  device: str = "auto") -> dict:
-    """``lmid sampler-sweep``: LMIDiffusion with ``params``' sampler on the first ``limit`` slices,
-    one sample each: translate, gather and score, writing the files the three steps would."""
-    from lmid.evaluation.metrics import evaluate_translations
+                  device: str = "auto", chains: int = 1) -> dict:
+    """``lmid sampler-sweep``: LMIDiffusion with ``params``' sampler on validation slices.
 
-    info = translate_shard(params, "lmidiffusion", model_path, slices_path, shard_path, samples=1, device=device,
-                           limit=limit)
-    gather("lmidiffusion", [shard_path], slices_path, manifest_path, translations_path)
-    evaluate_translations("lmidiffusion", translations_path, slices_path, segmenter_path, metrics_path)
-    return info
+    The protocol every setting shares: ``limit`` slices spread evenly over the split (so every
+    validation subject is in it; 0 = all), each translated by ``chains`` chains of its own seeds.
+    The shard and translations written are chain 0's (what translate and gather would write for
+    that subset); the metrics CSV holds one row per slice and chain (column ``chain``), so the
+    sampler table averages out the sampling noise of any one chain.
+    """
+    import tempfile
+
+    import pandas as pd
+
+    from lmid.evaluation.metrics import evaluate_translations, write_metrics_csv
+
+    if chains < 1:
+        raise ParamsError(f"--chains {chains}: must be at least 1")
+    split = load_slices(slices_path)
+    picked = spread_indices(len(split), limit)
+    frames, info = [], {}
+    with tempfile.TemporaryDirectory(prefix=".sweep-", dir=Path(metrics_path).parent) as tmp:
+        subset_path = Path(tmp) / Path(slices_path).name
+        split.subset(picked).save(subset_path)
+        for chain in range(chains):
+            # Chain k draws from seeds of params.seed + k (chain 0: the seeds translate would use).
+            run_params = params if chain == 0 else params.model_copy(update={"seed": params.seed + chain})
+            shard = shard_path if chain == 0 else Path(tmp) / f"shard-chain{chain}.npz"
+            joined = translations_path if chain == 0 else Path(tmp) / f"translations-chain{chain}.npz"
+            part = translate_shard(run_params, "lmidiffusion", model_path, subset_path, shard, samples=1,
+                                   device=device)
+            gather("lmidiffusion", [shard], subset_path, manifest_path, joined)
+            df = evaluate_translations("lmidiffusion", joined, subset_path, segmenter_path,
+                                       Path(tmp) / f"metrics-chain{chain}.csv")
+            df["index"] = picked[df["index"].to_numpy(dtype=int)]  # back to the full split's indices
+            df.insert(0, "chain", chain)
+            frames.append(df)
+            info = part if chain == 0 else info
+    write_metrics_csv(metrics_path, pd.concat(frames, ignore_index=True))
+    return {**info, "chains": chains, "slices_picked": [int(i) for i in picked]}
 
 
 def nifti_geometry(manifest_path: Path, size, subjects: np.ndarray, slice_index: np.ndarray) -> dict:

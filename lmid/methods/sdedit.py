@@ -85,6 +85,10 @@ def choose_t0(model: DiffusionModel, val: SliceSet, sp: SdeditParams, seed: int,
         log.info("sdedit: t0 = %g  SSIM %.4f  PSNR %.2f dB on %d validation slices", t0, sweep[-1]["ssim"],
                  sweep[-1]["psnr"], len(idx))
     best = max(sweep, key=lambda r: r["ssim"])
+    if len(sweep) > 2 and best["t0"] in (min(sp.t0_grid), max(sp.t0_grid)):
+        # The grid does not bracket the optimum: the best level may lie outside it.
+        log.warning("sdedit: the best t0 (%g) is at the edge of sdedit.t0_grid %s; widen the grid",
+                    best["t0"], list(sp.t0_grid))
     return best["t0"], sweep
 
 
@@ -105,7 +109,10 @@ class SDEdit(Method):
         model.save(Path(out_dir) / "model.pt")
         start = model.schedule.index_of_fraction(t0)
         steps = len(model.schedule.timesteps(start, sp.steps if sp.kind == "ddim" else start + 1))
-        info.update({"t0": t0, "t0_sweep": sweep, "nfe_per_slice": steps * sp.repeats, "sampler": sp.kind})
+        grid = sorted(float(g) for g in sp.t0_grid)
+        info.update({"t0": t0, "t0_sweep": sweep, "nfe_per_slice": steps * sp.repeats, "sampler": sp.kind,
+                     # Whether the chosen level lies inside the grid, i.e. the sweep brackets its optimum.
+                     "t0_bracketed": bool(sweep) and len(grid) > 2 and grid[0] < t0 < grid[-1]})
         return info
 
     def load(self, params: Params, model_path: Path, device: torch.device) -> DiffusionModel:

@@ -68,8 +68,8 @@ rule sampler_sweep:
         metrics=f"{METRICS}/sampler/{{setting}}.csv",
     params:
         cfg=PARAMS_FILE,
-        limit=P.evaluate.sampler_slices,
-        reads=values(*SPECS["lmidiffusion"].translate_keys, "evaluate.sampler_slices", "data", "segment"),
+        reads=values(*SPECS["lmidiffusion"].translate_keys, "evaluate.sampler_slices", "evaluate.sampler_chains",
+                     "data", "segment"),
     log:
         f"{DATA}/logs/sampler/{{setting}}.log",
     benchmark:
@@ -84,5 +84,5 @@ rule sampler_sweep:
     shell:
         "lmid sampler-sweep --params {params.cfg:q} --model {input.model:q} --slices {input.slices:q}"
         " --manifest {input.manifest:q} --segmenter {input.segmenter:q} --sampler {wildcards.setting:q}"
-        " --limit {params.limit:q} --shard-out {output.shard:q} --translations-out {output.translations:q}"
+        " --shard-out {output.shard:q} --translations-out {output.translations:q}"
         " --out {output.metrics:q} > {log:q} 2>&1"
