@@ -14,16 +14,18 @@ compilation or the memory of one measurement does not touch the others:
   LMI(x_0, x_{t+1}) plus LMI(x_0, x_0) looked up in the trainer's per-slice cache;
 * ``full_nocache`` / ``lmi_nocache`` — the same with ``train.cache_self_lmi`` off, i.e. both maps
   computed at every step;
-* ``full_baseline`` / ``lmi_baseline`` — also without the LMI layer's source-bin window
-  (``lmid.lmi.SOURCE_WINDOW = 0``): the step as it was before either speed-up.
+* ``full_baseline`` / ``lmi_baseline`` — the same step with the LMI layer of an earlier commit
+  (``--baseline-commit``, read with ``git show``): the layer's speed-up measured against the code it
+  replaced, in one run.
 
 The cached parts time the steady state of a long run: before timing, the cache is filled for
 every training slice (at most 32 of them) and every augmentation variant.
 
 Variants of the U-Net part of the step:
 
-* ``fp32`` — float32, contiguous (NCHW) tensors (what the trainer does on CPU);
-* ``bf16`` — ``torch.autocast`` bfloat16 (CUDA only, as in the trainer);
+* ``fp32`` — float32, contiguous (NCHW) tensors (the trainer with ``mixed_precision: false``);
+* ``bf16`` — ``torch.autocast`` bfloat16 of the U-Net (the trainer with ``mixed_precision: true`` on
+  CUDA and on CPUs with AMX or AVX512-BF16);
 * ``channels_last`` — float32 with the network and its input in channels-last memory format (CUDA only);
 * ``bf16_channels_last`` — both (what the trainer does on CUDA with ``mixed_precision: true``);
 * ``compile`` — ``torch.compile`` of the U-Net, float32 (on failure the error is recorded).
@@ -62,7 +64,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("fp32", "bf16", "channels_last", "bf16_channels_last", "compile")
-CUDA_ONLY = {"bf16", "channels_last", "bf16_channels_last"}
+CUDA_ONLY = {"channels_last", "bf16_channels_last"}
+#: The LMI layer the ``*_baseline`` parts time: the commit before the no-grad layer was regrouped.
+BASELINE_COMMIT = "64bb1be"
 PARTS = ("full", "full_nocache", "full_baseline", "unet", "lmi", "lmi_nocache", "lmi_baseline")
 
 
@@ -86,7 +90,7 @@ def _worker(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    params = load_params(spec["preset"])
+    params = load_params(spec["preset"], spec.get("overrides") or None)
     dp, size, batch = params.diffusion, spec["size"], spec["batch"]
     check_image_size(dp.unet, size, size)
     variant, part = spec["variant"], spec["part"]
@@ -121,12 +125,22 @@ def _worker(spec: dict) -> dict:
 
     trainer.prepare_data(data)
     if part.endswith("_baseline"):
-        import lmid.lmi
+        # The earlier commit's layer, loaded from git, in place of the current one.
+        import importlib.util
 
-        lmid.lmi.SOURCE_WINDOW = 0
-    if part.endswith(("_nocache", "_baseline")):
+        import lmid.diffusion.conditioning as conditioning
+
+        source = subprocess.run(["git", "show", f"{spec['baseline_commit']}:lmid/lmi.py"], cwd=ROOT, check=True,
+                                capture_output=True, text=True).stdout
+        path = Path(tempfile.mkdtemp()) / "lmi_baseline.py"
+        path.write_text(source)
+        module_spec = importlib.util.spec_from_file_location("lmi_baseline", path)
+        old = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(old)
+        conditioning.local_mutual_information = old.local_mutual_information
+    if part.endswith("_nocache"):
         trainer._self_cache = None
-    elif part in ("full", "lmi") and trainer._self_cache is not None:
+    if part in ("full", "lmi", "full_baseline", "lmi_baseline") and trainer._self_cache is not None:
         # Steady state of a long run: every (slice, variant) map already cached.
         levels = trainer.blur_sigmas()
         n_aug = (len(levels) if levels is not None else 0) + 1
@@ -151,7 +165,7 @@ def _worker(spec: dict) -> dict:
     def forward_backward(inp, t, eps):
         if channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
+        with autocast(device, amp, cpu=True):
             pred = model(inp, t)
         loss = F.mse_loss(pred.float(), eps)
         loss.backward()
@@ -202,7 +216,10 @@ def _worker(spec: dict) -> dict:
     sync()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
+    from lmid.networks import cpu_has_bf16, uses_bf16
+
     out = {
+        "bf16_active": uses_bf16(device, amp, cpu=True), "cpu_has_bf16": cpu_has_bf16(),
         "first_step_s": first,
         "timed_steps": spec["steps"],
         "wall_s": wall,
@@ -269,6 +286,35 @@ def _speedup_lines(rows: list[dict]) -> list[str]:
     return (["## Speed-up", ""] + out) if out else []
 
 
+def _target_lines(rows: list[dict]) -> list[str]:
+    """The CPU targets: LMI per map, the step against the old one, a wider U-Net against the old step."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("device") == "cpu"]
+    by = {(r["preset"], r["part"], r["variant"]): r for r in ok}
+    out = []
+    for preset in sorted({r["preset"] for r in ok}):
+        new, old = by.get((preset, "lmi", "fp32")), by.get((preset, "lmi_baseline", "fp32"))
+        if new:
+            ms = 1000 * new["cpu_s_per_step"] / new["batch"]
+            was = f" (the earlier layer: {1000 * old['cpu_s_per_step'] / old['batch']:.1f} ms)" if old else ""
+            out.append(f"- {preset}: LMI(x_0, x_t+1) {ms:.1f} CPU-ms per {new['size']} x {new['size']} map{was}; "
+                       f"target <= 20 ms")
+        step, base = by.get((preset, "full", "bf16")), by.get((preset, "full_baseline", "fp32"))
+        if step and base:
+            gain = base["cpu_s_per_step"] / step["cpu_s_per_step"]
+            out.append(f"- {preset}: training step {step['cpu_s_per_step']:.3f} CPU-s (bf16, current LMI) against "
+                       f"{base['cpu_s_per_step']:.3f} (fp32, earlier LMI): {gain:.2f}x the images per CPU-second; "
+                       f"target >= 2x")
+    sized = sorted({(r["parameters"], r["preset"]) for r in ok if r.get("parameters")})
+    if len(sized) >= 2:
+        (p_small, small), (p_big, big) = sized[0], sized[-1]
+        wide, base = by.get((big, "full", "bf16")), by.get((small, "full_baseline", "fp32"))
+        if wide and base:
+            out.append(f"- {big} ({p_big:,} parameters, bf16) {wide['cpu_s_per_step']:.3f} CPU-s per step against "
+                       f"{small} ({p_small:,} parameters, fp32, earlier LMI) {base['cpu_s_per_step']:.3f}: "
+                       f"target no more")
+    return (["## Targets", ""] + out) if out else []
+
+
 def _markdown(result: dict) -> str:
     meta = result["meta"]
     lines = [
@@ -279,8 +325,8 @@ def _markdown(result: dict) -> str:
         f"{meta['torch_threads']} torch thread(s) per worker; last run {meta['date']}",
         "- `full`: one whole LMIDiffusion training step (augment, noise, LMI(x0, x_t+1) and the cached "
         "LMI(x0, x0), U-Net forward + backward, clip, Adam, EMA); `full_nocache`: the same with both maps "
-        "computed every step; `full_baseline`: also without the LMI source-bin window (the step before either "
-        "speed-up); `unet`: U-Net forward + ε-MSE + backward on a fixed "
+        "computed every step; `full_baseline`: the same step with the LMI layer of an earlier commit (see the "
+        "notes); `unet`: U-Net forward + ε-MSE + backward on a fixed "
         "input; `lmi` / `lmi_nocache` / `lmi_baseline`: the step's LMI work alone, likewise",
         "- images/s = batch x timed steps / wall time of the timed loop (after the warm-up steps; "
         "device synchronised on CUDA); first step = the first warm-up step (includes compilation)",
@@ -304,7 +350,8 @@ def _markdown(result: dict) -> str:
             mem = f"{r['peak_rss_bytes'] / 2**20:.0f} (+{grow:.0f})"
         lines.append(f"{head} {r['images_per_s']:.2f} | {r['s_per_step']:.3f} | {r['cpu_s_per_step']:.3f} "
                      f"| {r['first_step_s']:.2f} | {mem} |")
-    lines += ["", "Peak memory: " + meta["memory_metric"], "", *_speedup_lines(result["results"])]
+    lines += ["", "Peak memory: " + meta["memory_metric"], "", *_target_lines(result["results"]), "",
+              *_speedup_lines(result["results"])]
     if meta.get("notes"):
         lines += ["", "## Notes", "", *[f"- {n}" for n in meta["notes"]]]
     lines += ["", "Commands:", "", "```", *meta["commands"], "```"]
@@ -330,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", action="append", default=[], help="free text added to the report's notes")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "reports" / "benchmarks")
     ap.add_argument("--fresh", action="store_true", help="discard earlier rows in the output files")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter of --preset, e.g. diffusion.unet.channels=[32,32,64] (repeatable)")
+    ap.add_argument("--label", default="", help="name of this configuration in the report (default: the preset's)")
+    ap.add_argument("--baseline-commit", default=BASELINE_COMMIT,
+                    help="commit whose LMI layer the *_baseline parts time (default %(default)s)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -348,10 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but CUDA is not available")
-    params = load_params(args.preset)
+    from lmid.cli import parse_overrides
+
+    overrides = parse_overrides(args.overrides) if args.overrides else {}
+    params = load_params(args.preset, overrides or None, "--set")
     size = args.size or params.prepare.size
     batch = args.batch or params.diffusion.train.batch_size
-    preset = params.preset
+    preset = args.label or params.preset
     out = args.out_dir / f"training-{device}.json"
 
     plan = []
@@ -368,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             spec = {"preset": str(args.preset), "size": size, "batch": batch, "device": device, "variant": variant,
                     "part": part, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
-                    "data": str(args.data)}
+                    "data": str(args.data), "overrides": overrides, "baseline_commit": args.baseline_commit}
             t0 = time.perf_counter()
             row |= _run(spec, args.timeout, args.warm_compile_cache)
             row["wall_s_including_startup"] = round(time.perf_counter() - t0, 2)
