@@ -324,7 +324,9 @@ class Cdm(Method):
         out = out.view(n, samples, h, w).numpy()
         ddim = len(model["diffusion"].ddim_timesteps(params.cdm.mdn_ddim_steps))
         return Translation(
-            image=out.mean(axis=1).astype(np.float32),
+            # Sample 0 is scored (a mean over samples is smoother than any one CDM output).
+            image=out[:, 0].astype(np.float32),
+            mean=out.mean(axis=1).astype(np.float32) if samples > 1 else None,
             std=out.std(axis=1).astype(np.float32) if samples > 1 else None,
             nfe=samples * (1 + ddim),
             info={"unet_passes_per_slice": samples, "mdn_steps_per_sample": ddim, "supervised": True},

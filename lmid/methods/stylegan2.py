@@ -570,5 +570,6 @@ class StyleGan2(Method):
                 "inversion_final_distance_mean": round(float(np.mean(np.concatenate(losses))), 5),
                 "w_samples": p.invert_w_samples,
                 "inversion_distance_trace": {int(k): round(float(trace[k]), 5) for k in marks}}
-        return Translation(image=stack.mean(0), std=stack.std(0) if samples > 1 else None,
-                           nfe=p.invert_steps * samples, info=info)
+        # Inversion 0 is scored; the mean and spread over inversions are the uncertainty product.
+        return Translation(image=stack[0], mean=stack.mean(0) if samples > 1 else None,
+                           std=stack.std(0) if samples > 1 else None, nfe=p.invert_steps * samples, info=info)
