@@ -282,3 +282,34 @@ def test_every_value_in_a_shell_command_is_quoted():
                 unquoted += [f"{smk.name}:{number}: {{{m.group(1)}{m.group(2) or ''}}}"
                              for m in field.finditer(stripped) if m.group(2) != ":q"]
     assert not unquoted, unquoted
+
+
+def test_code_comments_of_the_rules_name_real_functions():
+    """Each rule's ``# Code: lmid <cmd>: <file>:<cli function> -> <module>.<function>`` resolves: the
+    sub-command exists, the CLI function is defined in that file and calls the package function."""
+    import ast
+    import importlib
+    import re
+
+    from lmid.cli import build_parser
+
+    pattern = re.compile(r"# Code: lmid ([\w-]+): (lmid/[\w/]+\.py):(\w+) -> ([\w.]+)\.(\w+)")
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    seen = 0
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for line in smk.read_text(encoding="utf-8").splitlines():
+            if "# Code:" not in line:
+                continue
+            m = pattern.search(line)
+            assert m, f"{smk.name}: unreadable Code comment {line.strip()!r}"
+            command, path, cli_fn, module, fn = m.groups()
+            assert command in commands, f"{smk.name}: no 'lmid {command}'"
+            tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+            defs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+            assert cli_fn in defs, f"{smk.name}: {path} defines no {cli_fn}"
+            called = {n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", None)
+                      for n in ast.walk(defs[cli_fn]) if isinstance(n, ast.Call)}
+            assert fn in called, f"{smk.name}: {path}:{cli_fn} does not call {fn}"
+            assert callable(getattr(importlib.import_module(module), fn, None)), f"{smk.name}: no {module}.{fn}"
+            seen += 1
+    assert seen >= 12

@@ -22,6 +22,14 @@ FIGURE_FILES = {
 }
 
 
+#: The section of ``snakemake --report`` each figure goes in.
+FIGURE_CATEGORIES = {
+    "grid": "Translations", "segmentation": "Segmentation", "metrics": "Metrics", "lmi": "LMI conditioning",
+    "loss_curves": "Training", "uncertainty": "Translations", "sampler": "Sampler", "convergence": "Training",
+    "conditioning": "LMI conditioning", "baselines": "Training",
+}
+
+
 def _lit(text: str, rst: bool) -> str:
     return f"``{text}``" if rst else text
 

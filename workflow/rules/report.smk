@@ -22,32 +22,15 @@ rule report:
         baselines=[f"{REPORTS}/baselines.json", f"{DATA}/baselines/samples.npz"] if BASELINE_CHECKED else [],
     output:
         html=f"{REPORTS}/index.html",
-        grids=report(
-            expand(f"{REPORTS}/figures/grid_{{experiment}}.png", experiment=EXPERIMENTS),
-            caption="../report/grid.rst",
-            category="Translations",
-        ),
-        metrics=report(
-            expand(f"{REPORTS}/figures/metrics_{{experiment}}.png", experiment=EXPERIMENTS),
-            caption="../report/metrics.rst",
-            category="Metrics",
-        ),
-        segmentation=report(
-            f"{REPORTS}/figures/segmentation.png", caption="../report/segmentation.rst", category="Segmentation"
-        ),
-        lmi=report(f"{REPORTS}/figures/lmi.png", caption="../report/lmi.rst", category="LMI conditioning"),
-        loss=report(f"{REPORTS}/figures/loss_curves.png", caption="../report/loss_curves.rst", category="Training"),
-        uncertainty=report(
-            f"{REPORTS}/figures/uncertainty.png", caption="../report/uncertainty.rst", category="Translations"
-        ),
-        sampler=report(f"{REPORTS}/figures/sampler.png", caption="../report/sampler.rst", category="Sampler"),
-        convergence=report(
-            f"{REPORTS}/figures/convergence.png", caption="../report/convergence.rst", category="Training"
-        ),
-        conditioning=report(
-            f"{REPORTS}/figures/conditioning.png", caption="../report/conditioning.rst", category="LMI conditioning"
-        ),
-        baselines=report(f"{REPORTS}/figures/baselines.png", caption="../report/baselines.rst", category="Training"),
+        # Every figure of lmid/report/captions.py (FIGURE_FILES), with its caption and section.
+        **{
+            name: report(
+                list(dict.fromkeys(expand(f"{REPORTS}/figures/{pattern}", experiment=EXPERIMENTS))),
+                caption=f"../report/{name}.rst",
+                category=FIGURE_CATEGORIES[name],
+            )
+            for name, pattern in FIGURE_FILES.items()
+        },
     params:
         cfg=PARAMS_FILE,
         reports=lambda w, input: os.path.dirname(input.metrics),
