@@ -99,6 +99,20 @@ class DataParams(Section):
     def _usable_root(cls, value: str) -> str:
         return check_folder_param(value)
 
+    @model_validator(mode="after")
+    def _distinct_modalities(self):
+        # Checked once here, so prepare and the experiment list cannot disagree about it.
+        if self.source_modality.lower() == self.target_modality.lower():
+            raise ValueError(f"source_modality and target_modality are both {self.source_modality!r}")
+        seen: list[str] = []
+        for m in self.extra_modalities:
+            if m.lower() in (self.source_modality.lower(), self.target_modality.lower()):
+                raise ValueError(f"extra_modalities: {m!r} is already the source or the target modality")
+            if m.lower() in seen:
+                raise ValueError(f"extra_modalities: {m!r} is listed twice")
+            seen.append(m.lower())
+        return self
+
 
 class SequenceParams(Section):
     """One simulated acquisition (``lmid.data.phantom``); times in ms, flip angle in degrees."""

@@ -143,6 +143,8 @@ PARAM_CASES = {
     "data-folder-above-here": ({"paths.data": ".."}, "paths.data"),
     "reports-folder-with-newline": ({"paths.reports": "rep\nx"}, "paths.reports"),
     "raw-folder-with-nul": ({"data.root": "data/raw\x00x"}, "data.root"),
+    "extra-modality-is-the-target": ({"data.extra_modalities": ["T1"]}, "extra_modalities: 'T1' is already the"),
+    "extra-modality-twice": ({"data.extra_modalities": ["T2", "t2"]}, "extra_modalities: 't2' is listed twice"),
     "simulated-raw-outside-data-folder": ({"paths.data": "/tmp/elsewhere"}, "data.root 'data/raw' must be a folder "
                                                                             "inside paths.data '/tmp/elsewhere'"),
 }

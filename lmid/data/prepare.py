@@ -100,13 +100,7 @@ class Modalities:
 
 def _modalities(params: Params) -> Modalities:
     d = params.data
-    extras = []
-    for m in d.extra_modalities:
-        if m.lower() in (d.source_modality.lower(), d.target_modality.lower()):
-            raise ParamsError(f"data.extra_modalities: {m!r} is already the source or the target modality")
-        if m.lower() in (e.lower() for e in extras):
-            raise ParamsError(f"data.extra_modalities: {m!r} is listed twice")
-        extras.append(m)
+    extras = list(d.extra_modalities)  # distinct from each other and from source and target (DataParams)
     if d.source == "brats":
         from lmid.data.brats import MODALITIES
 
