@@ -197,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.slices < 1:
         ap.error("--slices must be at least 1")
 
-    import numpy as np
     import torch
 
     sys.path.insert(0, str(ROOT))

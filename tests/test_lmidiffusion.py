@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lmid.config import Params
-from lmid.data.slices import SliceSet
 from lmid.diffusion.trainer import LmiDiffusionTrainer
 from lmid.lmi import local_mutual_information
 from lmid.methods import get_method

@@ -58,7 +58,7 @@ import numpy as np
 from scipy import ndimage
 
 from lmid.errors import InputFileError, ParamsError
-from lmid.io import read_json, replaced_folder, save_volume, write_json
+from lmid.io import replaced_folder, save_volume, write_json
 from lmid.progress import progress_disabled
 
 log = logging.getLogger(__name__)
@@ -354,15 +354,16 @@ def simulate_subject(params, index: int) -> dict:
         coords[a] = (tpl.centre[a] - tpl.origin[a]) + disp[a] \
             + m[a, 0] * axes[0][:, None, None] + m[a, 1] * axes[1][None, :, None] + m[a, 2] * axes[2][None, None, :]
     del disp
-    sample = lambda arr: ndimage.map_coordinates(arr, coords, order=1, mode="constant", cval=0.0,  # noqa: E731
-                                                 prefilter=False, output=np.float32)
+    def sample(arr, coords=coords):
+        return ndimage.map_coordinates(arr, coords, order=1, mode="constant", cval=0.0, prefilter=False,
+                                       output=np.float32)
+
     brain = np.clip(sample(tpl.brain), 0, 1)
     gm = np.clip(sample(tpl.gm), 0, 1)
     wm = np.clip(sample(tpl.wm), 0, 1)
     shells = {k: np.clip(sample(arr), 0, 1) for k, arr in tpl.shells.items()}
     del coords
     csf = np.clip(brain - gm - wm, 0, 1)
-    fractions = {"csf": csf, "gm": gm, "wm": wm}
     label = np.argmax(np.stack([1.0 - brain, csf, gm, wm]), axis=0).astype(np.uint8)
     in_brain = label > 0
 

@@ -169,7 +169,6 @@ def register(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, mo
     Both arrays are 3-D with nibabel affines. Deterministic for a given ``settings.seed`` (one
     thread, seeded metric sampling).
     """
-    import SimpleITK as sitk
 
     settings = settings or RegistrationSettings()
     t0 = time.perf_counter()

@@ -36,7 +36,6 @@ from lmid.checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from lmid.config import Params
 from lmid.data.slices import SliceSet
 from lmid.errors import LmidError, ParamsError
-from lmid.io import write_text
 from lmid.methods.gan_common import to_signed, write_train_log
 from lmid.networks import autocast, count_parameters
 from lmid.methods.base import Method, TrainingData, Translation

@@ -78,7 +78,7 @@ def _stage_name(job) -> str:
     wc = dict(job.wildcards.items())
     parts = [job.rule.name.replace("_", "-")]
     if "shard" in wc:
-        wc[f"shard"] = f"{wc.pop('shard')}of{wc.pop('n')}"
+        wc["shard"] = f"{wc.pop('shard')}of{wc.pop('n')}"
     parts += [str(v) for v in wc.values()]
     return "-".join(parts)
 
