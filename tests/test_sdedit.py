@@ -126,3 +126,22 @@ def test_model_without_t0_is_refused(tmp_path):
     trainer.inference_model().save(tmp_path / "model.pt")
     with pytest.raises(LmidError, match="t0"):
         get_method("sdedit").load(params, tmp_path / "model.pt", CPU)
+
+
+def test_ddpm_snapshot_curve_of_the_baseline_checks(tmp_path):
+    """check-baselines judges SDEdit's DDPM at every snapshot: one W1 per snapshot, and the last
+    snapshot (the final EMA weights) gives the same samples as the trained model."""
+    from lmid.evaluation.baselines import ddpm_samples, ddpm_snapshot_curve, foreground_stats
+
+    base = tiny_params()
+    train = {**base.diffusion.train.model_dump(), "steps": 4, "snapshot_every": 2}
+    params = Params.model_validate({**base.model_dump(), "diffusion": {**base.diffusion.model_dump(), "train": train}})
+    method = get_method("sdedit")
+    method.train(params, method.training_data(params, slice_set(6)), slice_set(2, seed=1), tmp_path, CPU)
+    real = slice_set(8, seed=3).target
+    curve = ddpm_snapshot_curve(params, tmp_path / "snapshots", 4, real, CPU)
+    assert [r["step"] for r in curve] == [2, 4]
+    assert all(np.isfinite(r["w1_to_real"]) and r["w1_to_real"] > 0 for r in curve)
+    final = foreground_stats(ddpm_samples(params, tmp_path / "model.pt", 4, real.shape[1:], CPU), real)
+    assert curve[-1]["w1_to_real"] == pytest.approx(final["w1_to_real"], abs=1e-7)
+    assert ddpm_snapshot_curve(params, tmp_path / "nowhere", 4, real, CPU) == []
