@@ -331,12 +331,15 @@ def _markdown(result: dict) -> str:
         "- images/s = batch x timed steps / wall time of the timed loop (after the warm-up steps; "
         "device synchronised on CUDA); first step = the first warm-up step (includes compilation)",
         "",
-        "| preset | size | batch | U-Net params | part | variant | images/s | s / step | CPU s / step "
-        "| first step (s) | peak mem (MiB) |",
-        "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
+        "| preset | size | batch | U-Net params | threads (busy cores) | part | variant | images/s | s / step "
+        "| CPU s / step | first step (s) | peak mem (MiB) |",
+        "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in result["results"]:
-        head = f"| {r['preset']} | {r['size']} | {r['batch']} | {r.get('parameters', '') and format(r['parameters'], ',')} | {r['part']} | {r['variant']} |"
+        params_cell = r.get("parameters", "") and format(r["parameters"], ",")
+        threads = f"{r.get('threads') or 'default'} ({r.get('busy_cores', 0)})"
+        head = (f"| {r['preset']} | {r['size']} | {r['batch']} | {params_cell} | {threads} | {r['part']} "
+                f"| {r['variant']} |")
         if r["status"] == "n/a":
             lines.append(f"{head} n/a ({r['reason']}) | | | | |")
             continue
@@ -382,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", default="", help="name of this configuration in the report (default: the preset's)")
     ap.add_argument("--baseline-commit", default=BASELINE_COMMIT,
                     help="commit whose LMI layer the *_baseline parts time (default %(default)s)")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="keep this many other cores busy (spinning processes) while measuring: a shared machine")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -414,23 +419,30 @@ def main(argv: list[str] | None = None) -> int:
         for variant in (["fp32"] if part.startswith("lmi") else args.variants):
             plan.append((part, variant))
     rows = []
-    for part, variant in plan:
-        row = {"preset": preset, "preset_file": str(args.preset), "size": size, "batch": batch, "device": device,
-               "part": part, "variant": variant, "unet": params.diffusion.unet.model_dump(mode="json"),
-               "lmi_mode": params.lmi.mode, "date": _dt.datetime.now().isoformat(timespec="seconds")}
-        if variant in CUDA_ONLY and device != "cuda":
-            row |= {"status": "n/a", "reason": "CUDA only"}
-        else:
-            spec = {"preset": str(args.preset), "size": size, "batch": batch, "device": device, "variant": variant,
-                    "part": part, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
-                    "data": str(args.data), "overrides": overrides, "baseline_commit": args.baseline_commit}
-            t0 = time.perf_counter()
-            row |= _run(spec, args.timeout, args.warm_compile_cache)
-            row["wall_s_including_startup"] = round(time.perf_counter() - t0, 2)
-        rows.append(row)
-        brief = {k: row.get(k) for k in ("preset", "size", "part", "variant", "status", "reason", "images_per_s",
-                                         "s_per_step", "first_step_s") if row.get(k) is not None}
-        print(json.dumps(brief), flush=True)
+    # Spinning processes stand for the other jobs of a parallel Snakemake run on the same cores.
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        for part, variant in plan:
+            row = {"busy_cores": args.busy, "threads": args.threads, "preset": preset, "preset_file": str(args.preset),
+                   "size": size, "batch": batch, "device": device, "part": part, "variant": variant, "unet": params.diffusion.unet.model_dump(mode="json"),
+                   "lmi_mode": params.lmi.mode, "date": _dt.datetime.now().isoformat(timespec="seconds")}
+            if variant in CUDA_ONLY and device != "cuda":
+                row |= {"status": "n/a", "reason": "CUDA only"}
+            else:
+                spec = {"preset": str(args.preset), "size": size, "batch": batch, "device": device, "variant": variant,
+                        "part": part, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+                        "data": str(args.data), "overrides": overrides, "baseline_commit": args.baseline_commit}
+                t0 = time.perf_counter()
+                row |= _run(spec, args.timeout, args.warm_compile_cache)
+                row["wall_s_including_startup"] = round(time.perf_counter() - t0, 2)
+            rows.append(row)
+            brief = {k: row.get(k) for k in ("preset", "size", "part", "variant", "status", "reason", "images_per_s",
+                                             "s_per_step", "first_step_s") if row.get(k) is not None}
+            print(json.dumps(brief), flush=True)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
     n_params = next((r["parameters"] for r in rows if "parameters" in r), None)
     for r in rows:
         r.setdefault("parameters", n_params)
