@@ -73,6 +73,8 @@ def device_from_arg(name: str = "auto") -> torch.device:
         raise ParamsError(f"--device {name}: this machine has no CUDA GPU that torch can use (try --device cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ParamsError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ParamsError(f"--device {name}: this machine has no Apple MPS device that torch can use (try --device cpu)")
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ParamsError(f"--device {name}: lmid runs on cpu or cuda")
+        raise ParamsError(f"--device {name}: lmid runs on cpu, cuda or (Apple) mps")
     return device

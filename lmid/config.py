@@ -11,6 +11,7 @@ generated from these models (``lmid schema``), so the two cannot drift apart.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -27,18 +28,69 @@ PosInt = int
 Fraction = float
 
 
+def _yaml_spelling(value) -> str:
+    return {True: "true", False: "false"}.get(value, repr(value)) if isinstance(value, bool) else repr(value)
+
+
+def _scalar_problems(annotation, value, where: str = "") -> list[str]:
+    """What in ``value`` pydantic would coerce although the field does not take it: ``true`` or
+    ``false`` where a number is expected (read as 1 or 0), a string where a number is expected
+    (``seed: "12"``), and anything but ``true``/``false`` where a flag is expected. Items of
+    tuples and lists, values of mappings and the non-null branch of optional fields are looked at
+    too; nested sections check their own fields."""
+    import types
+    import typing
+
+    at = f"item {where}: " if where else ""
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            return [f"{at}expected a number, got {_yaml_spelling(value)}"]
+        if isinstance(value, str):
+            hint = ""
+            if re.fullmatch(r"[-+]?[0-9]+[eE][-+]?[0-9]+", value.strip()):
+                hint = f" (YAML reads a number with an exponent but no '.' as text: write {value.strip().replace('e', '.0e', 1).replace('E', '.0E', 1)})"
+            return [f"{at}expected a number, got the string {value!r}{hint}"]
+        return []
+    if annotation is bool:
+        return [] if isinstance(value, bool) or value is None else [f"{at}expected true or false, got {value!r}"]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return []
+        branches = [a for a in args if a is not type(None)]
+        return _scalar_problems(branches[0], value, where) if len(branches) == 1 else []
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            item_types = list(args)
+        else:
+            item_types = [args[0] if args else typing.Any] * len(value)
+        out = []
+        for i, (item_type, item) in enumerate(zip(item_types, value)):
+            out += _scalar_problems(item_type, item, f"{where}[{i}]" if where else str(i))
+        return out
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        out = []
+        for key, item in value.items():
+            out += _scalar_problems(args[1], item, f"{where}[{key!r}]" if where else repr(key))
+        return out
+    return []
+
+
 class Section(BaseModel):
-    """Base for every section: unknown keys are errors, not silently ignored, and so is ``true``
-    where a number is expected (pydantic would read it as 1)."""
+    """Base for every section: unknown keys are errors, not silently ignored, and so are values
+    pydantic would quietly convert: ``true`` where a number is expected (read as 1), at any depth
+    (``percentiles: [false, true]``, ``snr: true``), a string where a number is expected
+    (``seed: "12"``) and a number where ``true``/``false`` is expected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_numbers(cls, value, info):
+    def _no_coerced_scalars(cls, value, info):
         field = cls.model_fields.get(info.field_name)
-        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
-            raise ValueError(f"expected a number, got {value!r}")
+        problems = _scalar_problems(field.annotation, value) if field is not None else []
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
 
@@ -700,8 +752,15 @@ def _format_validation_error(path: Path, err: ValidationError, override_keys=(),
             msg = "unknown key (misspelt?)"
         elif e["type"] == "literal_error":
             msg = f"{msg}, got {e.get('input')!r}"
-        given = any(key == k or key.startswith(k + ".") for k in override_keys)
-        lines.append(f"{overrides_label} {key}: {msg}" if given else f"{path}: {key}: {msg}")
+        given = [k for k in override_keys if key == k or key.startswith(k + ".")]
+        # `--set seed.x=1` makes `seed` a mapping: the error is at `seed`, the cause is the --set.
+        deeper = [k for k in override_keys if key != "<root>" and k.startswith(key + ".")]
+        if given:
+            lines.append(f"{overrides_label} {key}: {msg}")
+        elif deeper:
+            lines.append(f"{overrides_label} {deeper[0]}: {key}: {msg}")
+        else:
+            lines.append(f"{path}: {key}: {msg}")
     return "\n".join(lines)
 
 
@@ -741,6 +800,19 @@ def _mapping_without_duplicates(loader, node, deep=False):
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
+#: A number with an exponent and no '.' (``1e-3``): a float in YAML 1.2 (and to DVC, which writes
+#: params.yaml), text to PyYAML's YAML 1.1 rules. Read as the number it is, since strings are not
+#: accepted where numbers are expected.
+EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+class NumberLoader(yaml.SafeLoader):
+    """Plain YAML data, with ``1e-3`` read as a float (for ``--set`` values)."""
+
+
+for _loader in (_StrictLoader, NumberLoader):
+    _loader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
+
 
 def read_yaml(path: Path):
     """A YAML file as Python objects; undecodable bytes, bad syntax and duplicate keys name the file."""
@@ -769,7 +841,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None,
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found")
     data = read_yaml(path)
-    data = {} if data is None else data
+    if data is None:  # an empty file (or only comments) would silently mean every default
+        raise ParamsError(f"{path}: holds no parameters (the file is empty); a params file sets the sections, "
+                          "e.g. a copy of params.yaml or a preset")
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     if overrides:

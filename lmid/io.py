@@ -49,16 +49,28 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise InputFileError(parent, f"cannot create output folder ({err.strerror})") from None
     if not os.access(parent, os.W_OK):
         raise InputFileError(parent, "output folder is not writable")
+    if path.is_dir():
+        raise InputFileError(path, "is a folder: give the path of a file to write")
     suffix = suffix if suffix is not None else "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=parent)
+    except OSError as err:
+        raise InputFileError(path, f"cannot write ({err.strerror or err})") from None
     # mkstemp makes the file private (0600); give it the mode any new file gets under the umask,
     # so that a shared project or DVC cache stays readable by the group.
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as err:
+            # A failed write (a full disk, a file-size limit) or rename: the error names the file
+            # being made, not the temporary one that is removed below (nor none at all).
+            if err.filename in (None, str(tmp), str(path)):
+                raise InputFileError(path, f"cannot write ({err.strerror or err})") from None
+            raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -134,7 +146,14 @@ def replaced_folder(out_dir: str | Path, owns: Callable[[str], bool]) -> Iterato
         raise InputFileError(parent, f"cannot create the output folder here ({err.strerror})") from None
     os.chmod(stage, 0o777 & ~_umask())
     try:
-        yield stage
+        try:
+            yield stage
+        except InputFileError as err:
+            # A file that could not be written in the staging folder is named by where it was going.
+            inside = os.path.relpath(err.path, stage) if err.path.startswith(str(stage) + os.sep) else None
+            if inside is None:
+                raise
+            raise InputFileError(out_dir / inside, err.problem) from None
         old = parent / (f".{out_dir.name}.old-" + stage.name[len(f".{out_dir.name}.staging-"):])
         if out_dir.exists():
             os.replace(out_dir, old)
@@ -248,11 +267,33 @@ def load_volume(path: str | Path, dtype=np.float32):
     if header is not None and "qform_code" in header and int(header["qform_code"]) == 0 \
             and int(header["sform_code"]) == 0:
         raise InputFileError(path, "header has no orientation (qform_code and sform_code are both 0)")
-    zooms = np.asarray(header.get_zooms()[:3], dtype=float) if header is not None else np.ones(3)
+    zooms = _stored_voxel_sizes(path, img)
     affine = np.asarray(img.affine, dtype=np.float64)
-    if np.any(~np.isfinite(zooms)) or np.any(zooms <= 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise InputFileError(path, f"header has voxel sizes {zooms.tolist()}: they must be positive")
+    if np.any(~np.isfinite(zooms)) or np.any(zooms <= 0) or not np.all(np.isfinite(affine)) \
+            or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputFileError(path, f"header has voxel sizes (pixdim) {[round(float(z), 6) for z in zooms]} mm: "
+                                   "they must be positive and finite")
     return data, affine
+
+
+def _stored_voxel_sizes(path: Path, img) -> np.ndarray:
+    """The voxel sizes as the file stores them (``pixdim[1:4]`` of a NIfTI header).
+
+    nibabel repairs a header as it loads it: a negative pixdim becomes its absolute value and 0
+    becomes 1 mm, with only a logged warning, so the loaded header would hide a broken file."""
+    import nibabel as nib
+
+    header = getattr(img, "header", None)
+    if isinstance(header, (nib.Nifti1Header, nib.Nifti2Header)):
+        try:
+            holder = img.file_map.get("header") or img.file_map.get("image")  # a .hdr/.img pair: the .hdr
+            where = (holder.filename if holder is not None else None) or str(path)
+            with nib.openers.ImageOpener(where) as fh:
+                raw = type(header).from_fileobj(fh, check=False)
+            return np.asarray(raw["pixdim"][1:4], dtype=float)
+        except Exception:  # unreadable here means unreadable above; fall back to the loaded header
+            pass
+    return np.asarray(header.get_zooms()[:3], dtype=float) if header is not None else np.ones(3)
 
 
 def save_volume(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:

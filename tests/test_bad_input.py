@@ -7,6 +7,7 @@ problem, and no output left behind (writers are atomic).
 from __future__ import annotations
 
 import gzip
+import io
 import shutil
 from pathlib import Path
 
@@ -96,6 +97,18 @@ def _zeros(raw):
     return _replace(raw, "IXI005-Guys-0803-T1.nii.gz", np.zeros((20, 20, 12), np.float32)) + ["zero"]
 
 
+def _set_pixdim(raw, value):
+    """A PD volume whose header stores voxel size ``value`` along x, orientation kept (the sform):
+    nibabel would load it with |value| or 1 mm and a logged warning only."""
+    f = raw / "IXI004-Guys-0802-PD.nii.gz"
+    payload = bytearray(gzip.decompress(f.read_bytes()))
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(payload)), check=False)
+    header["pixdim"][1] = value
+    payload[:348] = header.binaryblock
+    f.write_bytes(gzip.compress(bytes(payload)))
+    return [f.name, "voxel sizes"]
+
+
 def _no_complete_subject(raw):
     for f in raw.glob("*-T1.nii.gz"):
         f.unlink()
@@ -115,6 +128,8 @@ PREPARE_CASES = {
     "4d-volume": _four_d,
     "nan-voxels": _nan,
     "all-zero-volume": _zeros,
+    "negative-voxel-size": lambda raw: _set_pixdim(raw, -2.0),
+    "zero-voxel-size": lambda raw: _set_pixdim(raw, 0.0),
     "no-subject-has-every-modality": _no_complete_subject,
     "ixi-names-do-not-parse": _unparseable,
 }

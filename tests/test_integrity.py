@@ -206,6 +206,9 @@ def test_evaluate_refuses_translations_of_another_split(tiny_data, identity_shar
 @pytest.mark.parametrize("key, value, words", [
     ("label", 5, ("'label'", "tissue classes")),
     ("target", 1.5, ("'target'", "[0, 1]")),
+    # The second source (T2 → T1) is read like the first: out of range or NaN is refused.
+    ("extra_T2", 2.5, ("'extra_T2'", "[0, 1]")),
+    ("extra_T2", float("nan"), ("'extra_T2'", "NaN")),
 ])
 def test_out_of_range_slices_are_refused(tiny_data, identity_shards, tmp_path, key, value, words):
     z = dict(np.load(tiny_data / "test.npz"))
@@ -239,6 +242,16 @@ def test_train_refuses_splits_that_share_subjects(tiny_data, tmp_path):
     (lambda t: _params(t, methods=[]), ("methods",)),
     (lambda t: _params(t, prepare__percentiles=[0.5, 150]), ("percentiles", "0 <= low < high <= 100")),
     (lambda t: _params(t, prepare__size=34), ("prepare.size 34", "divisible by 4")),
+    # true/false inside tuples, lists and optional numbers, and strings for numbers.
+    (lambda t: _params(t, prepare__percentiles=[False, True]), ("prepare.percentiles", "expected a number, got false")),
+    (lambda t: _params(t, diffusion__train__blur_sigma=[True, False]),
+     ("diffusion.train.blur_sigma", "expected a number, got true")),
+    (lambda t: _params(t, unseen_protocol__snr=True), ("unseen_protocol.snr", "expected a number, got true")),
+    (lambda t: _params(t, sdedit__t0_grid=[True, 7.5]), ("sdedit.t0_grid", "item 0", "got true")),
+    (lambda t: _params(t, seed="12"), ("seed", "the string '12'")),
+    (lambda t: _params(t, data__registration=1), ("data.registration", "true or false")),
+    (lambda t: _params(t, ""), ("params.yaml", "empty")),
+    (lambda t: _params(t, "# only a comment\n"), ("params.yaml", "empty")),
 ])
 def test_loose_parameters_are_refused(tmp_path, make, words):
     res = run_lmid("generate", "--params", make(tmp_path), "--out", tmp_path / "raw")
@@ -256,11 +269,14 @@ def test_non_utf8_params_file_is_one_clear_line(tmp_path):
     (["k=[1,"], ("--set", "not valid YAML")),
     (["seed=1", "seed.x=2"], ("--set", "seed")),
     (["prepare.size=true"], ("--set prepare.size", "expected a number")),
+    (["seed.x=1"], ("--set seed.x", "seed")),
+    (["diffusion.train.lr=1e-3", "seed='12'"], ("--set seed", "string")),  # 1e-3 is a number on the command line
 ])
 def test_bad_set_values_name_set(tmp_path, sets, words):
     args = [a for s in sets for a in ("--set", s)]
     res = run_lmid("generate", "--params", TINY, *args, "--out", tmp_path / "raw")
-    _fails_cleanly(res, *words)
+    message = _fails_cleanly(res, *words)
+    assert str(TINY) not in message, "the error is the --set's, not the file's"
 
 
 def test_bad_device_is_one_clear_line(tiny_data, identity_shards, tmp_path):
@@ -271,6 +287,88 @@ def test_bad_device_is_one_clear_line(tiny_data, identity_shards, tmp_path):
     _fails_cleanly(run_lmid(*common, "--device", "banana"), "--device 'banana'")
     if not torch.cuda.is_available():
         _fails_cleanly(run_lmid(*common, "--device", "cuda"), "--device cuda", "no CUDA")
+    if not torch.backends.mps.is_available():  # every machine but an Apple one
+        _fails_cleanly(run_lmid(*common, "--device", "mps"), "--device mps", "no Apple MPS")
+    assert not (tmp_path / "s.npz").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--samples", "-1"], ("--samples", "at least 1")),
+    (["--samples", "0"], ("--samples", "at least 1")),
+    (["--num-shards", "0"], ("--num-shards", "at least 1")),
+    (["--shard", "2", "--num-shards", "2"], ("--shard 2", "0..1")),
+    (["--shard", "-1"], ("--shard", "0 or more")),
+])
+def test_bad_translate_counts_are_one_clear_line(tiny_data, identity_shards, tmp_path, extra, words):
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--model", identity_shards / "identity/model.pt",
+                   "--slices", tiny_data / "test.npz", "--out", tmp_path / "s.npz", *extra)
+    _fails_cleanly(res, *words)
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_out_at_an_existing_folder_names_that_folder(tiny_data, identity_shards, tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    res = run_lmid("translate", "--params", TINY, "--method", "identity", "--model", identity_shards / "identity/model.pt",
+                   "--slices", tiny_data / "test.npz", "--out", folder)
+    message = _fails_cleanly(res, str(folder), "is a folder")
+    assert ".tmp" not in message, message
+    assert list(folder.iterdir()) == []
+
+
+def test_a_translation_with_nan_pixels_is_not_written(tiny_data, lmidiffusion_folder, tmp_path):
+    """A model whose weights went NaN translates to NaN; clipping keeps NaN, so translate refuses
+    to write it instead of leaving it for evaluate to trip over."""
+    import torch
+
+    folder = tmp_path / "lmidiffusion"
+    shutil.copytree(lmidiffusion_folder, folder)
+    state = torch.load(folder / "model.pt", weights_only=True)
+    state["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                           for k, v in state["state_dict"].items()}
+    torch.save(state, folder / "model.pt")
+    out = tmp_path / "shard.npz"
+    res = run_lmid("translate", "--params", TINY, "--method", "lmidiffusion", "--model", folder / "model.pt",
+                   "--slices", tiny_data / "test.npz", "--limit", "1", "--out", out)
+    _fails_cleanly(res, "NaN", str(out))
+    assert not out.exists()
+
+
+def test_check_baselines_refuses_models_it_cannot_check(tiny_data, tmp_path):
+    """A folder not named after a method, a method it does not check and a missing model end with
+    exit 2 naming the file, not exit 0 and an empty baselines.json."""
+    (tmp_path / "gan").mkdir()
+    (tmp_path / "gan" / "model.pt").write_bytes(b"weights")
+    (tmp_path / "identity").mkdir()
+    (tmp_path / "identity" / "model.pt").write_bytes(b"weights")
+    out, images = tmp_path / "baselines.json", tmp_path / "samples.npz"
+    for model, words in [(tmp_path / "gan" / "model.pt", ("'gan' is not a method", "stylegan2")),
+                         (tmp_path / "identity" / "model.pt", ("'identity'", "does not inspect")),
+                         (tmp_path / "stylegan2" / "model.pt", ("stylegan2/model.pt", "not found"))]:
+        res = run_lmid("check-baselines", "--params", TINY, "--models", model, "--test", tiny_data / "test.npz",
+                       "--out", out, "--images", images)
+        _fails_cleanly(res, str(model), *words)
+        assert not out.exists() and not images.exists()
+
+
+@pytest.mark.parametrize("case", ["missing-slices-dir", "slices-dir-without-test-split", "missing-models-dir"])
+def test_report_refuses_folders_that_are_not_there(tiny_data, tmp_path, case):
+    """A mistyped folder would give a page of "not run" notes and exit 0."""
+    dirs = {"reports": tmp_path / "reports", "models": tmp_path / "models", "metrics": tmp_path / "metrics",
+            "translations": tmp_path / "translations", "slices": tiny_data}
+    for name in ("reports", "models", "metrics", "translations"):
+        dirs[name].mkdir()
+    if case == "missing-slices-dir":
+        dirs["slices"], flag = tmp_path / "slices-typo", "--slices-dir"
+    elif case == "slices-dir-without-test-split":
+        dirs["slices"], flag = tmp_path / "metrics", "--slices-dir"
+    else:
+        dirs["models"], flag = tmp_path / "modles", "--models-dir"
+    res = run_lmid("report", "--params", TINY, "--reports-dir", dirs["reports"], "--models-dir", dirs["models"],
+                   "--metrics-dir", dirs["metrics"], "--translations-dir", dirs["translations"],
+                   "--slices-dir", dirs["slices"], "--out", tmp_path / "reports" / "index.html")
+    _fails_cleanly(res, flag, str(dirs["slices"] if flag == "--slices-dir" else dirs["models"]))
+    assert not (tmp_path / "reports" / "index.html").exists()
 
 
 def test_an_impossible_out_path_is_one_clear_line(tiny_data, tmp_path):
@@ -342,7 +440,8 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing(tmp_path):
     res = subprocess.run([sys.executable, "-m", "lmid", "generate", "--params", str(TINY), "--out", str(tmp_path / "raw")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, preexec_fn=limit,
                          env={**os.environ})
-    _fails_cleanly(res, "File too large")
+    message = _fails_cleanly(res, "File too large", f"{tmp_path / 'raw'}{os.sep}")
+    assert ".staging" not in message and ".tmp" not in message, message  # the file it was making
     assert list(tmp_path.iterdir()) == []
 
 

@@ -31,13 +31,15 @@ def parse_overrides(items: list[str]) -> dict:
     """``--set KEY=VALUE`` items (dotted keys, YAML values) as one nested mapping."""
     import yaml
 
+    from lmid.config import NumberLoader
+
     overrides: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or any(not part for part in key.split(".")):
             raise ParamsError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. diffusion.train.steps=10")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = yaml.load(value, Loader=NumberLoader)  # plain data; 1e-3 is a number
         except yaml.YAMLError as err:
             raise ParamsError(f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
         node = overrides
@@ -98,13 +100,18 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def refuse_overwriting_inputs(command: str, args, inputs=(), outputs=()) -> None:
-    """Stop before anything is written when an output of ``command`` is one of its inputs (after
-    resolving links), when two outputs are one file, or when an output folder that the command
-    fills holds one of its inputs. ``inputs``/``outputs``: further ``(flag, path)`` pairs."""
-    ins, files, folders = COMMAND_PATHS.get(command, ((), (), ()))
+    """Stop before anything is written when an output file of ``command`` is an existing folder,
+    when an output is one of its inputs (after resolving links), when two outputs are one file, or
+    when an output folder that the command fills holds one of its inputs. ``inputs``/``outputs``:
+    further ``(flag, path)`` pairs."""
+    ins, file_dests, folders = COMMAND_PATHS.get(command, ((), (), ()))
     ins = _named_paths(args, ins) + list(inputs)
-    files = _named_paths(args, files) + list(outputs)
+    files = _named_paths(args, file_dests) + list(outputs)
     folders = _named_paths(args, folders)
+    # Before any work (the rename onto a folder would fail at the very end); an --out-dir is a folder.
+    for flag, out in _named_paths(args, [d for d in file_dests if not d.endswith("_dir")]) + list(outputs):
+        if os.path.isdir(out):
+            raise LmidError(f"{flag} {out}: is a folder; give the path of the file to write")
     for flag, out in files + folders:
         for in_flag, inp in ins:
             if _same_file(out, inp):

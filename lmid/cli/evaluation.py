@@ -148,8 +148,20 @@ def _aggregate(args) -> None:
 
 
 def _report(args) -> None:
+    from lmid.errors import LmidError
     from lmid.report.html import build_report
 
+    # The report turns a missing optional input into a "not run" note; a mistyped folder would
+    # become a page of such notes with exit status 0, so the folders themselves must be there.
+    folders = [("--reports-dir", args.reports_dir), ("--models-dir", args.models_dir),
+               ("--metrics-dir", args.metrics_dir), ("--translations-dir", args.translations_dir),
+               ("--slices-dir", args.slices_dir), ("--unseen-slices-dir", args.unseen_slices_dir)]
+    for flag, folder in folders:
+        if folder is not None and not folder.is_dir():
+            raise LmidError(f"{flag} {folder}: {'not a folder' if folder.exists() else 'no such folder'}")
+    for flag, folder in folders[-2:]:
+        if folder is not None and not (folder / "test.npz").is_file():
+            raise LmidError(f"{flag} {folder}: holds no test.npz (the folder 'lmid prepare' wrote?)")
     build_report(load_params_from_args(args), args.params, args.reports_dir, args.models_dir, args.metrics_dir,
                  args.translations_dir, args.slices_dir, args.out, unseen_slices_dir=args.unseen_slices_dir,
                  baseline_images_path=args.baseline_images)

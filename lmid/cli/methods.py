@@ -26,9 +26,9 @@ def register(sub) -> None:
     p.add_argument("--model", type=Path, default=None, help="MODEL_DIR/model.pt written by 'lmid train'")
     p.add_argument("--slices", type=Path, required=True, help="split to translate (.npz)")
     p.add_argument("--source-modality", default=None, help="modality to translate (default: data.source_modality)")
-    p.add_argument("--shard", type=int, default=0)
-    p.add_argument("--num-shards", type=int, default=1)
-    p.add_argument("--samples", type=int, default=None, help="samples per slice (mean + std map)")
+    p.add_argument("--shard", type=_non_negative_index, default=0, help="which shard, 0..NUM_SHARDS-1 (default 0)")
+    p.add_argument("--num-shards", type=_positive, default=1, help="shards the split is cut into (default 1)")
+    p.add_argument("--samples", type=_positive, default=None, help="samples per slice (mean + std map)")
     p.add_argument("--sampler", default=None, metavar="KIND-STEPS[-SPACING]",
                    help="lmidiffusion sampler, e.g. ancestral-1000, ddim-25 or ddim-25-quad "
                         "(overrides lmidiffusion.sampler)")
@@ -102,8 +102,11 @@ def _sampler_sweep(args) -> None:
 
 
 def _translate(args) -> None:
+    from lmid.errors import ParamsError
     from lmid.methods.runner import translate_shard
 
+    if args.shard >= args.num_shards:
+        raise ParamsError(f"--shard {args.shard}: must be one of 0..{args.num_shards - 1} (--num-shards {args.num_shards})")
     if args.sampler:
         _sampler_overrides(args)
     translate_shard(load_params_from_args(args), args.method, args.model, args.slices, args.out,
@@ -126,4 +129,31 @@ def _non_negative(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative (0 means every slice)")
+    return value
+
+
+def _whole_number(text: str) -> int:
+    import argparse
+
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def _non_negative_index(text: str) -> int:
+    import argparse
+
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be 0 or more")
     return value

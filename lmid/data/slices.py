@@ -139,7 +139,12 @@ def load_slices(path: str | Path, allow_empty: bool = False) -> SliceSet:
     for key in ("target", "mask", "label"):
         if z[key].shape != src.shape:
             raise InputFileError(path, f"'{key}' has shape {z[key].shape}, expected {src.shape}")
-    for key in ("source", "target"):
+    extra_keys = sorted(k for k in z if k.startswith("extra_"))
+    for key in extra_keys:
+        if z[key].shape != src.shape:
+            raise InputFileError(path, f"'{key}' has shape {z[key].shape}, expected {src.shape}")
+    # The extra modalities are translated like the source (T2 → T1): the same checks.
+    for key in ("source", "target", *extra_keys):
         if not np.issubdtype(z[key].dtype, np.floating):
             raise InputFileError(path, f"'{key}' must be floating point, got {z[key].dtype}")
         if n and not np.all(np.isfinite(z[key])):
@@ -158,10 +163,7 @@ def load_slices(path: str | Path, allow_empty: bool = False) -> SliceSet:
             raise InputFileError(path, f"'{key}' has shape {z[key].shape}, expected ({n},)")
     if n == 0 and not allow_empty:
         raise InputFileError(path, "split holds no slices (is the split empty? check prepare.slices and prepare.split)")
-    extra = {k[len("extra_"):]: v.astype(np.float32) for k, v in z.items() if k.startswith("extra_")}
-    for k, v in extra.items():
-        if v.shape != src.shape:
-            raise InputFileError(path, f"'extra_{k}' has shape {v.shape}, expected {src.shape}")
+    extra = {k[len("extra_"):]: z[k].astype(np.float32) for k in extra_keys}
     return SliceSet(
         source=src.astype(np.float32), target=z["target"].astype(np.float32), mask=z["mask"].astype(bool),
         label=z["label"].astype(np.uint8), subject=z["subject"].astype(str),

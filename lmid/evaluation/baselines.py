@@ -126,6 +126,31 @@ def cyclegan_directions(params: Params, model_path: Path, test, device: torch.de
     return stats, {"cyclegan_target_to_source": fake_s, "cyclegan_source_to_target": fake_t}
 
 
+def _given_models(params: Params, models) -> dict[str, Path]:
+    """``{method: model.pt}`` of the ``--models`` files, each in a folder named after a method that
+    is checked here and that ``params.methods`` runs; anything else is refused, not skipped (a
+    mistyped folder would otherwise leave an empty baselines.json behind an exit status of 0)."""
+    from lmid.errors import InputFileError
+    from lmid.registry import METHODS
+
+    checked = [name for name, s in METHODS.items() if s.baseline_checked]
+    given: dict[str, Path] = {}
+    for path in map(Path, models):
+        name = path.parent.name
+        if name not in checked:
+            kind = "is not a method" if name not in METHODS else "is a method check-baselines does not inspect"
+            raise InputFileError(path, f"the folder name {name!r} {kind}: --models takes <models>/<method>/model.pt "
+                                       f"with <method> one of {', '.join(checked)}")
+        if name not in params.methods:
+            raise InputFileError(path, f"{name} is not among the methods of params ({', '.join(params.methods)})")
+        if name in given:
+            raise InputFileError(path, f"a second model of {name} (the first: {given[name]})")
+        if not path.is_file():
+            raise InputFileError(path, f"model not found (train it first: lmid train --method {name})")
+        given[name] = path
+    return given
+
+
 def check_baselines(params: Params, models, test_path: Path, out_json: Path, out_npz: Path,
                     samples: int = 16, device: str = "auto") -> dict:
     """Write ``out_json`` (numbers for the report) and ``out_npz`` (the images it shows).
@@ -135,7 +160,7 @@ def check_baselines(params: Params, models, test_path: Path, out_json: Path, out
     from lmid.checkpoint import device_from_arg
     from lmid.data.slices import load_slices
 
-    given = {Path(p).parent.name: Path(p) for p in models}
+    given = _given_models(params, models)
     out_json, out_npz = Path(out_json), Path(out_npz)
     device = device_from_arg(device)
     test = load_slices(Path(test_path))

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 def train_method(params: Params, method: str, train_path: Path, val_path: Path, out_dir: Path,
                  device: str = "auto") -> dict:
     """Train ``method`` on what it may see; writes ``model.pt`` and ``train_info.json``."""
+    dev = device_from_arg(device)  # a bad --device stops here, before the folder is touched
     _refuse_another_methods_folder(method, Path(out_dir))
     m = get_method(method)
     train = load_slices(train_path)
@@ -40,7 +41,6 @@ def train_method(params: Params, method: str, train_path: Path, val_path: Path, 
     data = m.training_data(params, train)
     out_dir = ensure_dir(out_dir)
     _set_aside_stale_checkpoint(params, method, train_path, out_dir)
-    dev = device_from_arg(device)
     t0 = time.perf_counter()
     info = m.train(params, data, val, out_dir, dev) or {}
     info = {"method": method, "access": m.access.value, "device": _device_name(dev),
@@ -165,8 +165,10 @@ def _file_sha256(path: Path) -> str:
 
 
 def shard_indices(n: int, shard: int, num_shards: int) -> np.ndarray:
+    if num_shards < 1:
+        raise ParamsError(f"--num-shards {num_shards}: must be at least 1")
     if not 0 <= shard < num_shards:
-        raise LmidError(f"shard {shard} is outside 0..{num_shards - 1}")
+        raise ParamsError(f"--shard {shard}: must be one of 0..{num_shards - 1} (--num-shards {num_shards})")
     return np.array_split(np.arange(n), num_shards)[shard]
 
 
@@ -205,6 +207,13 @@ def translate_shard(params: Params, method: str, model_path: Path | None, slices
         raise LmidError(f"{method}: translate returned shape {image.shape}, expected {(len(idx), h, w)}")
     std = result.std if result is not None and result.std is not None else np.zeros_like(image)
     mean = result.mean if result is not None and result.mean is not None else image
+    for what, array in (("translation", image), ("mean", mean), ("spread (std)", std)):
+        bad = ~np.isfinite(np.asarray(array, dtype=np.float32))
+        if bad.any():  # clipping keeps NaN; evaluate would be the first to notice
+            slices = sorted({int(idx[i]) for i in np.nonzero(bad.reshape(len(bad), -1).any(axis=1))[0]})
+            raise LmidError(f"{method}: the {what} of slice(s) {slices[:10]} of {slices_path} holds "
+                            f"{int(bad.sum())} NaN/Inf pixels; nothing written to {out_path} (a diverged model? "
+                            "check its train_log.csv)")
     info = dict(result.info) if result else {}
     save_npz(out_path, image=np.clip(image, 0.0, 1.0), std=std.astype(np.float32),
              mean=np.clip(mean, 0.0, 1.0).astype(np.float32), index=idx.astype(np.int64),
