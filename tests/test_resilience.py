@@ -9,17 +9,32 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
-from conftest import ROOT, TINY, run_lmid
+from conftest import ROOT, TINY
+
+
+#: A smaller U-Net and LMI than the tiny preset's: these tests are about stopping and resuming, so
+#: the steps only have to be cheap (a process start costs more than all its steps now).
+SMALL = ["--set", "diffusion.unet={channels: [8, 16], attention_levels: [false, true], num_res_blocks: 1, "
+                  "num_head_channels: 8, norm_num_groups: 4, dropout: 0.0}",
+         "--set", "lmi.bins=8", "--set", "diffusion.train.snapshot_every=0"]
+#: One torch thread per training process: two threads on a shared 2-core machine wait on each other.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _train_cmd(tiny_data: Path, out: Path, steps: int) -> list[str]:
+    # Log rows of 3 steps and checkpoints every 4: a checkpoint falls inside a row of the log.
     return [sys.executable, "-m", "lmid", "train", "--params", str(TINY), "--method", "lmidiffusion",
             "--train", str(tiny_data / "train.npz"), "--val", str(tiny_data / "val.npz"), "--out", str(out),
             "--set", f"diffusion.train.steps={steps}", "--set", "diffusion.train.checkpoint_every=4",
-            "--device", "cpu"]
+            "--set", "diffusion.train.log_every=3", *SMALL, "--device", "cpu"]
+
+
+def _train(cmd: list[str]) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ONE_THREAD)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
 
 
 def _weights(path: Path) -> dict:
@@ -38,52 +53,55 @@ def _weights(path: Path) -> dict:
 
 
 def test_sigkill_after_first_checkpoint_then_resume_equals_uninterrupted(tmp_path, tiny_data):
-    steps = 40
+    """kill -9 right after the first checkpoint (step 4, inside the log row of steps 4-6), then the
+    same command: the weights, the loss log and the final loss are those of an uninterrupted run."""
+    import json
+
+    steps = 24
     ref = tmp_path / "uninterrupted"
-    res = subprocess.run(_train_cmd(tiny_data, ref, steps), capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _train(_train_cmd(tiny_data, ref, steps))
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(tiny_data, out, steps), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, env=ONE_THREAD)
     deadline = time.time() + 600
     while not (out / "checkpoint.pt").exists():
         assert proc.poll() is None, "training ended before writing a checkpoint"
         assert time.time() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "model.pt").exists(), "killed before the end, yet a final model exists"
 
-    res = subprocess.run(_train_cmd(tiny_data, out, steps), capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = _train(_train_cmd(tiny_data, out, steps))
     assert "resuming from" in res.stderr, res.stderr[-3000:]
     a, b = _weights(ref / "model.pt"), _weights(out / "model.pt")
     assert a.keys() == b.keys() and a
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    assert (ref / "train_log.csv").read_text() == (out / "train_log.csv").read_text()
+    info = [json.loads((d / "train_info.json").read_text()) for d in (ref, out)]
+    assert info[0]["final_loss"] == info[1]["final_loss"] is not None
 
 
 def test_raising_steps_resumes_from_the_last_checkpoint(tmp_path, tiny_data):
-    """Training longer (steps 8 → 12) continues from step 8 and ends where an uninterrupted
-    12-step run ends; the fingerprint leaves run length out, so the checkpoint is not thrown away."""
+    """Training longer (steps 8 → 10) continues from step 8 and ends where an uninterrupted
+    10-step run ends, loss log included (its row of steps 7-9 spans the two runs); the fingerprint
+    leaves run length out, so the checkpoint is not thrown away."""
     out = tmp_path / "longer"
-    first = subprocess.run(_train_cmd(tiny_data, out, 8), capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stderr[-3000:]
-    res = subprocess.run(_train_cmd(tiny_data, out, 12), capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _train(_train_cmd(tiny_data, out, 8))
+    res = _train(_train_cmd(tiny_data, out, 10))
     assert "(step 8)" in res.stderr and "starting afresh" not in res.stderr, res.stderr[-3000:]
     ref = tmp_path / "straight"
-    res = subprocess.run(_train_cmd(tiny_data, ref, 12), capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _train(_train_cmd(tiny_data, ref, 10))
     a, b = _weights(ref / "model.pt"), _weights(out / "model.pt")
     assert a.keys() == b.keys() and a
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    assert (ref / "train_log.csv").read_text() == (out / "train_log.csv").read_text()
     # A change of what training learns (the learning rate) is not resumed.
-    res = subprocess.run(_train_cmd(tiny_data, out, 12) + ["--set", "diffusion.train.lr=1e-3"], capture_output=True,
-                         text=True, timeout=900)
-    assert res.returncode == 0 and "starting afresh" in res.stderr, res.stderr[-3000:]
+    res = _train(_train_cmd(tiny_data, out, 10) + ["--set", "diffusion.train.lr=1e-3"])
+    assert "starting afresh" in res.stderr, res.stderr[-3000:]
 
 
 GUARD = """

@@ -1,5 +1,6 @@
 """Killed right after a checkpoint and started again, every trained method ends exactly where an
-uninterrupted run ends: the same weights, optimiser and sampler states, and the same loss log."""
+uninterrupted run ends: the same weights, optimiser and sampler states, the same loss log and the
+same final loss, also when a checkpoint falls inside a row of the loss log."""
 
 from __future__ import annotations
 
@@ -48,6 +49,18 @@ CASES = {
                  "norm_num_groups": 4, "dropout": 0.0},
         "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, "ema_decay": 0.5}}},
         "lmid.diffusion.trainer", lambda s: s.get("step") == 2),
+    # Log rows of 3 steps, checkpoints every 2: killed at step 4, the row of steps 4-6 is half done
+    # and the run ends (step 7) inside a row.
+    "lmidiffusion-window": ("lmidiffusion", {"seed": 11, "diffusion": {
+        "schedule": {"timesteps": 40},
+        "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1, "num_head_channels": 8,
+                 "norm_num_groups": 4, "dropout": 0.0},
+        "train": {"steps": 7, "batch_size": 2, "checkpoint_every": 2, "log_every": 3, "ema_decay": 0.5}}},
+        "lmid.diffusion.trainer", lambda s: s.get("step") == 4),
+    "cyclegan-window": ("cyclegan", {"seed": 3, "cyclegan": {
+        "res_blocks": 1, "base_filters": 8, "disc_filters": 8, "disc_layers": 2, "pool_size": 4, "source_fraction": 0.5,
+        "train": {"steps": 7, "batch_size": 2, "lr": 1e-3, "log_every": 3, "checkpoint_every": 2}}},
+        "lmid.methods.cyclegan", lambda s: s.get("step") == 4),
 }
 
 
@@ -87,7 +100,7 @@ def test_resume_equals_uninterrupted(case, tmp_path, monkeypatch):
     method = get_method(name)
     data = method.training_data(params, slice_set(8))
     val = slice_set(8, seed=1).subset(np.arange(0))
-    method.train(params, data, val, tmp_path / "straight", CPU)
+    straight = method.train(params, data, val, tmp_path / "straight", CPU) or {}
 
     mod = importlib.import_module(module)
     real_save = mod.save_checkpoint
@@ -102,9 +115,11 @@ def test_resume_equals_uninterrupted(case, tmp_path, monkeypatch):
         method.train(params, data, val, tmp_path / "resumed", CPU)
     assert not (tmp_path / "resumed" / "model.pt").exists()
     monkeypatch.undo()
-    method.train(params, data, val, tmp_path / "resumed", CPU)
+    resumed = method.train(params, data, val, tmp_path / "resumed", CPU) or {}
 
     for f in ("checkpoint.pt", "model.pt"):
         _same(load_checkpoint(tmp_path / "straight" / f), load_checkpoint(tmp_path / "resumed" / f), f)
     log = "train_log.csv"
     assert (tmp_path / "straight" / log).read_text() == (tmp_path / "resumed" / log).read_text()
+    for key in ("final_loss", "final_losses"):
+        assert straight.get(key) == resumed.get(key), key

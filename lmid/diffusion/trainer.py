@@ -211,12 +211,14 @@ class DiffusionTrainer:
         lines = ["step,loss"] + [f"{s},{l:.6g}" for s, l in rows]
         write_text(self.out_dir / "train_log.csv", "\n".join(lines) + "\n")
 
-    def _save_checkpoint(self, step, opt, gen, rows, wall) -> None:
+    def _save_checkpoint(self, step, opt, gen, rows, wall, window=()) -> None:
         state = {
             "format": CHECKPOINT_FORMAT, "method": self.method, "step": int(step),
             "model": self.net.state_dict(), "ema": self.ema.shadow, "optimizer": opt.state_dict(),
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "log_steps": [int(s) for s, _ in rows], "log_losses": [float(v) for _, v in rows],
+            # The losses of the log row in progress, so a resumed run averages the same steps.
+            "log_window": [float(v) for v in window],
             "wall_s": float(wall),
         }
         if self.device.type == "cuda":
@@ -270,14 +272,22 @@ class DiffusionTrainer:
                 torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), self.device)
             step = int(ck["step"])
             rows = list(zip(ck.get("log_steps", []), ck.get("log_losses", [])))
+            window = [float(v) for v in ck.get("log_window", [])]
             wall_before = float(ck.get("wall_s", 0.0))
             log.info("%s: resuming from %s at step %d", self.method, self.checkpoint_path, step)
+        else:
+            window = []
 
         total = int(tp.steps)
         end = total if stop_after is None else min(total, int(stop_after))
         t_start = time.perf_counter()
-        window: list[float] = []
         self.prepare_data(data)
+
+        def logged_rows() -> list:
+            # The log as written: the whole windows, then the steps since the last one as a row
+            # of their own at the current step (a shorter window, which a longer run replaces).
+            return list(rows) + ([(int(step), float(np.mean(window)))] if window else [])
+
         bar = tqdm(total=total, initial=step, desc=f"train {self.method}", disable=progress_disabled(),
                    dynamic_ncols=True)
         self.net.train()
@@ -317,24 +327,27 @@ class DiffusionTrainer:
             self.step_losses.append(value)
             window.append(value)
             bar.update(1)
-            if step % tp.log_every == 0 or step == end:
+            # Rows are whole windows of log_every steps; the checkpoint keeps the window in
+            # progress, so where a run stops or is killed changes neither the rows nor their means.
+            if step % tp.log_every == 0:
                 rows.append((step, float(np.mean(window))))
                 bar.set_postfix(loss=f"{rows[-1][1]:.4f}")
                 window = []
             if tp.snapshot_every and step % tp.snapshot_every == 0:
                 self._save_snapshot(step)
             if step % tp.checkpoint_every == 0 or step == end:
-                self._save_checkpoint(step, opt, gen, rows, wall_before + time.perf_counter() - t_start)
-                self._write_log(rows)
+                self._save_checkpoint(step, opt, gen, rows, wall_before + time.perf_counter() - t_start, window)
+                self._write_log(logged_rows())
         bar.close()
         self.steps_done = int(step)
         wall = wall_before + time.perf_counter() - t_start
         if not self.checkpoint_path.exists():  # nothing to do (already trained) but keep files
-            self._save_checkpoint(step, opt, gen, rows, wall)
-        self._write_log(rows)
+            self._save_checkpoint(step, opt, gen, rows, wall, window)
+        logged = logged_rows()
+        self._write_log(logged)
         return {
             "steps": int(step), "batch_size": int(tp.batch_size), "parameters": n_params,
-            "train_loop_wall_s": round(wall, 3), "final_loss": rows[-1][1] if rows else None,
+            "train_loop_wall_s": round(wall, 3), "final_loss": logged[-1][1] if logged else None,
             "image_size": list(images.shape[1:]), "training_slices": int(len(images)),
             "in_channels": self.in_channels, "finished": bool(step >= total),
         }
