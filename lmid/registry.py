@@ -4,7 +4,8 @@ Adding a method means one :class:`MethodSpec` here, one :class:`lmid.methods.bas
 subclass of the same name in ``module`` and its import in :func:`lmid.methods.method_class`
 (tests/test_access.py checks the three agree). Everything else (the ``methods`` choices of params.yaml, the CLI's
 ``--method``, what reruns in Snakemake and DVC, the training fingerprint, column names, colours
-and GPU requests) is read from this table.
+and GPU requests) is read from this table. The source files a method's steps depend on are not
+listed: workflow/scripts/dvc_yaml.py follows the imports of each step's command.
 
 Parameters are named by dotted keys of params.yaml (``diffusion.train.steps``). A method's
 ``train_keys`` are what its training reads: change one and the train step runs again. Of those,
@@ -61,8 +62,6 @@ class MethodSpec:
     role: str = ""
     #: Has generators that ``lmid check-baselines`` inspects on their own.
     baseline_checked: bool = False
-    #: The method's own source files and folders (DVC reruns its steps when they change).
-    code: tuple[str, ...] = ()
     #: Scheduling order of the train jobs (higher first): the longest trainings start first, so
     #: that shorter jobs fill the other cores around them.
     train_priority: int = 0
@@ -92,8 +91,7 @@ _SPECS = (
     MethodSpec(
         "cyclegan", "CycleGAN", "lmid.methods.cyclegan", Access.TARGET_AND_SOURCE_FRACTION, "#239b56",
         competitor=True, gpu=True, baseline_checked=True, role="sees {source_fraction} source",
-        train_keys=("seed", "cyclegan"), bookkeeping_keys=_gan_bookkeeping("cyclegan", "train"),
-        code=("lmid/methods/cyclegan.py", "lmid/methods/gan_common.py", "lmid/networks/cyclegan.py")),
+        train_keys=("seed", "cyclegan"), bookkeeping_keys=_gan_bookkeeping("cyclegan", "train")),
     MethodSpec(
         "stylegan2", "StyleGAN2-ADA", "lmid.methods.stylegan2", Access.TARGET_ONLY, "#7d3c98",
         competitor=True, gpu=True, baseline_checked=True,
@@ -103,8 +101,7 @@ _SPECS = (
         bookkeeping_keys=_gan_bookkeeping("stylegan2", "train"),
         # GAN inversion happens per test slice; its loss may use the LMI layer's settings.
         translate_keys=("seed", "lmi") + tuple(f"stylegan2.{k}" for k in (
-            "invert_steps", "invert_lr", "invert_w_samples", "invert_noise_weight", "invert_loss")),
-        code=("lmid/methods/stylegan2.py", "lmid/methods/gan_common.py", "lmid/networks/stylegan2.py", "lmid/lmi.py")),
+            "invert_steps", "invert_lr", "invert_w_samples", "invert_noise_weight", "invert_loss"))),
     MethodSpec(
         "sdedit", "SDEdit", "lmid.methods.sdedit", Access.TARGET_ONLY, "#2471a3",
         competitor=True, gpu=True, baseline_checked=True,
@@ -115,16 +112,14 @@ _SPECS = (
         resume_keys=_DIFFUSION_RESUMABLE + ("sdedit",),
         bookkeeping_keys=_DIFFUSION_BOOKKEEPING,
         translate_keys=("seed", "sdedit.kind", "sdedit.steps", "sdedit.repeats", "sdedit.batch_size",
-                        "diffusion.train.mixed_precision"),
-        code=("lmid/methods/sdedit.py", "lmid/diffusion")),
+                        "diffusion.train.mixed_precision")),
     MethodSpec(
         "lmidiffusion", "LMIDiffusion", "lmid.methods.lmidiffusion", Access.TARGET_ONLY, "#c0392b",
         competitor=True, gpu=True, train_priority=2,
         train_keys=_DIFFUSION_TRAIN + ("lmi",),
         resume_keys=_DIFFUSION_RESUMABLE,
         bookkeeping_keys=_DIFFUSION_BOOKKEEPING,
-        translate_keys=("seed", "lmi", "lmidiffusion.sampler", "diffusion.train.mixed_precision"),
-        code=("lmid/methods/lmidiffusion.py", "lmid/diffusion", "lmid/lmi.py")),
+        translate_keys=("seed", "lmi", "lmidiffusion.sampler", "diffusion.train.mixed_precision")),
     MethodSpec(
         "cdm", "CDM", "lmid.methods.cdm", Access.PAIRED, "#b9770e", competitor=False, gpu=True,
         role="supervised upper bound",
@@ -132,17 +127,14 @@ _SPECS = (
             "vector_dim", "mask_ratio", "patch", "mrm_channels", "mdn_blocks", "mdn_hidden", "mdn_timesteps",
             "unet_channels", "flip_prob", "grad_clip", "mrm", "mdn", "unet")),
         bookkeeping_keys=_gan_bookkeeping("cdm", "mrm", "mdn", "unet"),
-        translate_keys=("seed", "cdm.mdn_ddim_steps", "cdm.translate_batch_size"),
-        code=("lmid/methods/cdm.py", "lmid/networks/cdm.py")),
+        translate_keys=("seed", "cdm.mdn_ddim_steps", "cdm.translate_batch_size")),
     MethodSpec(
         "identity", "Identity", "lmid.methods.references", Access.NONE, "#717d7e", competitor=False, gpu=False,
-        role="reference",
-        code=("lmid/methods/references.py",)),
+        role="reference"),
     MethodSpec(
         "histmatch", "Hist. matching", "lmid.methods.references", Access.TARGET_HISTOGRAM, "#a6acaf",
         competitor=False, gpu=False, role="reference",
-        train_keys=("histmatch.n_quantiles",), translate_keys=("histmatch.mask_threshold",),
-        code=("lmid/methods/references.py",)),
+        train_keys=("histmatch.n_quantiles",), translate_keys=("histmatch.mask_threshold",)),
 )
 
 #: Every method by name, in the tables' column order (the paper's four, the upper bound, references).

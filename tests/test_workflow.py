@@ -212,6 +212,17 @@ def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
     return out
 
 
+@pytest.mark.parametrize("path", ["params.yaml", "workflow/presets/paper.yaml", "workflow/presets/study.yaml"])
+def test_complete_params_files_write_out_every_parameter(path):
+    """DVC sees the keys a params file spells out, nothing else: a default of lmid/config.py left
+    out of params.yaml or a preset could change unseen. Every leaf of lmid.config.Params is there."""
+    from lmid.config import Params
+
+    written = _leaf_keys(yaml.safe_load((ROOT / path).read_text()))
+    missing = sorted(_leaf_keys(Params().model_dump(mode="json")) - written)
+    assert not missing, f"{path} leaves out {len(missing)} key(s): {missing}"
+
+
 @pytest.mark.parametrize("preset", ["paper", "study"])
 def test_presets_are_complete_and_valid(preset):
     """A preset is a whole params file (Snakemake --configfile and `dvc` both read one): it sets
@@ -313,3 +324,115 @@ def test_code_comments_of_the_rules_name_real_functions():
             assert callable(getattr(importlib.import_module(module), fn, None)), f"{smk.name}: no {module}.{fn}"
             seen += 1
     assert seen >= 12
+
+
+def test_commit_refuses_outputs_that_do_not_follow_from_their_inputs(tmp_path):
+    """`dvc_yaml.py --commit` records what is on disk in DVC. It checks by content, from what
+    Snakemake recorded of each job, that every output was made from the inputs beside it: a
+    segmenter fitted on slices that were prepared again since (its file time made newer, so that
+    Snakemake sees nothing to do), and a report file Snakemake never made (as from git), are refused
+    before anything is committed."""
+    import time
+
+    params = yaml.safe_load((ROOT / "tests" / "presets" / "tiny.yaml").read_text())
+    root = _project(tmp_path, params)
+    res = _snakemake("--cores", "1", "--", "data/models/kmeans.json", cwd=root)  # generate, prepare, fit
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _generate(root).returncode == 0
+    # Everything made so far follows from its inputs: the check passes, the unfinished run stops it.
+    res = _generate(root, "--commit")
+    assert res.returncode == 1 and "jobs left to run" in res.stderr and "Not committing" not in res.stderr, res.stderr
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    res = subprocess.run([str(BIN / "lmid"), "prepare", "--params", "params.yaml", "--set", "seed=99", "--raw",
+                          "data/raw", "--out", "data/slices"], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # The segmenter (with its log and benchmark) now looks newer than the slices: by file times it
+    # is up to date.
+    later = time.time() + 60
+    for path in (root / "data").rglob("*"):
+        if path.is_file() and "fit_segmenter" in str(path) or path.name == "kmeans.json":
+            os.utime(path, (later, later))
+    res = _snakemake("--cores", "1", "--dry-run", "--", "data/models/kmeans.json", cwd=root)
+    assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr, res.stdout[-2000:]
+    (root / "reports").mkdir()
+    (root / "reports" / "metrics.json").write_text("{}\n")
+
+    res = _generate(root, "--commit")
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "Not committing" in res.stderr, res.stderr
+    lines = res.stderr.splitlines()
+    assert any("data/models/kmeans.json" in line and "data/slices/train.npz" in line for line in lines), res.stderr
+    assert any(line.strip().startswith("reports/metrics.json:") and "no record" in line for line in lines), res.stderr
+    assert not (root / ".dvc").exists() and not (root / "data" / "dvc_yaml.ok").exists()
+
+
+def _dvc_yaml_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dvc_yaml", GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stages_depend_on_the_code_their_commands_import():
+    """Code dependencies come from the imports of each command, not from a list kept by hand:
+    the defaults in lmid/config.py and the shared I/O reach every stage, the K-Means module every
+    stage that imports it, and a method's own code only the stages that run that method."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        if name == "dvc-yaml":
+            continue
+        for f in ("lmid/config.py", "lmid/io.py", "lmid/cli/__init__.py", "lmid/registry.py"):
+            assert f in stage["deps"], (name, f)
+    for name in ("diagnose", "prepare", "report", "fit-segmenter", "evaluate-pd2t1-cdm"):
+        assert "lmid/evaluation/segment.py" in stages[name]["deps"], name
+    assert "lmid/checkpoint.py" in stages["train-cdm"]["deps"]
+    assert "lmid/report/templates/report.html.j2" in stages["report"]["deps"]
+    assert "lmid/methods/cdm.py" in stages["train-cdm"]["deps"]
+    assert "lmid/diffusion/trainer.py" in stages["train-lmidiffusion"]["deps"]
+    train_identity = stages["train-identity"]["deps"]
+    assert not any(f.startswith(("lmid/diffusion/", "lmid/methods/cdm", "lmid/networks/")) for f in train_identity), \
+        train_identity
+    # The graph check reruns whenever a file that some stage runs changes.
+    every = {f for name, s in stages.items() if name != "dvc-yaml" for f in s["deps"] if f.startswith("lmid/")}
+    assert every <= set(stages["dvc-yaml"]["deps"])
+
+
+#: Runs `lmid ARGS`, then writes the files of the lmid modules Python loaded to OUT.
+_LOADED = """
+import atexit, json, sys
+def dump(out=sys.argv[1]):
+    files = sorted({m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] == "lmid" and getattr(m, "__file__", None)})
+    json.dump(files, open(out, "w"))
+atexit.register(dump)
+from lmid.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_code_deps_cover_every_module_a_command_loads(tiny_data, tmp_path):
+    """What the import walk finds holds every lmid module that the command really loads."""
+    import shlex
+
+    gen = _dvc_yaml_module()
+    tiny = ROOT / "tests" / "presets" / "tiny.yaml"
+    model = tmp_path / "models" / "identity"
+    commands = [
+        ["train", "--params", tiny, "--method", "identity", "--train", tiny_data / "train.npz",
+         "--val", tiny_data / "val.npz", "--out", model],
+        ["translate", "--params", tiny, "--method", "identity", "--model", model / "model.pt",
+         "--slices", tiny_data / "test.npz", "--out", tmp_path / "shard.npz"],
+        ["fit-segmenter", "--params", tiny, "--train", tiny_data / "train.npz", "--out", tmp_path / "kmeans.json"],
+    ]
+    for k, args in enumerate(commands):
+        args = list(map(str, args))
+        loaded = tmp_path / f"loaded-{k}.json"
+        res = subprocess.run([sys.executable, "-c", _LOADED, str(loaded), *args], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        used = {str(Path(f).resolve().relative_to(ROOT)) for f in json.loads(loaded.read_text())}
+        found = set(gen.command_code(ROOT, shlex.join(["lmid", *args])))
+        assert used <= found, (args[0], sorted(used - found))

@@ -115,37 +115,6 @@ def get_source_modality(wildcards):
     return EXPERIMENTS[wildcards.experiment]
 
 
-# Source files each step's results depend on. Snakemake reruns a job when its command line or the
-# values it reads change; DVC (dvc.yaml is generated from these rules by workflow/scripts/dvc_yaml.py)
-# also reruns it when one of these files changes. A method's own files are in lmid/registry.py.
-_RUNNER = ["lmid/methods/base.py", "lmid/methods/runner.py", "lmid/registry.py"]
-_DATA = ["lmid/data/prepare.py", "lmid/data/brainmask.py", "lmid/data/ixi.py", "lmid/data/brats.py",
-         "lmid/data/registration.py", "lmid/data/slices.py"]
-CODE = {
-    "generate": ["lmid/data/phantom.py"],
-    "generate_unseen": ["lmid/data/phantom.py"],
-    "prepare": _DATA,
-    "prepare_unseen": _DATA,
-    "train": _RUNNER,
-    "fit_segmenter": ["lmid/evaluation/segment.py"],
-    "translate": _RUNNER,
-    "gather": ["lmid/methods/runner.py"],
-    "sampler_sweep": _RUNNER + ["lmid/evaluation/metrics.py", "lmid/evaluation/segment.py"],
-    "evaluate": ["lmid/evaluation/metrics.py", "lmid/evaluation/segment.py"],
-    "aggregate": ["lmid/evaluation/aggregate.py", "lmid/evaluation/table_stats.py", "lmid/evaluation/tables.py",
-                  "lmid/evaluation/display.py", "lmid/evaluation/stats.py", "lmid/experiments.py"],
-    "diagnose": ["lmid/evaluation/diagnostics.py"],
-    "check_baselines": ["lmid/evaluation/baselines.py"],
-    "report": ["lmid/report"],
-}
-# Rules that run one method's code without a {method} wildcard.
-_RULE_METHODS = {"sampler_sweep": ["lmidiffusion"], "diagnose": ["lmidiffusion"], "check_baselines": BASELINE_CHECKED}
-
-
-def get_code(rule, wildcards):
-    """Source files a job of `rule` depends on (used for dvc.yaml)."""
-    methods = [wildcards["method"]] if "method" in wildcards.keys() else _RULE_METHODS.get(rule, [])
-    files = list(CODE.get(rule, []))
-    for m in methods:
-        files += [f for f in SPECS[m].code if f not in files]
-    return files
+# The source files each step runs are not listed here: workflow/scripts/dvc_yaml.py reads them from
+# the imports of each job's `lmid` command (DVC reruns a stage when one changes; Snakemake reruns a
+# job when its command or the values it reads change).
