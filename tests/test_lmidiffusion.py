@@ -208,8 +208,9 @@ def test_diagnose_ablation_oracle_and_convergence(tmp_path):
     val.save(tmp_path / "val.npz")
     seg = KMeansSegmenter(centroids=(0.2, 0.5, 0.8), mapping=(1, 2, 3))
     (tmp_path / "kmeans.json").write_text(json.dumps(seg.to_dict()))
+    slice_set(5, seed=9).save(tmp_path / "unseen_val.npz")  # another protocol's split: its own slice count
     out = diagnose(params, tmp_path / "model.pt", snaps, tmp_path / "val.npz", tmp_path / "kmeans.json",
-                   tmp_path / "diag.json", slices=3, device="cpu")
+                   tmp_path / "diag.json", slices=3, device="cpu", unseen_val_path=tmp_path / "unseen_val.npz")
     back = json.loads((tmp_path / "diag.json").read_text())
     assert back["slices"] == 3 and len(back["ablation"]["timesteps"]) == 8
     for row in back["ablation"]["timesteps"]:
@@ -236,6 +237,7 @@ def test_diagnose_ablation_oracle_and_convergence(tmp_path):
     assert loaded == ["model.pt"] and again["convergence"] == out["convergence"]
     shift = back["conditioning_shift"]
     assert set(shift["training"]) == {"self", "low_t"} and "T1 (oracle)" in shift["sources"]
+    assert shift["sources"]["PD (unseen protocol)"]["slices"] == 5
     # The oracle's LMI(s, s) is training's LMI(x_0, x_0) of the same slices.
     assert shift["sources"]["T1 (oracle)"]["self"]["mean"] == pytest.approx(shift["training"]["self"]["mean"])
     assert back["convergence_verdict"]["status"] == "too few snapshots"

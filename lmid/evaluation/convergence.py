@@ -173,12 +173,13 @@ class _RecordingGuide(LmiGuide):
 
 
 @torch.no_grad()
-def conditioning_shift(params: Params, model: DiffusionModel, sources: dict[str, np.ndarray], target: np.ndarray,
-                       mask: np.ndarray, seed: int) -> dict:
+def conditioning_shift(params: Params, model: DiffusionModel, sources: dict[str, tuple[np.ndarray, np.ndarray]],
+                       target: np.ndarray, mask: np.ndarray, seed: int) -> dict:
     """In-brain LMI distributions: training's maps of the target against each source's at translation.
 
-    ``sources``: name → (N, H, W) source slices (the target itself gives the oracle's maps);
-    ``target``/``mask``: the same slices' real target and brain mask.
+    ``sources``: name → ((N, H, W) source slices, their (N, H, W) brain masks); the target itself
+    gives the oracle's maps. ``target``/``mask``: real target slices and their brain masks, whose
+    maps are training's.
     """
     from lmid.diffusion import sampler as samplers
     from lmid.methods.lmidiffusion import sampler_plan
@@ -196,15 +197,15 @@ def conditioning_shift(params: Params, model: DiffusionModel, sources: dict[str,
            "sources": {}}
     sp = params.lmidiffusion.sampler
     start, seq = sampler_plan(model, sp)
-    for name, images in sources.items():
+    for name, (images, src_mask) in sources.items():
         s = torch.as_tensor(np.clip(images, 0, 1), dtype=torch.float32)[:, None].to(device)
         noise = samplers.ChainNoise([seed + k for k in range(len(s))], device)
         guide = _RecordingGuide(s, lmi, seq)
         x = noise.randn(s.shape[1:]) if sp.start == "noise" else samplers.noised(model.schedule, s, start, noise)
         samplers.run(sp.kind, model.eps_fn(guide), model.schedule, x, seq, noise, eta=sp.eta, clip_x0=sp.clip_x0)
-        entry = {"self": _in_brain_stats(guide.self_map, mask)}
+        entry = {"self": _in_brain_stats(guide.self_map, src_mask), "slices": int(len(images))}
         if guide.low:
-            entry["low_t"] = _in_brain_stats(torch.cat(guide.low), np.concatenate([mask] * len(guide.low)))
+            entry["low_t"] = _in_brain_stats(torch.cat(guide.low), np.concatenate([src_mask] * len(guide.low)))
             entry["low_t_calls"] = len(guide.low)
         out["sources"][name] = entry
     return out

@@ -136,14 +136,16 @@ def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: 
         for name, (images, rws) in per_source.items()}
 
     # What the network sees at translation time against training (a subset keeps it quick).
-    shift_idx = idx[spread_indices(len(idx), SHIFT_SLICES)]
-    sources = {name: images[spread_indices(len(idx), SHIFT_SLICES)] for name, (images, _) in per_source.items()}
-    sources[f"{tgt} (oracle)"] = val.target[shift_idx]
+    pick = spread_indices(len(idx), SHIFT_SLICES)
+    shift_idx = idx[pick]
+    sources = {name: (images[pick], val.mask[shift_idx]) for name, (images, _) in per_source.items()}
+    sources[f"{tgt} (oracle)"] = (val.target[shift_idx], val.mask[shift_idx])
     if unseen_val_path is not None:
         unseen = load_slices(unseen_val_path)
+        u_idx = spread_indices(len(unseen), SHIFT_SLICES)  # its own slices and masks
         for name in (src, *unseen.extra):
             images = unseen.source if name == src else unseen.extra[name]
-            sources[f"{name} (unseen protocol)"] = images[spread_indices(len(unseen), SHIFT_SLICES)]
+            sources[f"{name} (unseen protocol)"] = (images[u_idx], unseen.mask[u_idx])
     log.info("diagnose: conditioning shift on %d slices", len(shift_idx))
     result["conditioning_shift"] = conditioning_shift(params, model, sources, val.target[shift_idx],
                                                       val.mask[shift_idx], seed)
