@@ -304,10 +304,12 @@ def _target_lines(rows: list[dict]) -> list[str]:
             out.append(f"- {preset}: training step {step['cpu_s_per_step']:.3f} CPU-s (bf16, current LMI) against "
                        f"{base['cpu_s_per_step']:.3f} (fp32, earlier LMI): {gain:.2f}x the images per CPU-second; "
                        f"target >= 2x")
-    sized = sorted({(r["parameters"], r["preset"]) for r in ok if r.get("parameters")})
-    if len(sized) >= 2:
-        (p_small, small), (p_big, big) = sized[0], sized[-1]
-        wide, base = by.get((big, "full", "bf16")), by.get((small, "full_baseline", "fp32"))
+    # The widest configuration timed in bf16 against the narrowest one's earlier fp32 step.
+    wides = sorted((r["parameters"], r["preset"]) for r in ok if r["part"] == "full" and r["variant"] == "bf16")
+    bases = sorted((r["parameters"], r["preset"]) for r in ok if r["part"] == "full_baseline" and r["variant"] == "fp32")
+    if wides and bases and wides[-1][0] > bases[0][0]:
+        (p_small, small), (p_big, big) = bases[0], wides[-1]
+        wide, base = by[(big, "full", "bf16")], by[(small, "full_baseline", "fp32")]
         if wide and base:
             out.append(f"- {big} ({p_big:,} parameters, bf16) {wide['cpu_s_per_step']:.3f} CPU-s per step against "
                        f"{small} ({p_small:,} parameters, fp32, earlier LMI) {base['cpu_s_per_step']:.3f}: "
