@@ -190,6 +190,31 @@ def _joint_entropy_nograd(rhs, ks, total, out, log_buf):
     return ((total - EPS) * torch.log2(total) - jlogj) / total
 
 
+def _gather_chunk(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride):
+    """A chunk's kernel vectors and what every joint of it shares (see :func:`_chunk_nmi`).
+
+    Returns ``(K_s (n, w*w, bins), K_t as the matmul's left operand (n, cand*bins, w*w), H_s (n, 1),
+    H_t (n, cand), the joints' totals (n, cand))``.
+    """
+    n = b.shape[0]
+    npx, cand = cand_idx.shape[1:]
+    bins = ks_flat.shape[-1]
+    base = (b * stride)[:, None]
+    # Row gathers with precomputed flat offsets: index_select copies whole kernel vectors,
+    # several times faster on CPU than multi-dimensional advanced indexing.
+    ks = ks_flat.index_select(0, (base + src_idx[pix]).view(-1)).view(n, npx, bins)
+    # K_t[n, (c, d), (a, b), q]: gathered straight into the layout the matmul wants.
+    kt = kt_flat.index_select(0, (base[:, :, None] + cand_idx[pix]).view(-1)).view(n, npx, cand, bins)
+    # Source marginal and entropy: once per pixel, shared by all candidates.
+    h_s = _entropy_bits(_normalise(ks.mean(dim=1), -1), -1)[:, None]
+    h_t = _entropy_bits(_normalise(kt.mean(dim=1), -1), -1)
+    # Normaliser of each joint, sum_{p,q} J = sum_{c,d} (sum_p K_s)(sum_q K_t), without
+    # reading the joint itself.
+    total = torch.einsum("nk,nkc->nc", ks.sum(-1), kt.sum(-1)) + EPS
+    rhs = kt.view(n, npx, cand * bins).transpose(1, 2)  # strided view, bmm reads it as is
+    return ks, rhs, h_s, h_t, total
+
+
 def _chunk_nmi_nograd(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride, start, width, workspace):
     """:func:`_chunk_nmi` without autograd, for pixels that share one source-window ``width``.
 
@@ -197,18 +222,9 @@ def _chunk_nmi_nograd(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride, start
     instead of (cand * bins) x bins; marginals, their entropies and the joints' totals still use
     every bin.
     """
-    n = b.shape[0]
-    npx, cand = cand_idx.shape[1:]
-    bins = ks_flat.shape[-1]
-    base = (b * stride)[:, None]
-    ks = ks_flat.index_select(0, (base + src_idx[pix]).view(-1)).view(n, npx, bins)
-    kt = kt_flat.index_select(0, (base[:, :, None] + cand_idx[pix]).view(-1)).view(n, npx, cand, bins)
-    p_s = _normalise(ks.mean(dim=1), -1)
-    h_s = _entropy_bits(p_s, -1)[:, None]
-    p_t = _normalise(kt.mean(dim=1), -1)
-    h_t = _entropy_bits(p_t, -1)
-    total = torch.einsum("nk,nkc->nc", ks.sum(-1), kt.sum(-1)) + EPS
-    rhs = kt.view(n, npx, cand * bins).transpose(1, 2)
+    ks, rhs, h_s, h_t, total = _gather_chunk(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride)
+    n, npx, bins = ks.shape
+    cand = cand_idx.shape[-1]
     if width < bins:
         cols = start[:, None, None] + torch.arange(width, device=ks.device)
         ks = ks.gather(2, cols.expand(-1, npx, -1))
@@ -229,29 +245,11 @@ def _chunk_nmi(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride):
     ``b``, ``pix``: batch index and image-pixel index (1-D, length n) of the chunk's pixels;
     ``stride``: rows of ``ks_flat`` per image (Hp * Wp).
     """
-    n = b.shape[0]
-    npx, cand = cand_idx.shape[1:]
-    bins = ks_flat.shape[-1]
-    base = (b * stride)[:, None]
-    # Row gathers with precomputed flat offsets: index_select copies whole kernel vectors,
-    # several times faster on CPU than multi-dimensional advanced indexing.
-    ks = ks_flat.index_select(0, (base + src_idx[pix]).view(-1)).view(n, npx, bins)
-    # K_t[n, (c, d), (a, b), q]: gathered straight into the layout the matmul wants.
-    kt = kt_flat.index_select(0, (base[:, :, None] + cand_idx[pix]).view(-1)).view(n, npx, cand, bins)
-
-    # Source marginal and entropy: once per pixel, shared by all candidates.
-    p_s = _normalise(ks.mean(dim=1), -1)  # (n, bins)
-    h_s = _entropy_bits(p_s, -1)[:, None]  # (n, 1)
-    p_t = _normalise(kt.mean(dim=1), -1)  # (n, cand, bins)
-    h_t = _entropy_bits(p_t, -1)  # (n, cand)
-
-    # Normaliser of each joint, sum_{p,q} J = sum_{c,d} (sum_p K_s)(sum_q K_t), without
-    # reading the joint itself.
-    total = torch.einsum("nk,nkc->nc", ks.sum(-1), kt.sum(-1)) + EPS  # (n, cand)
-
+    ks, rhs, h_s, h_t, total = _gather_chunk(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride)
+    n, _, bins = ks.shape
+    cand = cand_idx.shape[-1]
     # All joints of the chunk in one batched matmul over the patch pixels (c, d):
     # J[n, (a, b, q), p] = sum_{c,d} K_t[n, (c, d), (a, b, q)] K_s[n, (c, d), p].
-    rhs = kt.view(n, npx, cand * bins).transpose(1, 2)  # strided view, bmm reads it as is
     joint = torch.bmm(rhs, ks).view(n, cand, bins * bins) / total[..., None]
     h_st = _entropy_bits(joint, -1)  # (n, cand)
     nmi = 2.0 * (h_s + h_t - h_st + EPS) / (h_s + h_t + EPS)

@@ -32,7 +32,7 @@ from lmid.diffusion.model import DiffusionModel
 from lmid.evaluation.metrics import score_slice
 from lmid.evaluation.segment import KMeansSegmenter
 from lmid.evaluation.stats import summarise
-from lmid.io import write_json
+from lmid.io import file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,6 @@ SHIFT_T = 50
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Bump when what a cached snapshot result holds changes.
 CACHE_VERSION = 1
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def scores_summary(rows: list[dict], subjects: np.ndarray, keys=CURVE_SCORES, n_boot: int = 1000,
@@ -86,8 +78,8 @@ def snapshot_scores(params: Params, snapshot: Path, split: SliceSet, split_path:
                     seg: KMeansSegmenter, segmenter_path: Path, seed: int, device: torch.device) -> dict:
     """Source and oracle scores of one snapshot (cached beside it, see the module docstring)."""
     sp = params.lmidiffusion.sampler
-    key = {"version": CACHE_VERSION, "snapshot": _file_digest(snapshot), "split": _file_digest(split_path),
-           "segmenter": _file_digest(segmenter_path), "idx": [int(i) for i in idx], "seed": int(seed),
+    key = {"version": CACHE_VERSION, "snapshot": file_sha256(snapshot), "split": file_sha256(split_path),
+           "segmenter": file_sha256(segmenter_path), "idx": [int(i) for i in idx], "seed": int(seed),
            "sampler": sp.model_dump(mode="json"), "source": params.data.source_modality,
            "bootstrap": params.evaluate.bootstrap, "confidence": params.evaluate.confidence}
     tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

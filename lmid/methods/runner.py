@@ -19,7 +19,7 @@ from lmid.checkpoint import device_from_arg
 from lmid.config import Params
 from lmid.data.slices import check_translated_from, load_slices, split_fingerprint, spread_indices
 from lmid.errors import InputFileError, LmidError, ParamsError
-from lmid.io import ensure_dir, load_npz, read_json, save_npz, save_volume, write_json, write_text
+from lmid.io import ensure_dir, file_sha256, load_npz, read_json, save_npz, save_volume, write_json, write_text
 from lmid.methods import get_method
 from lmid.registry import key_values, spec
 
@@ -141,7 +141,7 @@ def _set_aside_stale_checkpoint(params: Params, method: str, train_path: Path, o
     ckpt = out_dir / "checkpoint.pt"
     old = stamp.read_text().strip() if stamp.exists() else ""
     if ckpt.exists() and old != fingerprint:
-        tag = (old or _file_sha256(ckpt))[:12]
+        tag = (old or file_sha256(ckpt))[:12]
         aside, k = out_dir / f"checkpoint.stale-{tag}.pt", 2
         while aside.exists():
             aside, k = out_dir / f"checkpoint.stale-{tag}-{k}.pt", k + 1
@@ -154,14 +154,6 @@ def _set_aside_stale_checkpoint(params: Params, method: str, train_path: Path, o
         step = load_checkpoint(ckpt).get("step", "?")
         log.info("%s: resuming from %s (step %s)", method, ckpt, step)
     write_text(stamp, fingerprint + "\n")
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_indices(n: int, shard: int, num_shards: int) -> np.ndarray:
