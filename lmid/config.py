@@ -814,6 +814,15 @@ for _loader in (_StrictLoader, NumberLoader):
     _loader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
 
 
+def parse_yaml_value(text: str):
+    """One ``--set`` value as plain data (a safe loader: no Python objects), ``1e-3`` a float."""
+    loader = NumberLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path):
     """A YAML file as Python objects; undecodable bytes, bad syntax and duplicate keys name the file."""
     try:

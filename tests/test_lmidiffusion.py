@@ -284,11 +284,13 @@ def test_sampler_sweep_spreads_slices_and_scores_every_chain(trained, tmp_path):
     seg = KMeansSegmenter(centroids=(0.2, 0.5, 0.8), mapping=(1, 2, 3))
     (tmp_path / "kmeans.json").write_text(json.dumps(seg.to_dict()))
     args = (out / "model.pt", tmp_path / "val.npz", tmp_path / "manifest.json", tmp_path / "kmeans.json")
-    info = sweep_sampler(params, *args, tmp_path / "shard.npz", tmp_path / "tr.npz", tmp_path / "m.csv",
-                         limit=4, device="cpu", chains=2)
+    # Output folders that do not exist yet (DVC runs a stage without making them).
+    info = sweep_sampler(params, *args, tmp_path / "s" / "shard.npz", tmp_path / "t" / "tr.npz",
+                         tmp_path / "metrics" / "m.csv", limit=4, device="cpu", chains=2)
     assert info["slices_picked"] == [0, 2, 5, 7]  # every subject, not the first two
-    df = read_metrics_csv(tmp_path / "m.csv")
+    df = read_metrics_csv(tmp_path / "metrics" / "m.csv")
     assert sorted(df["chain"].unique()) == [0, 1] and len(df) == 8
+    assert [p.name for p in (tmp_path / "metrics").iterdir()] == ["m.csv"]  # no work folder left behind
     assert sorted(set(df["subject"])) == ["S0", "S1", "S2", "S3"]
     assert sorted(set(df["index"])) == [0, 2, 5, 7]
     a, b = df[df.chain == 0].sort_values("index"), df[df.chain == 1].sort_values("index")

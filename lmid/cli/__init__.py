@@ -31,7 +31,7 @@ def parse_overrides(items: list[str]) -> dict:
     """``--set KEY=VALUE`` items (dotted keys, YAML values) as one nested mapping."""
     import yaml
 
-    from lmid.config import NumberLoader
+    from lmid.config import parse_yaml_value
 
     overrides: dict = {}
     for item in items:
@@ -39,7 +39,7 @@ def parse_overrides(items: list[str]) -> dict:
         if not sep or not key.strip() or any(not part for part in key.split(".")):
             raise ParamsError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. diffusion.train.steps=10")
         try:
-            parsed = yaml.load(value, Loader=NumberLoader)  # plain data; 1e-3 is a number
+            parsed = parse_yaml_value(value)  # plain data; 1e-3 is a number
         except yaml.YAMLError as err:
             raise ParamsError(f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
         node = overrides

@@ -303,7 +303,8 @@ def sweep_sampler(params: Params, model_path: Path, slices_path: Path, manifest_
     split = load_slices(slices_path)
     picked = spread_indices(len(split), limit)
     frames, info = [], {}
-    with tempfile.TemporaryDirectory(prefix=".sweep-", dir=Path(metrics_path).parent) as tmp:
+    # The work folder sits beside the outputs (same file system); DVC runs the step before it exists.
+    with tempfile.TemporaryDirectory(prefix=".sweep-", dir=ensure_dir(Path(metrics_path).parent)) as tmp:
         subset_path = Path(tmp) / Path(slices_path).name
         split.subset(picked).save(subset_path)
         for chain in range(chains):
