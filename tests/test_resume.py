@@ -27,6 +27,15 @@ def _cdm_stage(steps, bs):
 
 #: method, its tiny params, the module whose ``save_checkpoint`` is cut short, and the saved state
 #: after which the run is killed.
+def _tiny_diffusion(steps: int, log_every: int) -> dict:
+    """The diffusion section of the tiny LMIDiffusion cases (checkpoints every 2 steps)."""
+    return {"schedule": {"timesteps": 40},
+            "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1,
+                     "num_head_channels": 8, "norm_num_groups": 4, "dropout": 0.0},
+            "train": {"steps": steps, "batch_size": 2, "checkpoint_every": 2, "log_every": log_every,
+                      "ema_decay": 0.5}}
+
+
 CASES = {
     "cyclegan": ("cyclegan", {"seed": 3, "cyclegan": {
         "res_blocks": 1, "base_filters": 8, "disc_filters": 8, "disc_layers": 2, "pool_size": 4, "source_fraction": 0.5,
@@ -43,19 +52,11 @@ CASES = {
         "mrm": _cdm_stage(6, 4), "mdn": _cdm_stage(6, 16), "unet": _cdm_stage(6, 4)}},
         "lmid.methods.cdm", lambda s, stage=stage: s.get("stage") == stage and s.get("step") == 3)
         for stage in ("mrm", "mdn", "unet")},
-    "lmidiffusion": ("lmidiffusion", {"seed": 11, "diffusion": {
-        "schedule": {"timesteps": 40},
-        "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1, "num_head_channels": 8,
-                 "norm_num_groups": 4, "dropout": 0.0},
-        "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, "ema_decay": 0.5}}},
+    "lmidiffusion": ("lmidiffusion", {"seed": 11, "diffusion": _tiny_diffusion(steps=6, log_every=1)},
         "lmid.diffusion.trainer", lambda s: s.get("step") == 2),
     # Log rows of 3 steps, checkpoints every 2: killed at step 4, the row of steps 4-6 is half done
     # and the run ends (step 7) inside a row.
-    "lmidiffusion-window": ("lmidiffusion", {"seed": 11, "diffusion": {
-        "schedule": {"timesteps": 40},
-        "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1, "num_head_channels": 8,
-                 "norm_num_groups": 4, "dropout": 0.0},
-        "train": {"steps": 7, "batch_size": 2, "checkpoint_every": 2, "log_every": 3, "ema_decay": 0.5}}},
+    "lmidiffusion-window": ("lmidiffusion", {"seed": 11, "diffusion": _tiny_diffusion(steps=7, log_every=3)},
         "lmid.diffusion.trainer", lambda s: s.get("step") == 4),
     "cyclegan-window": ("cyclegan", {"seed": 3, "cyclegan": {
         "res_blocks": 1, "base_filters": 8, "disc_filters": 8, "disc_layers": 2, "pool_size": 4, "source_fraction": 0.5,
