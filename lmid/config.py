@@ -380,7 +380,14 @@ class TrainParams(Section):
     log_every: int = Field(default=10, ge=1)
 
 
-class DiffusionTrainParams(TrainParams):
+class SnapshotTrainParams(TrainParams):
+    #: Also keep the inference weights (EMA where there is one) every this many steps (0 = never)
+    #: under ``snapshots/``, with the training CPU-seconds spent so far: the convergence curve and
+    #: the compute-matched comparison are scored on them.
+    snapshot_every: int = Field(default=0, ge=0)
+
+
+class DiffusionTrainParams(SnapshotTrainParams):
     #: The released IXI config trains 10,000 epochs of 300 slices at batch 4 = 750k iterations;
     #: with EMA 0.9999 far fewer steps would sample from weights close to the initial ones.
     steps: int = Field(default=750_000, ge=1)
@@ -398,9 +405,6 @@ class DiffusionTrainParams(TrainParams):
     #: LMIDiffusion: compute LMI(x_0, x_0) once per training slice and augmentation variant
     #: instead of at every step (same numbers; off only to time the uncached step).
     cache_self_lmi: bool = True
-    #: Also keep the EMA weights every this many steps (0 = never) under ``snapshots/``, for the
-    #: convergence curve; a snapshot is a few MB at demo size.
-    snapshot_every: int = Field(default=0, ge=0)
     #: bf16 autocast of the U-Net (fp32 weights, optimiser state and loss): on CUDA (with
     #: channels_last), and on a CPU with bf16 units (AMX or AVX512-BF16); elsewhere float32.
     mixed_precision: bool = True
@@ -478,7 +482,8 @@ class CycleGanParams(Section):
     #: History of generated images shown to the discriminators (0 = none).
     pool_size: int = Field(default=50, ge=0)
     #: 60,000 steps at batch 1 = the reference's 100 + 100 epochs of max(|A|, |B|) = 300 images.
-    train: TrainParams = TrainParams(steps=60000, batch_size=1, lr=2e-4, checkpoint_every=5000, log_every=100)
+    train: SnapshotTrainParams = SnapshotTrainParams(steps=60000, batch_size=1, lr=2e-4, checkpoint_every=5000,
+                                                     log_every=100)
     #: Fraction of steps at constant learning rate before the linear decay to 0.
     constant_fraction: float = Field(default=0.5, ge=0, le=1)
     beta1: float = Field(default=0.5, ge=0, lt=1)
@@ -505,7 +510,8 @@ class StyleGan2Params(Section):
     #: Thousands of images for the augmentation probability p to go from 0 to 1.
     ada_kimg: float = Field(default=500.0, gt=0)
     #: 20,000 steps × 32 = 640 kimg.
-    train: TrainParams = TrainParams(steps=20000, batch_size=32, lr=2.5e-3, checkpoint_every=1000, log_every=100)
+    train: SnapshotTrainParams = SnapshotTrainParams(steps=20000, batch_size=32, lr=2.5e-3, checkpoint_every=1000,
+                                                     log_every=100)
     #: GAN inversion (reference projector): Adam steps per slice, peak lr, z samples for the mean w.
     invert_steps: int = Field(default=1000, ge=1)
     invert_lr: float = Field(default=0.1, gt=0)
@@ -514,7 +520,12 @@ class StyleGan2Params(Section):
     #: Cross-modal inversion distance (LPIPS-VGG cannot be downloaded): ``nmi_mind`` = (1 − global
     #: Parzen NMI) + MIND descriptor L1; ``lmi_mind`` = (1 − exact LMI relative to LMI(s, s)) + MIND
     #: (uses the ``lmi`` section; ~100× slower).
-    invert_loss: Literal["nmi_mind", "lmi_mind"] = "nmi_mind"
+    invert_loss: Literal["nmi_mind", "nmi_mind_hist", "lmi_mind"] = "nmi_mind"
+    #: ``nmi_mind_hist`` (a named variant): the weight of its intensity-distribution term, W1 between
+    #: the generated slice's intensities inside the source's foreground and the target training
+    #: slices' foreground intensities (NMI and MIND ignore absolute intensity, so the faithful
+    #: projector is free to saturate).
+    invert_hist_weight: float = Field(default=1.0, ge=0)
 
 
 class CdmParams(Section):

@@ -91,17 +91,19 @@ _SPECS = (
     MethodSpec(
         "cyclegan", "CycleGAN", "lmid.methods.cyclegan", Access.TARGET_AND_SOURCE_FRACTION, "#239b56",
         competitor=True, gpu=True, baseline_checked=True, role="sees {source_fraction} source",
-        train_keys=("seed", "cyclegan"), bookkeeping_keys=_gan_bookkeeping("cyclegan", "train")),
+        train_keys=("seed", "cyclegan"), bookkeeping_keys=_gan_bookkeeping("cyclegan", "train"),
+        resume_keys=("cyclegan.train.snapshot_every",)),
     MethodSpec(
         "stylegan2", "StyleGAN2-ADA", "lmid.methods.stylegan2", Access.TARGET_ONLY, "#7d3c98",
         competitor=True, gpu=True, baseline_checked=True,
         train_keys=tuple(f"stylegan2.{k}" for k in (
             "z_dim", "w_dim", "mapping_layers", "channels", "channel_base", "r1_gamma", "r1_every", "ema_decay",
             "ada_target", "ada_interval", "ada_kimg", "train")) + ("seed",),
+        resume_keys=("stylegan2.train.snapshot_every",),
         bookkeeping_keys=_gan_bookkeeping("stylegan2", "train"),
         # GAN inversion happens per test slice; its loss may use the LMI layer's settings.
         translate_keys=("seed", "lmi") + tuple(f"stylegan2.{k}" for k in (
-            "invert_steps", "invert_lr", "invert_w_samples", "invert_noise_weight", "invert_loss"))),
+            "invert_steps", "invert_lr", "invert_w_samples", "invert_noise_weight", "invert_loss", "invert_hist_weight"))),
     MethodSpec(
         "sdedit", "SDEdit", "lmid.methods.sdedit", Access.TARGET_ONLY, "#2471a3",
         competitor=True, gpu=True, baseline_checked=True,

@@ -69,10 +69,10 @@ class Killed(Exception):
     """Stands for the job being killed between two checkpoints."""
 
 
-#: Entries allowed to differ: wall-clock times, and the process-wide torch generator (building the
+#: Entries allowed to differ: wall-clock and CPU times, and the process-wide torch generator (building the
 #: networks of a resumed run draws from it before its saved state is loaded; each method trains
 #: with its own seeded generator, and equal weights show that no step depends on the global one).
-_UNCHECKED = ("wall", "seconds", "torch_rng")
+_UNCHECKED = ("wall", "seconds", "cpu_s", "torch_rng")
 
 
 def _same(a, b, where="") -> None:

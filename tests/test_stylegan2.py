@@ -10,7 +10,8 @@ import torch
 
 from lmid.config import Params
 from lmid.methods import Access, TrainingData, get_method
-from lmid.methods.stylegan2 import (AdaController, AugmentPipe, invert_lr_ramp, mind_distance, parzen_nmi)
+from lmid.methods.stylegan2_ada import AdaController, AugmentPipe
+from lmid.methods.stylegan2_projector import histogram_w1, intensity_histogram, invert_lr_ramp, mind_distance, parzen_nmi
 from lmid.networks.stylegan2 import Discriminator, Generator, ModulatedConv2d, init_stylegan
 
 

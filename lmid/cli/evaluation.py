@@ -60,6 +60,10 @@ def register(sub) -> None:
                    help="trained models, e.g. data/models/stylegan2/model.pt (the folder names the method)")
     p.add_argument("--test", type=Path, required=True, help="test split (.npz)")
     p.add_argument("--samples", type=int, default=16, help="samples per generator (default %(default)s)")
+    p.add_argument("--val", type=Path, default=None,
+                   help="validation split (.npz): with --segmenter, every method's training snapshots are scored "
+                        "on evaluate.diagnostic_slices of it (the curves of the compute-matched figure)")
+    p.add_argument("--segmenter", type=Path, default=None, help="JSON written by 'lmid fit-segmenter'")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True, help="numbers (.json), e.g. reports/baselines.json")
     p.add_argument("--images", type=Path, required=True, help="images (.npz), e.g. data/baselines/samples.npz")
@@ -132,8 +136,10 @@ def _check_baselines(args) -> None:
 
     if args.samples < 1:
         raise LmidError(f"--samples must be >= 1, got {args.samples}")
+    if (args.val is None) != (args.segmenter is None):
+        raise LmidError("--val and --segmenter go together (the snapshot curves need both)")
     check_baselines(load_params_from_args(args), args.models, args.test, args.out, args.images,
-                    samples=args.samples, device=args.device)
+                    samples=args.samples, device=args.device, val_path=args.val, segmenter_path=args.segmenter)
 
 
 def _aggregate(args) -> None:

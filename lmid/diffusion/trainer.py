@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -38,6 +37,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from lmid.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from lmid.clock import TrainClock
 from lmid.config import DiffusionParams, LmiParams
 from lmid.diffusion.conditioning import lmi_map
 from lmid.diffusion.model import DiffusionModel
@@ -211,7 +211,7 @@ class DiffusionTrainer:
         lines = ["step,loss"] + [f"{s},{l:.6g}" for s, l in rows]
         write_text(self.out_dir / "train_log.csv", "\n".join(lines) + "\n")
 
-    def _save_checkpoint(self, step, opt, gen, rows, wall, window=()) -> None:
+    def _save_checkpoint(self, step, opt, gen, rows, window=()) -> None:
         state = {
             "format": CHECKPOINT_FORMAT, "method": self.method, "step": int(step),
             "model": self.net.state_dict(), "ema": self.ema.shadow, "optimizer": opt.state_dict(),
@@ -219,7 +219,7 @@ class DiffusionTrainer:
             "log_steps": [int(s) for s, _ in rows], "log_losses": [float(v) for _, v in rows],
             # The losses of the log row in progress, so a resumed run averages the same steps.
             "log_window": [float(v) for v in window],
-            "wall_s": float(wall),
+            **self.clock.state(),  # training-loop wall and CPU seconds so far
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -230,7 +230,7 @@ class DiffusionTrainer:
         net = build_unet(self.params.unet, in_channels=self.in_channels)
         net.load_state_dict({k: v.detach().cpu() for k, v in self.ema.shadow.items()})
         model = DiffusionModel(net=net, schedule=self.schedule, unet=self.params.unet, in_channels=self.in_channels,
-                               method=self.method, meta={**self.meta(), "step": int(step)},
+                               method=self.method, meta={**self.meta(), "step": int(step), **self.clock.state()},
                                mixed_precision=self.params.train.mixed_precision)
         model.save(self.out_dir / "snapshots" / f"step{int(step):07d}.pt")
 
@@ -256,7 +256,7 @@ class DiffusionTrainer:
         n_params = count_parameters(self.net)
         opt = torch.optim.Adam(self.net.parameters(), lr=tp.lr)
         self.ema = Ema(self.net, tp.ema_decay)
-        step, rows, wall_before = 0, [], 0.0
+        step, rows, clock_state = 0, [], {}
 
         if self.checkpoint_path.exists():
             ck = load_checkpoint(self.checkpoint_path, map_location=self.device,
@@ -273,14 +273,14 @@ class DiffusionTrainer:
             step = int(ck["step"])
             rows = list(zip(ck.get("log_steps", []), ck.get("log_losses", [])))
             window = [float(v) for v in ck.get("log_window", [])]
-            wall_before = float(ck.get("wall_s", 0.0))
+            clock_state = ck
             log.info("%s: resuming from %s at step %d", self.method, self.checkpoint_path, step)
         else:
             window = []
 
         total = int(tp.steps)
         end = total if stop_after is None else min(total, int(stop_after))
-        t_start = time.perf_counter()
+        self.clock = clock = TrainClock.resumed(clock_state)
         self.prepare_data(data)
 
         def logged_rows() -> list:
@@ -336,18 +336,19 @@ class DiffusionTrainer:
             if tp.snapshot_every and step % tp.snapshot_every == 0:
                 self._save_snapshot(step)
             if step % tp.checkpoint_every == 0 or step == end:
-                self._save_checkpoint(step, opt, gen, rows, wall_before + time.perf_counter() - t_start, window)
+                self._save_checkpoint(step, opt, gen, rows, window)
                 self._write_log(logged_rows())
         bar.close()
         self.steps_done = int(step)
-        wall = wall_before + time.perf_counter() - t_start
+        wall = clock.wall()
         if not self.checkpoint_path.exists():  # nothing to do (already trained) but keep files
-            self._save_checkpoint(step, opt, gen, rows, wall, window)
+            self._save_checkpoint(step, opt, gen, rows, window)
         logged = logged_rows()
         self._write_log(logged)
         return {
             "steps": int(step), "batch_size": int(tp.batch_size), "parameters": n_params,
-            "train_loop_wall_s": round(wall, 3), "final_loss": logged[-1][1] if logged else None,
+            "train_loop_wall_s": round(wall, 3),
+            "train_loop_cpu_s": round(clock.cpu(), 3), "final_loss": logged[-1][1] if logged else None,
             "image_size": list(images.shape[1:]), "training_slices": int(len(images)),
             "in_channels": self.in_channels, "finished": bool(step >= total),
         }

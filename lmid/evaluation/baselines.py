@@ -152,11 +152,14 @@ def _given_models(params: Params, models) -> dict[str, Path]:
 
 
 def check_baselines(params: Params, models, test_path: Path, out_json: Path, out_npz: Path,
-                    samples: int = 16, device: str = "auto") -> dict:
+                    samples: int = 16, device: str = "auto", val_path: Path | None = None,
+                    segmenter_path: Path | None = None) -> dict:
     """Write ``out_json`` (numbers for the report) and ``out_npz`` (the images it shows).
 
     ``models`` are ``<method>/model.pt`` files (the folder names the method); a checked method of
-    ``params.methods`` without one is recorded as not found."""
+    ``params.methods`` without one is recorded as not found. With ``val_path`` and
+    ``segmenter_path``, ``curves`` holds each model's snapshot curve
+    (:mod:`lmid.evaluation.snapshot_curves`) on ``evaluate.diagnostic_slices`` validation slices."""
     from lmid.checkpoint import device_from_arg
     from lmid.data.slices import load_slices
 
@@ -202,7 +205,24 @@ def check_baselines(params: Params, models, test_path: Path, out_json: Path, out
         result["methods"]["cyclegan"] = stats
         for key, value in imgs.items():
             arrays[key] = value[pick]
+    if val_path is not None and segmenter_path is not None:
+        result["curves"] = snapshot_curves(params, given, Path(val_path), Path(segmenter_path), device)
     arrays["index"] = pick.astype(np.int64)
     save_npz(out_npz, **arrays)
     write_json(out_json, result)
     return result
+
+
+def snapshot_curves(params: Params, given: dict[str, Path], val_path: Path, segmenter_path: Path,
+                    device: torch.device) -> dict:
+    """``{method: [snapshot entry, ...]}`` for every given model whose folder keeps snapshots."""
+    from lmid.data.slices import load_slices, spread_indices
+    from lmid.evaluation.segment import KMeansSegmenter
+    from lmid.evaluation.snapshot_curves import method_curve
+
+    val = load_slices(val_path)
+    idx = spread_indices(len(val), params.evaluate.diagnostic_slices)
+    seg = KMeansSegmenter.load(segmenter_path)
+    return {name: method_curve(params, name, path.parent / "snapshots", val, val_path, idx, seg, segmenter_path,
+                               params.seed, device, final_model=path)
+            for name, path in given.items()}

@@ -156,7 +156,13 @@ def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: 
         entry = snapshot_scores(params, Path(path), val, Path(val_path), idx, seg, Path(segmenter_path), seed, dev)
         if entry["step"] is None:
             raise InputFileError(path, "not a training snapshot (no step recorded)")
-        curve.append(curve_row(entry))
+        row = curve_row(entry)
+        # The training clock at the snapshot (absent in snapshots written before it was kept).
+        from lmid.evaluation.snapshot_curves import snapshot_meta
+
+        meta = snapshot_meta(Path(path))
+        row.update({k: meta[k] for k in ("cpu_s", "wall_s") if meta.get(k) is not None})
+        curve.append(row)
     result["convergence"] = sorted(curve, key=lambda r: r["step"])
     result["convergence_verdict"] = verdict(result["convergence"])
     from lmid.evaluation.tables import clean

@@ -24,7 +24,6 @@ Translation: ``G_AB`` on the source slice, one network evaluation per slice (nfe
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,8 @@ from lmid.checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from lmid.config import Params
 from lmid.data.slices import SliceSet
 from lmid.errors import LmidError, ParamsError
-from lmid.methods.gan_common import to_signed, write_train_log
+from lmid.clock import TrainClock
+from lmid.methods.gan_common import save_snapshot, to_signed, write_train_log
 from lmid.networks import autocast, count_parameters
 from lmid.methods.base import Method, TrainingData, Translation
 from lmid.networks.cyclegan import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
@@ -128,6 +128,12 @@ class CycleGan(Method):
             gen.set_state(state["gen"])
             torch.set_rng_state(state["torch_rng"])
             rows, window, start = state["log_rows"], state["log_window"], int(state["step"])
+        clock = TrainClock.resumed(state if ckpt_path.exists() else None)
+
+        def model_state() -> dict:
+            # G_BA travels along only for the cycle checks (target → source); translate uses G_AB.
+            return {"method": self.name, "arch": self.arch(params), "generator": nets["g_ab"].state_dict(),
+                    "generator_ba": nets["g_ba"].state_dict()}
 
         def save(step: int) -> None:
             save_checkpoint(ckpt_path, {
@@ -135,14 +141,13 @@ class CycleGan(Method):
                 "nets": {k: n.state_dict() for k, n in nets.items()}, "opt_g": opt_g.state_dict(),
                 "opt_d": opt_d.state_dict(), "pool_a": pool_a.state_dict(), "pool_b": pool_b.state_dict(),
                 "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
-                "log_rows": rows, "log_window": window,
+                "log_rows": rows, "log_window": window, **clock.state(),
             })
 
         source = to_signed(data.source, device)
         target = to_signed(data.target, device)
         bs = cfg.batch_size
         lam_c, lam_i = p.lambda_cycle, p.lambda_cycle * p.lambda_identity
-        t0 = time.perf_counter()
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="cyclegan",
                    disable=progress_disabled())
         for step in bar:
@@ -200,19 +205,20 @@ class CycleGan(Method):
                 window = []
                 write_train_log(out_dir / "train_log.csv", columns, rows)
                 bar.set_postfix(cycle=f"{rows[-1][3]:.3f}", g=f"{rows[-1][2]:.3f}")
+            if cfg.snapshot_every and done % cfg.snapshot_every == 0:
+                save_snapshot(out_dir, done, model_state(), clock)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save(done)
-        wall = time.perf_counter() - t0
+        wall = clock.this_run()
         if start >= cfg.steps and not (out_dir / "train_log.csv").exists():
             write_train_log(out_dir / "train_log.csv", columns, rows)
 
         g_ab = nets["g_ab"].eval()
-        # G_BA travels along only for the report's sanity check (target → source); translate uses G_AB.
-        save_checkpoint(out_dir / "model.pt",
-                        {"method": self.name, "arch": self.arch(params), "generator": g_ab.state_dict(),
-                         "generator_ba": nets["g_ba"].eval().state_dict()})
+        nets["g_ba"].eval()
+        save_checkpoint(out_dir / "model.pt", model_state())
         info = {
             "steps": cfg.steps, "steps_this_run": cfg.steps - start, "train_loop_s": round(wall, 3),
+            "train_loop_cpu_s_total": round(clock.cpu(), 3), "images_seen": cfg.steps * cfg.batch_size,
             "s_per_step": round(wall / max(1, cfg.steps - start), 4),
             "generator_params": count_parameters(g_ab), "discriminator_params": count_parameters(nets["d_b"]),
             "source_slices_seen": int(len(data.source)), "target_slices_seen": int(len(data.target)),

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +74,14 @@ from tqdm import tqdm
 from lmid.checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from lmid.config import Params
 from lmid.data.slices import SliceSet
-from lmid.errors import LmidError, ParamsError
-from lmid.methods.gan_common import to_signed, write_train_log
-from lmid.networks import autocast, count_parameters
+from lmid.errors import InputFileError, LmidError, ParamsError
+from lmid.clock import TrainClock
 from lmid.methods.base import Method, TrainingData, Translation
+from lmid.methods.gan_common import save_snapshot, to_signed, write_train_log
+from lmid.methods.stylegan2_ada import AdaController, AugmentPipe
+from lmid.methods.stylegan2_projector import (INVERSION_LOSS_TEXT, INVERT_BATCH, project, reference_histogram,
+                                              w_statistics)
+from lmid.networks import autocast, count_parameters
 from lmid.networks.stylegan2 import Discriminator, Generator, init_stylegan
 from lmid.progress import progress_disabled
 
@@ -87,291 +90,6 @@ SEED_OFFSET = 4001
 STYLE_MIXING_PROB = 0.9
 EMA_RAMPUP = 0.05
 MBSTD_GROUP = 4
-#: Reference projector constants.
-INVERT_NOISE_FACTOR = 0.05
-INVERT_NOISE_RAMP = 0.75
-INVERT_LR_RAMPDOWN = 0.25
-INVERT_LR_RAMPUP = 0.05
-INVERT_BATCH = 32
-NMI_BINS = 32
-
-
-# ---------------------------------------------------------------------------- ADA controller
-class AdaController:
-    """Steers the augmentation probability p so that r_t = E[sign(D(real))] approaches the target.
-
-    Call :meth:`accumulate` with D's logits on (augmented) reals every step and :meth:`step`
-    once per training step; every ``interval`` steps p moves by
-    ``sign(r_t − target) · batch_size · interval / (kimg · 1000)`` and is clamped to [0, 1].
-    """
-
-    def __init__(self, target: float = 0.6, interval: int = 4, kimg: float = 500.0, batch_size: int = 32,
-                 p: float = 0.0):
-        self.target, self.interval, self.kimg, self.batch_size = target, interval, kimg, batch_size
-        self.p = float(p)
-        self.rt = float("nan")  # last r_t
-        self._sum = 0.0
-        self._count = 0
-        self._steps = 0
-
-    @property
-    def adjust_step(self) -> float:
-        """|Δp| of one adjustment."""
-        return self.batch_size * self.interval / (self.kimg * 1000.0)
-
-    def accumulate(self, real_logits: torch.Tensor) -> None:
-        s = torch.sign(real_logits.detach().float())
-        self._sum += float(s.sum())
-        self._count += s.numel()
-
-    def step(self) -> float:
-        """Count one training step; adjust p when ``interval`` steps have passed. Returns p."""
-        self._steps += 1
-        if self._steps % self.interval == 0 and self._count:
-            self.rt = self._sum / self._count
-            delta = math.copysign(self.adjust_step, self.rt - self.target) if self.rt != self.target else 0.0
-            self.p = min(1.0, max(0.0, self.p + delta))
-            self._sum, self._count = 0.0, 0
-        return self.p
-
-    def state_dict(self) -> dict:
-        return {"p": self.p, "rt": self.rt, "sum": self._sum, "count": self._count, "steps": self._steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.p, self.rt = float(state["p"]), float(state["rt"])
-        self._sum, self._count, self._steps = float(state["sum"]), int(state["count"]), int(state["steps"])
-
-
-# ----------------------------------------------------------------------------- augmentations
-class AugmentPipe:
-    """ADA's geometric + brightness/contrast augmentations for one-channel images in [-1, 1]."""
-
-    translate_max = 0.125
-    scale_std = 0.2
-    rotate_max_deg = 15.0
-    brightness_std = 0.2
-    contrast_std = 0.5
-
-    def __call__(self, x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
-        if p <= 0:
-            return x
-        b, _, h, w = x.shape
-        dev = x.device
-
-        def coin() -> torch.Tensor:  # per-sample Bernoulli(p) as 0/1 floats (CPU generator)
-            return (torch.rand(b, generator=gen) < p).float()
-
-        # Geometric: 3×3 matrices in normalised coordinates, output → input (all symmetric).
-        eye = torch.eye(3).expand(b, 3, 3)
-        mat = eye.clone()
-        flip = 1 - 2 * coin() * (torch.rand(b, generator=gen) < 0.5).float()  # x-flip
-        mat = mat @ _scale(flip, torch.ones(b))
-        k = coin() * torch.randint(4, (b,), generator=gen).float()  # 90° rotations
-        mat = mat @ _rotate(k * (math.pi / 2))
-        on = coin()
-        tx = torch.round((torch.rand(b, generator=gen) * 2 - 1) * self.translate_max * w) * on
-        ty = torch.round((torch.rand(b, generator=gen) * 2 - 1) * self.translate_max * h) * on
-        mat = mat @ _translate(2 * tx / w, 2 * ty / h)  # integer pixels
-        s = torch.exp2(torch.randn(b, generator=gen) * self.scale_std * coin())
-        mat = mat @ _scale(s, s)
-        ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(self.rotate_max_deg) * coin()
-        mat = mat @ _rotate(ang)
-        grid = F.affine_grid(mat[:, :2].to(dev, x.dtype), list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        # Colour (grey): brightness then contrast about mid-grey 0.
-        bright = torch.randn(b, generator=gen) * self.brightness_std * coin()
-        contrast = torch.exp2(torch.randn(b, generator=gen) * self.contrast_std * coin())
-        return (x + bright.to(dev, x.dtype)[:, None, None, None]) * contrast.to(dev, x.dtype)[:, None, None, None]
-
-
-def _scale(sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
-    m = torch.zeros(len(sx), 3, 3)
-    m[:, 0, 0], m[:, 1, 1], m[:, 2, 2] = sx, sy, 1
-    return m
-
-
-def _rotate(theta: torch.Tensor) -> torch.Tensor:
-    c, s = torch.cos(theta), torch.sin(theta)
-    m = torch.zeros(len(theta), 3, 3)
-    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1], m[:, 2, 2] = c, -s, s, c, 1
-    return m
-
-
-def _translate(tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
-    m = torch.eye(3).repeat(len(tx), 1, 1)
-    m[:, 0, 2], m[:, 1, 2] = tx, ty
-    return m
-
-
-# ------------------------------------------------------------------------ inversion distances
-def _bspline_weights(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cubic B-spline Parzen window (Mattes et al. 2003) of (N, P) intensities in ~[0, 1].
-
-    Returns the indices (N, P, 4) of the four histogram bins each value touches, in a histogram
-    of ``bins + 3`` bins (one spare bin below 0 and two above 1), and their weights, which sum
-    to 1 and are differentiable in x.
-    """
-    u = x.clamp(0.0, 1.0) * (bins - 1) + 1.0  # bin coordinate, offset by the spare bin
-    base = torch.floor(u).detach() - 1.0
-    idx = base[..., None] + torch.arange(4, device=x.device, dtype=x.dtype)  # (N, P, 4)
-    r = (u[..., None] - idx).abs()
-    w = torch.where(r < 1, (4 - 6 * r ** 2 + 3 * r ** 3) / 6,
-                    torch.where(r < 2, (2 - r) ** 3 / 6, torch.zeros_like(r)))
-    return idx.long().clamp(0, bins + 2), w
-
-
-def parzen_nmi(a: torch.Tensor, b: torch.Tensor, bins: int = NMI_BINS) -> torch.Tensor:
-    """Normalised MI ``2 I / (H_a + H_b)`` per image of (N, 1, H, W) tensors in ~[0, 1] → (N,).
-
-    The joint histogram uses a cubic B-spline Parzen window (each pixel spreads unit mass over
-    4×4 bins), so it is differentiable and costs O(16 pixels) instead of O(pixels · bins²).
-    Intensities are clamped to [0, 1] first (a generated pixel outside gets no gradient from it).
-    """
-    n = a.shape[0]
-    nb = bins + 3
-    ia, wa = _bspline_weights(a.flatten(1), bins)
-    ib, wb = _bspline_weights(b.flatten(1), bins)
-    index = (ia[..., :, None] * nb + ib[..., None, :]).flatten(1)  # (N, P·16)
-    value = (wa[..., :, None] * wb[..., None, :]).flatten(1)
-    joint = torch.zeros(n, nb * nb, device=a.device, dtype=value.dtype).scatter_add(1, index, value)
-    joint = (joint / a[0].numel()).view(n, nb, nb)
-    pa, pb = joint.sum(2), joint.sum(1)
-
-    def entropy(p, dims):
-        return -(p * torch.log(p + 1e-10)).sum(dims)
-
-    ha, hb, hab = entropy(pa, 1), entropy(pb, 1), entropy(joint, (1, 2))
-    return 2.0 * (ha + hb - hab) / (ha + hb + 1e-10)
-
-
-def mind(x: torch.Tensor) -> torch.Tensor:
-    """MIND descriptor (N, 4, H, W) of (N, 1, H, W) images: 3×3 patches, 4-neighbourhood."""
-    h, w = x.shape[2:]
-    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    dists = []
-    for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-        shifted = padded[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-        dists.append(F.avg_pool2d((x - shifted) ** 2, 3, stride=1, padding=1, count_include_pad=False))
-    d = torch.cat(dists, 1)
-    v = d.mean(1, keepdim=True)
-    # Keep the variance estimate away from 0 in flat regions (as reference implementations do).
-    vm = v.mean(dim=(2, 3), keepdim=True)
-    v = torch.maximum(torch.minimum(v, vm * 1e3), vm * 1e-3 + 1e-12)
-    desc = torch.exp(-d / v)
-    return desc / desc.amax(1, keepdim=True)
-
-
-def mind_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (mind(a) - mind(b)).abs().mean(dim=(1, 2, 3))
-
-
-def inversion_distance(source: torch.Tensor, image: torch.Tensor, kind: str, params: Params,
-                       lmi_ss: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-slice distance (N,) between source and generated slices, both (N, 1, H, W) in ~[0, 1]."""
-    if kind == "nmi_mind":
-        mi_term = 1.0 - parzen_nmi(source, image)
-    elif kind == "lmi_mind":
-        from lmid.lmi import local_mutual_information
-
-        lp = params.lmi
-        lmi = local_mutual_information(source, image, mode="exact", window=lp.window, bins=lp.bins, sigma=lp.sigma)
-        mi_term = 1.0 - lmi.mean(dim=(1, 2, 3)) / lmi_ss
-    else:
-        raise ParamsError(f"stylegan2.invert_loss: unknown {kind!r}")
-    return mi_term + mind_distance(source, image)
-
-
-INVERSION_LOSS_TEXT = {
-    "nmi_mind": "(1 - NMI(source, G(w))) + MIND L1: global normalised mutual information from a differentiable "
-                "32-bin B-spline Parzen histogram plus the modality-independent neighbourhood descriptor distance "
-                "(LPIPS-VGG weights unavailable)",
-    "lmi_mind": "(1 - mean LMI_exact(source, G(w)) / mean LMI_exact(source, source)) + MIND L1 "
-                "(LPIPS-VGG weights unavailable)",
-}
-
-
-def _noise_regularisation(noise: list[torch.Tensor]) -> torch.Tensor:
-    """Per-slice squared one-pixel autocorrelations of each noise map and its pyramid → (N,)."""
-    reg = 0.0
-    for v in noise:
-        while True:
-            reg = reg + (v * torch.roll(v, 1, dims=3)).mean(dim=(1, 2, 3)) ** 2
-            reg = reg + (v * torch.roll(v, 1, dims=2)).mean(dim=(1, 2, 3)) ** 2
-            if v.shape[2] <= 8:
-                break
-            v = F.avg_pool2d(v, 2)
-    return reg
-
-
-def invert_lr_ramp(t: float) -> float:
-    """The projector's lr multiplier at progress t ∈ [0, 1): warm-up then cosine ramp-down."""
-    ramp = min(1.0, (1.0 - t) / INVERT_LR_RAMPDOWN)
-    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
-    return ramp * min(1.0, t / INVERT_LR_RAMPUP)
-
-
-def w_statistics(g: Generator, samples: int, seed: int, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Mean w̄ (w_dim,) and σ_w = sqrt(E|w − w̄|²) of ``samples`` mapped z."""
-    gen = torch.Generator().manual_seed(seed)
-    ws = []
-    with torch.no_grad():
-        for i in range(0, samples, 4096):
-            z = torch.randn(min(4096, samples - i), g.z_dim, generator=gen).to(device)
-            ws.append(g.mapping(z).float())
-    ws = torch.cat(ws)
-    w_avg = ws.mean(0)
-    w_std = float(((ws - w_avg).square().sum() / samples).sqrt())
-    return w_avg, w_std
-
-
-def project(g: Generator, source: torch.Tensor, seeds: np.ndarray, params: Params, w_avg: torch.Tensor, w_std: float,
-            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Invert a batch of source slices (N, 1, H, W) in [0, 1].
-
-    Returns the images in [0, 1], the final distances (N,) and the mean distance at every step.
-    """
-    p = params.stylegan2
-    n = source.shape[0]
-    dev = source.device
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    # Each slice's own noise maps, drawn from its own generator.
-    per_slice = [g.synthesis.make_noise(1, gi) for gi in gens]
-    noise = [torch.cat([m[k] for m in per_slice]).to(dev).requires_grad_(True) for k in range(len(per_slice[0]))]
-    w_opt = w_avg[None].repeat(n, 1).clone().requires_grad_(True)
-    opt = torch.optim.Adam([w_opt] + noise, lr=p.invert_lr, betas=(0.9, 0.999))
-    lmi_ss = None
-    if p.invert_loss == "lmi_mind":
-        from lmid.lmi import local_mutual_information
-
-        with torch.no_grad():
-            lp = params.lmi
-            lmi_ss = local_mutual_information(source, source, mode="exact", window=lp.window, bins=lp.bins,
-                                              sigma=lp.sigma).mean(dim=(1, 2, 3)).clamp_min(1e-6)
-
-    steps = p.invert_steps
-    trace = []
-    for step in tqdm(range(steps), desc="stylegan2 inversion", disable=not progress or progress_disabled()):
-        t = step / steps
-        w_noise_scale = w_std * INVERT_NOISE_FACTOR * max(0.0, 1.0 - t / INVERT_NOISE_RAMP) ** 2
-        for group in opt.param_groups:
-            group["lr"] = p.invert_lr * invert_lr_ramp(t)
-        w_noise = torch.stack([torch.randn(g.w_dim, generator=gi) for gi in gens]).to(dev) * w_noise_scale
-        ws = (w_opt + w_noise)[:, None].expand(-1, g.num_ws, -1)
-        image = (g.synthesis(ws, noise).float() + 1.0) / 2.0
-        dist = inversion_distance(source, image, p.invert_loss, params, lmi_ss)
-        loss = (dist + p.invert_noise_weight * _noise_regularisation(noise)).sum()
-        trace.append(float(dist.detach().mean()))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():  # renormalise every noise map of every slice
-            for v in noise:
-                v -= v.mean(dim=(1, 2, 3), keepdim=True)
-                v *= v.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
-    with torch.no_grad():
-        image = (g.synthesis(w_opt[:, None].expand(-1, g.num_ws, -1), noise).float() + 1.0) / 2.0
-        dist = inversion_distance(source, image, p.invert_loss, params, lmi_ss)
-    return image.clamp(0, 1), dist, trace
 
 
 # ------------------------------------------------------------------------------------- method
@@ -432,6 +150,13 @@ class StyleGan2(Method):
             gen.set_state(state["gen"])
             torch.set_rng_state(state["torch_rng"])
             rows, window, start, last_r1 = state["log_rows"], state["log_window"], int(state["step"]), state["last_r1"]
+        clock = TrainClock.resumed(state if ckpt_path.exists() else None)
+        # What the histogram term of the inversion compares with (stylegan2.invert_loss = nmi_mind_hist).
+        target_histogram = reference_histogram(data.target)
+
+        def model_state() -> dict:
+            return {"method": self.name, "arch": arch, "g_ema": g_ema.state_dict(),
+                    "target_histogram": target_histogram}
 
         def save(step: int) -> None:
             save_checkpoint(ckpt_path, {
@@ -439,7 +164,7 @@ class StyleGan2(Method):
                 "g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(), "opt_g": opt_g.state_dict(),
                 "opt_d": opt_d.state_dict(), "ada": ada.state_dict(), "gen": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "step": step, "log_rows": rows, "log_window": window,
-                "last_r1": last_r1, "arch": arch,
+                "last_r1": last_r1, "arch": arch, **clock.state(),
             })
 
         reals = to_signed(data.target, device)
@@ -455,7 +180,6 @@ class StyleGan2(Method):
                 ws[:, cutoff:] = g.mapping(z2)[:, None]
             return ws
 
-        t0 = time.perf_counter()
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="stylegan2",
                    disable=progress_disabled())
         for step in bar:
@@ -512,17 +236,20 @@ class StyleGan2(Method):
                 window = []
                 write_train_log(out_dir / "train_log.csv", columns, rows)
                 bar.set_postfix(g=f"{rows[-1][1]:.3f}", d=f"{rows[-1][2]:.3f}", p=f"{ada.p:.3f}")
+            if cfg.snapshot_every and done % cfg.snapshot_every == 0:
+                save_snapshot(out_dir, done, model_state(), clock)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save(done)
-        wall = time.perf_counter() - t0
+        wall = clock.this_run()
         # A run resumed at its last step makes no new rows; the log (which the workflow deletes
         # before rerunning the job) is written again from the rows the checkpoint kept.
         write_train_log(out_dir / "train_log.csv", columns, rows)
 
-        save_checkpoint(out_dir / "model.pt", {"method": self.name, "arch": arch, "g_ema": g_ema.state_dict()})
+        save_checkpoint(out_dir / "model.pt", model_state())
         info = {
             "steps": cfg.steps, "steps_this_run": cfg.steps - start, "train_loop_s": round(wall, 3),
             "s_per_step": round(wall / max(1, cfg.steps - start), 4), "kimg": round(cfg.steps * bs / 1000, 3),
+            "train_loop_cpu_s_total": round(clock.cpu(), 3), "images_seen": cfg.steps * bs,
             "generator_params": count_parameters(g_ema), "discriminator_params": count_parameters(d),
             "ada_p_final": round(ada.p, 4), "target_slices_seen": int(len(data.target)),
             "nfe_per_slice": p.invert_steps, "inversion_loss": INVERSION_LOSS_TEXT[p.invert_loss],
@@ -538,7 +265,12 @@ class StyleGan2(Method):
         state = load_checkpoint(model_path, required=("arch", "g_ema"))
         g = Generator(**state["arch"])
         load_module_state(g, state["g_ema"], model_path, what="stylegan2 EMA generator")
-        return g.to(device).eval().requires_grad_(False)
+        g = g.to(device).eval().requires_grad_(False)
+        hist = state.get("target_histogram")
+        if hist is not None and not (isinstance(hist, torch.Tensor) and hist.ndim == 1):
+            raise InputFileError(model_path, "target_histogram must be a 1-D tensor")
+        g.target_histogram = hist  # None in a model trained before it was stored
+        return g
 
     def translate(self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device,
                   samples: int = 1) -> Translation:
@@ -556,7 +288,7 @@ class StyleGan2(Method):
                 src = torch.as_tensor(np.asarray(source[i:i + INVERT_BATCH], np.float32))[:, None].to(device)
                 # Sample k of a slice uses a seed derived from the slice's seed.
                 img, dist, trace = project(model, src, seeds[i:i + INVERT_BATCH] + 1_000_003 * k, params, w_avg, w_std,
-                                    progress=True)
+                                           progress=True, target_histogram=getattr(model, "target_histogram", None))
                 out[i:i + INVERT_BATCH] = img[:, 0].cpu().numpy()
                 losses.append(dist.cpu().numpy())
                 traces.append(np.asarray(trace) * len(src))

@@ -19,6 +19,7 @@ FIGURE_FILES = {
     "grid": "grid_{experiment}.png", "segmentation": "segmentation.png", "metrics": "metrics_{experiment}.png",
     "lmi": "lmi.png", "loss_curves": "loss_curves.png", "uncertainty": "uncertainty.png", "sampler": "sampler.png",
     "convergence": "convergence.png", "conditioning": "conditioning.png", "baselines": "baselines.png",
+    "compute": "compute.png",
 }
 
 
@@ -26,7 +27,7 @@ FIGURE_FILES = {
 FIGURE_CATEGORIES = {
     "grid": "Translations", "segmentation": "Segmentation", "metrics": "Metrics", "lmi": "LMI conditioning",
     "loss_curves": "Training", "uncertainty": "Translations", "sampler": "Sampler", "convergence": "Training",
-    "conditioning": "LMI conditioning", "baselines": "Training",
+    "conditioning": "LMI conditioning", "baselines": "Training", "compute": "Training",
 }
 
 
@@ -58,6 +59,7 @@ def title(name: str, src: str | None = None, tgt: str | None = None) -> str:
         "convergence": "LMIDiffusion convergence on validation slices",
         "conditioning": "LMIDiffusion: conditioning at translation time against training",
         "baselines": "Baselines on their own: random samples and the reverse direction",
+        "compute": "Quality against training compute",
     }[name]
 
 
@@ -164,9 +166,22 @@ def baselines(rst: bool = False) -> str:
             f"Numbers in the Baseline checks section of the HTML report ({_lit('lmid check-baselines', rst)}).")
 
 
+def compute(n: int | None = None, estimated: list[str] | None = None, rst: bool = False) -> str:
+    text = (f"Validation Dice (against the ground truth) and in-brain SSIM of each method's translation of {_or(n, 'the')} "
+            f"diagnostic validation slices ({_lit('evaluate.diagnostic_slices', rst)}) at each of its training snapshots "
+            f"({_lit('<method>.train.snapshot_every', rst)}), against the CPU-hours its training loop had spent, with the "
+            "subject-level confidence band: who is ahead at equal compute, and who is still rising. CDM keeps no "
+            "snapshots of its three stages and is left out.")
+    if estimated:
+        text += (f" For {', '.join(estimated)}, whose snapshots predate the training clock, the x axis is the "
+                 "training loop's wall time prorated by step (one thread).")
+    return text
+
+
 CAPTIONS = {"grid": grid, "segmentation": segmentation, "metrics": metrics, "lmi": lmi,
             "loss_curves": loss_curves, "uncertainty": uncertainty, "sampler": sampler,
-            "convergence": convergence, "conditioning": conditioning, "baselines": baselines}
+            "convergence": convergence, "conditioning": conditioning, "baselines": baselines,
+            "compute": compute}
 
 #: workflow/report/workflow.rst: the Snakemake report's front page (not a figure caption).
 WORKFLOW = """\

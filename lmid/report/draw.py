@@ -124,4 +124,11 @@ def draw_figures(params, summary: dict, split, translations: dict, metrics_dir: 
         return captions.baselines()
 
     figs.make("baselines", "baselines", captions.title("baselines"), baseline_samples)
+
+    def compute(path):
+        d = figdata.compute_data(diagnostics, baselines, models_dir)
+        figures.compute_curves(path, d["series"], DISPLAY)
+        return captions.compute(d["slices"], d["estimated"])
+
+    figs.make("compute", "compute", captions.title("compute"), compute)
     return figs

@@ -238,3 +238,45 @@ def baseline_rows(baselines: dict | None, images: dict | None) -> list:
     if not baselines or not images:
         raise Missing("no baseline checks (lmid check-baselines) in this run")
     return [(label, images[key]) for key, label in BASELINE_ROWS.items() if key in images]
+
+
+def compute_data(diagnostics: dict | None, baselines: dict | None, models_dir: Path) -> dict:
+    """Per method: CPU-hours, validation Dice and in-brain SSIM (with half-widths) at each snapshot.
+
+    LMIDiffusion's points come from the convergence curve of ``lmid diagnose``; the baselines' from
+    the snapshot curves of ``lmid check-baselines``. A snapshot without a recorded clock (written
+    before one was kept) gets the training loop's wall time prorated by step, and is flagged."""
+    import json
+
+    series: dict[str, dict] = {}
+    estimated: list[str] = []
+
+    def add(method: str, points: list[tuple]) -> None:
+        points = sorted(p for p in points if p[0] is not None)
+        if points:
+            keys = ("cpu_h", "dice", "dice_hw", "ssim", "ssim_hw")
+            series[method] = {k: np.array([np.nan if p[i] is None else p[i] for p in points], float)
+                              for i, k in enumerate(keys)}
+
+    curve = (diagnostics or {}).get("convergence") or []
+    if curve:
+        per_step = None
+        info = Path(models_dir) / "lmidiffusion" / "train_info.json"
+        if any(r.get("cpu_s") is None for r in curve) and info.is_file():
+            facts = json.loads(info.read_text(encoding="utf-8"))
+            if facts.get("steps") and facts.get("train_loop_wall_s"):
+                per_step = float(facts["train_loop_wall_s"]) / float(facts["steps"])
+                estimated.append("LMIDiffusion")
+        add("lmidiffusion", [((r["cpu_s"] if r.get("cpu_s") is not None else
+                               (r["step"] * per_step if per_step else None)),
+                              r.get("dice_gt_mean"), r.get("dice_gt_mean_half_width"), r.get("ssim_mask"),
+                              r.get("ssim_mask_half_width")) for r in curve])
+    for method, entries in ((baselines or {}).get("curves") or {}).items():
+        add(method, [(e.get("cpu_s"), e["scores"]["dice_gt_mean"]["mean"], e["scores"]["dice_gt_mean"]["half_width"],
+                      e["scores"]["ssim_mask"]["mean"], e["scores"]["ssim_mask"]["half_width"]) for e in entries])
+    for s in series.values():
+        s["cpu_h"] = s["cpu_h"] / 3600.0
+    if not series:
+        raise Missing("no method kept training snapshots (<method>.train.snapshot_every)")
+    n = (diagnostics or {}).get("slices")
+    return {"series": series, "estimated": estimated, "slices": n}

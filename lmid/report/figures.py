@@ -305,6 +305,27 @@ def convergence_curve(path, curve: list[dict]) -> Path:
     return save(fig, path)
 
 
+def compute_curves(path, series: dict[str, dict], titles: dict[str, str]) -> Path:
+    """Validation Dice and in-brain SSIM against training CPU-hours, one line per method, with
+    the subject-level interval as a band."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.1), squeeze=False)
+    for k, (method, s) in enumerate(series.items()):
+        for ax, key in zip(axes[0], ("dice", "ssim")):
+            (line,) = ax.plot(s["cpu_h"], s[key], marker="o", markersize=3, linewidth=1.2,
+                              color=colour(method, k), label=titles.get(method, method))
+            half = s[f"{key}_hw"]
+            if np.isfinite(half).any():
+                ax.fill_between(s["cpu_h"], s[key] - half, s[key] + half, color=line.get_color(), alpha=0.12,
+                                linewidth=0)
+    for ax, label in zip(axes[0], ("Dice (validation)", "in-brain SSIM (validation)")):
+        ax.set_xlabel("training CPU-hours")
+        ax.set_ylabel(label)
+        ax.grid(color="#ececec", linewidth=0.6)
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def conditioning_shift(path, shift: dict, contrast: dict) -> Path:
     """Left: in-brain LMI quantiles (5-95 % whiskers, 25-75 % box, median) of training's maps and
     of each source's at translation. Right: per-slice Dice against the source's tissue contrast."""

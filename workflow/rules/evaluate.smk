@@ -102,16 +102,20 @@ rule diagnose:
 
 # Code: lmid check-baselines: lmid/cli/evaluation.py:_check_baselines -> lmid.evaluation.baselines.check_baselines
 rule check_baselines:
-    """Sanity evidence for StyleGAN2-ADA, SDEdit and CycleGAN: samples, histograms, both directions."""
+    """Sanity evidence for StyleGAN2-ADA, SDEdit and CycleGAN: samples, histograms, both directions,
+    and each one's quality at its training snapshots (validation Dice against training CPU time)."""
     input:
         models=expand(f"{MODELS}/{{method}}/model.pt", method=BASELINE_CHECKED),
         test=f"{SLICES}/test.npz",
+        val=f"{SLICES}/val.npz",
+        segmenter=f"{MODELS}/kmeans.json",
     output:
         numbers=f"{REPORTS}/baselines.json",
         images=f"{DATA}/baselines/samples.npz",
     params:
         cfg=PARAMS_FILE,
-        reads=values("seed", "diffusion.schedule"),
+        reads=values("seed", "diffusion.schedule", "diffusion.train.mixed_precision", "evaluate.diagnostic_slices",
+                     "evaluate.bootstrap", "evaluate.confidence", "lmi", "sdedit", "cyclegan", "stylegan2"),
     log:
         f"{DATA}/logs/check_baselines.log",
     benchmark:
@@ -125,4 +129,5 @@ rule check_baselines:
         ENV
     shell:
         "lmid check-baselines --params {params.cfg:q} --models {input.models:q} --test {input.test:q}"
+        " --val {input.val:q} --segmenter {input.segmenter:q}"
         " --out {output.numbers:q} --images {output.images:q} > {log:q} 2>&1"
