@@ -261,3 +261,40 @@ def test_protocol_shift_is_the_paired_change_per_method(metrics):
     md = (root / "a" / "tables" / "table.md").read_text()
     assert "Unseen protocol `3t`" in md and "| change |" in md
     assert (root / "a" / "tables" / "protocol_shift.csv").is_file()
+
+
+# ------------------------------------------------------------------------------------ paper's claims
+def test_claims_rows_are_paired_differences_with_subject_cis_and_verdicts(metrics):
+    root, params, data = metrics
+    s = _run(root, params, "a")
+    rows = {(r["experiment"], r["claim"]): r for r in s["claims"]["rows"]}
+    # LMIDiffusion (0.85) against SDEdit (0.80): the per-slice difference on ground-truth Dice.
+    r = rows[("pd2t1", "beats SDEdit on Dice")]
+    d = data["lmidiffusion"][3] - data["sdedit"][3]
+    assert r["difference"] == pytest.approx(d.mean(), abs=2e-6) and r["pairs"] == len(d) and r["subjects"] == 4
+    lo, hi = bootstrap_ci(d, 300, 0.95, seed=params.seed + 907, groups=np.arange(len(d)) // 4)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((lo, hi), abs=2e-6)
+    assert r["p"] == pytest.approx(wilcoxon_p(data["lmidiffusion"][3], data["sdedit"][3]), rel=1e-3, abs=1e-6)
+    assert r["verdict"] == "supported" and lo > 0
+    # PSNR: 22 against 19 dB.
+    assert rows[("pd2t1", "beats SDEdit on PSNR")]["difference"] == pytest.approx(
+        (data["lmidiffusion"][1] - data["sdedit"][1]).mean())
+    # Methods that did not run are "not tested", never a verdict.
+    for other in ("CycleGAN", "StyleGAN2-ADA"):
+        assert rows[("pd2t1", f"beats {other} on Dice")]["verdict"] == "not tested"
+    # The new source (T2; no labels there, so Dice against K-Means): against its strongest competitor.
+    t2 = next(r for (e, _), r in rows.items() if e == "t22t1")
+    assert t2["other"] == "sdedit" and t2["claim"].startswith("adapts to a new source (T2)")
+    assert t2["difference"] == pytest.approx((data["lmidiffusion"][0] - data["sdedit"][0]).mean())
+    assert s["claims"]["counts"]["not tested"] == 6
+    md = (root / "a" / "tables" / "table.md").read_text()
+    assert md.index("The paper's claims on this data") < md.index("## PD → T1")
+    assert (root / "a" / "tables" / "claims.csv").read_text().count("\n") == len(rows) + 1
+
+
+@pytest.mark.parametrize("lo,hi,want", [(0.01, 0.2, "supported"), (-0.1, 0.1, "not supported"),
+                                        (-0.3, -0.02, "contradicted"), (float("nan"), 0.1, "not tested")])
+def test_claim_verdict_follows_the_interval(lo, hi, want):
+    from lmid.evaluation.claims import verdict
+
+    assert verdict(lo, hi) == want

@@ -188,7 +188,8 @@ def test_html_is_self_contained(project):
     assert len(srcs) >= 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
     png = base64.b64decode(srcs[0].split(",", 1)[1])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    for text in ('id="table-pd2t1"', 'id="table-t22t1"', 'id="table-sampler"', "LMIDiffusion", "CycleGAN",
+    for text in ('id="table-pd2t1"', 'id="table-t22t1"', 'id="table-sampler"', 'id="claims"', "beats SDEdit on Dice",
+                 "LMIDiffusion", "CycleGAN",
                  "paper, IXI", "Protocol choices", "git commit", "scikit-learn", "seed: 1234", "IXI102"):
         assert text in page, text
 

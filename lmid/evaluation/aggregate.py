@@ -32,6 +32,7 @@ import logging
 from pathlib import Path
 
 from lmid.config import parse_sampler_setting, sampler_setting
+from lmid.evaluation.claims import claims_csv_rows, claims_markdown, paper_claims
 from lmid.errors import InputFileError, LmidError
 from lmid.evaluation.display import PAPER, column_title, method_order
 from lmid.evaluation.metrics import read_metrics_csv
@@ -92,7 +93,8 @@ def aggregate_outputs(params) -> list[str]:
     The workflow declares exactly these as the step's outputs."""
     modalities = experiment_modalities(params)
     main = next(iter(modalities))
-    out = ["metrics.json", "summary.json", "tables/table.md", "tables/table.csv", "tables/table.tex"]
+    out = ["metrics.json", "summary.json", "tables/table.md", "tables/table.csv", "tables/table.tex",
+           "tables/claims.csv"]
     out += [f"tables/table_{e}.{ext}" for e in modalities if e != main for ext in ("csv", "tex")]
     if any(is_unseen_experiment(e, params) for e in modalities):
         out.append("tables/protocol_shift.csv")
@@ -167,6 +169,10 @@ def aggregate(params, scores, out_dir: str | Path, infos=(), manifest: str | Pat
     if shift.get("status") == "ok":
         md_parts.append(protocol_shift_markdown(shift, params))
         write_csv(tables_dir / "protocol_shift.csv", protocol_shift_rows(shift))
+    claims = summary["claims"] = paper_claims(summary, frames_by_exp, params, ev.bootstrap, ev.confidence, seed)
+    # The claims lead the Markdown results, right under its heading.
+    md_parts[4:4] = [claims_markdown(claims, lambda m: column_title(m, params))]
+    write_csv(tables_dir / "claims.csv", claims_csv_rows(claims))
     sampler = summarise_sampler(sampler, ev.bootstrap, ev.confidence, seed, list(ev.sampler_settings))
     if sampler.get("smallest_nfe"):
         # Is the sampler the test set was translated with the sweep's choice (or inside its interval)?

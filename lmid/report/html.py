@@ -37,7 +37,7 @@ from lmid.report.tables import MANIFEST_HIDDEN, brain_mask_text, protocol_items 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 #: Page navigation: (section id, link text), in page order.
-NAV = (("results", "Main table"), ("second-source", "Second source"), ("unseen-protocol", "Unseen protocol"),
+NAV = (("claims", "Claims"), ("results", "Main table"), ("second-source", "Second source"), ("unseen-protocol", "Unseen protocol"),
        ("sampler", "Sampling"), ("diagnostics", "Diagnostics"), ("baselines", "Baselines"), ("figures", "Figures"),
        ("timings", "Timings"), ("data", "Data"), ("protocol", "Protocol"), ("params", "Parameters"),
        ("software", "Software"))
@@ -150,6 +150,7 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
         "second_source": [entry(e) for e in experiments if e != main and not is_unseen_experiment(e, params)],
         "unseen": [entry(e) for e in experiments if is_unseen_experiment(e, params)],
         "protocol_shift": tables.protocol_shift(summary, params),
+        "claims": tables.claims_table(summary, params),
         "sampler": tables.sampler_tables(summary),
         "diagnostics": tables.diagnostics_tables(inp.diagnostics, params),
         "baselines": tables.baselines_tables(inp.baselines, params),

@@ -104,6 +104,31 @@ def protocol_shift(summary: dict, params) -> dict | None:
     return {"lead": protocol_description(params), "experiments": out}
 
 
+def claims_table(summary: dict, params) -> dict | None:
+    """One row per claim of the paper (lmid/evaluation/claims.py); None before claims were computed."""
+    claims = summary.get("claims") or {}
+    if not claims.get("rows"):
+        return None
+    body = []
+    for r in claims["rows"]:
+        if r["difference"] is None:
+            diff, p = cell("—"), "—"
+        else:
+            diff = cell(f"{r['difference']:+.3f}", ci=f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+            p = "< 0.001" if r["p"] < 0.001 else f"{r['p']:.3f}"
+        verdict = cell(r["verdict"], cls="verdict-" + r["verdict"].replace(" ", "-"), bold=True)
+        other = column_title(r["other"], params) if r["other"] else "—"
+        body.append(row(r["claim"], [r["experiment"], other, diff, p, verdict, r["detail"] or ""]))
+    pct = round(100 * claims["confidence"])
+    c = claims["counts"]
+    return {**table("claims", ["Claim", "Experiment", "vs", "LMIDiffusion − other", "p", "Verdict", "Note"], body),
+            "caption": f"Difference per slice on the same test slices, mean [{pct} % subject-level bootstrap CI, "
+                       f"{claims['bootstrap']} resamples]; p: two-sided paired Wilcoxon over slices. Supported: the "
+                       "interval lies above 0; contradicted: below 0; not supported: it contains 0. "
+                       f"{c['supported']} supported, {c['not supported']} not supported, {c['contradicted']} "
+                       f"contradicted, {c['not tested']} not tested."}
+
+
 def sampler_tables(summary: dict) -> dict:
     """The sampler sweep and SDEdit's t0 sweep; ``None`` for a sweep that was not run."""
     sampler = summary.get("sampler", {})
