@@ -666,11 +666,14 @@ class PathsParams(Section):
 
     data: str = "data"
     reports: str = "reports"
+    #: Trained models published by ``lmid publish`` (e.g. ``models/study``): when set, the workflow's
+    #: train jobs check and copy these (``lmid use-published``) instead of training.
+    published: str | None = None
 
-    @field_validator("data", "reports")
+    @field_validator("data", "reports", "published")
     @classmethod
-    def _usable_folders(cls, value: str) -> str:
-        return check_folder_param(value)
+    def _usable_folders(cls, value: str | None) -> str | None:
+        return None if value is None else check_folder_param(value)
 
 
 class Params(Section):

@@ -46,6 +46,8 @@ def register(sub) -> None:
                    help="validation slices, spread over every subject (0 = all; default: evaluate.diagnostic_slices)")
     p.add_argument("--unseen-val", type=Path, default=None,
                    help="validation split of the unseen protocol: its sources join the conditioning-shift measurement")
+    p.add_argument("--published", type=Path, default=None,
+                   help="folder written by 'lmid publish': with no snapshots, its curves.json gives the convergence curve")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True, help="diagnostics (.json)")
     p.set_defaults(func=_diagnose)
@@ -64,6 +66,8 @@ def register(sub) -> None:
                    help="validation split (.npz): with --segmenter, every method's training snapshots are scored "
                         "on evaluate.diagnostic_slices of it (the curves of the compute-matched figure)")
     p.add_argument("--segmenter", type=Path, default=None, help="JSON written by 'lmid fit-segmenter'")
+    p.add_argument("--published", type=Path, default=None,
+                   help="folder written by 'lmid publish': the snapshot curves come from its curves.json")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True, help="numbers (.json), e.g. reports/baselines.json")
     p.add_argument("--images", type=Path, required=True, help="images (.npz), e.g. data/baselines/samples.npz")
@@ -127,7 +131,8 @@ def _diagnose(args) -> None:
     folder = args.snapshots_dir or args.model.parent / "snapshots"
     snapshots = sorted(folder.glob("step*.pt")) if folder.is_dir() else []
     diagnose(load_params_from_args(args), args.model, snapshots, args.val, args.segmenter, args.out,
-             slices=args.slices, device=args.device, unseen_val_path=args.unseen_val)
+             slices=args.slices, device=args.device, unseen_val_path=args.unseen_val,
+             published_curves=_published_curves(args.published))
 
 
 def _check_baselines(args) -> None:
@@ -139,7 +144,16 @@ def _check_baselines(args) -> None:
     if (args.val is None) != (args.segmenter is None):
         raise LmidError("--val and --segmenter go together (the snapshot curves need both)")
     check_baselines(load_params_from_args(args), args.models, args.test, args.out, args.images,
-                    samples=args.samples, device=args.device, val_path=args.val, segmenter_path=args.segmenter)
+                    samples=args.samples, device=args.device, val_path=args.val, segmenter_path=args.segmenter,
+                    published_curves=_published_curves(args.published))
+
+
+def _published_curves(folder):
+    if folder is None:
+        return None
+    from lmid.published import published_curves
+
+    return published_curves(folder)
 
 
 def _aggregate(args) -> None:

@@ -58,6 +58,36 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="per-slice metrics (.csv)")
     p.set_defaults(func=_sampler_sweep)
 
+    p = sub.add_parser("publish", help="gather a run's trained models into a committable folder",
+                       description="Copy every method's inference weights (model.pt, train_info.json, train_log.csv) "
+                                   "and the segmenter into OUT with SHA256SUMS, a manifest of training fingerprints "
+                                   "and a README (lmid/published.py).")
+    add_common(p)
+    p.add_argument("--models", type=Path, required=True, help="the run's model folder, e.g. data/study/models")
+    p.add_argument("--train", type=Path, required=True, help="the training split the models were trained on (.npz)")
+    p.add_argument("--diagnostics", type=Path, default=None,
+                   help="the run's diagnostics.json (its convergence curve is kept in curves.json)")
+    p.add_argument("--baselines", type=Path, default=None,
+                   help="the run's baselines.json (its snapshot curves are kept in curves.json)")
+    p.add_argument("--test", type=Path, default=None, help="with --scores: the test split the scores are of (.npz)")
+    p.add_argument("--scores", type=Path, default=None,
+                   help="per-slice scores of one method on --test (metrics/<experiment>/<method>.csv): the first 3 "
+                        "slices and their scores are kept as check/, for reproducing them from the weights")
+    p.add_argument("--commit", default=None, help="commit the models were trained on (default: git HEAD)")
+    p.add_argument("--limit-mb", type=float, default=60.0, help="refuse a folder larger than this (default 60)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write, e.g. models/study")
+    p.set_defaults(func=_publish)
+
+    p = sub.add_parser("use-published", help="the train step from published weights (checked, not trained)",
+                       description="Check a published method's sha256 and training fingerprint against these params "
+                                   "and this training split, then copy it where 'lmid train' would write.")
+    add_common(p)
+    p.add_argument("--published", type=Path, required=True, help="folder written by 'lmid publish'")
+    p.add_argument("--method", choices=METHOD_NAMES, required=True)
+    p.add_argument("--train", type=Path, required=True, help="training split (.npz) of this run")
+    p.add_argument("--out", type=Path, required=True, help="model folder, e.g. data/study/models/lmidiffusion")
+    p.set_defaults(func=_use_published)
+
     p = sub.add_parser("gather", help="join translated shards; write NIfTI volumes per subject")
     p.add_argument("--method", choices=METHOD_NAMES, required=True)
     p.add_argument("--shards", type=Path, nargs="+", required=True)
@@ -72,6 +102,33 @@ def _train(args) -> None:
     from lmid.methods.runner import train_method
 
     train_method(load_params_from_args(args), args.method, args.train, args.val, args.out, args.device)
+
+
+def _publish(args) -> None:
+    from lmid.errors import LmidError
+    from lmid.io import read_json
+    from lmid.published import publish
+
+    if (args.test is None) != (args.scores is None):
+        raise LmidError("--test and --scores go together (the published check needs both)")
+    from lmid.report.environment import git_commit
+
+    curves = {}
+    if args.diagnostics is not None:
+        d = read_json(args.diagnostics)
+        curves["convergence"] = d.get("convergence", [])
+        curves["convergence_verdict"] = d.get("convergence_verdict")
+    if args.baselines is not None:
+        curves["baselines"] = read_json(args.baselines).get("curves", {})
+    publish(load_params_from_args(args), args.models, args.train, args.out, curves=curves,
+            commit=args.commit or git_commit()["commit"], limit_mb=args.limit_mb, test_path=args.test,
+            scores_path=args.scores)
+
+
+def _use_published(args) -> None:
+    from lmid.published import use_published
+
+    use_published(load_params_from_args(args), args.published, args.method, args.train, args.out)
 
 
 def _sampler_overrides(args) -> None:

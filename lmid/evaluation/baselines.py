@@ -153,13 +153,15 @@ def _given_models(params: Params, models) -> dict[str, Path]:
 
 def check_baselines(params: Params, models, test_path: Path, out_json: Path, out_npz: Path,
                     samples: int = 16, device: str = "auto", val_path: Path | None = None,
-                    segmenter_path: Path | None = None) -> dict:
+                    segmenter_path: Path | None = None, published_curves: dict | None = None) -> dict:
     """Write ``out_json`` (numbers for the report) and ``out_npz`` (the images it shows).
 
     ``models`` are ``<method>/model.pt`` files (the folder names the method); a checked method of
     ``params.methods`` without one is recorded as not found. With ``val_path`` and
     ``segmenter_path``, ``curves`` holds each model's snapshot curve
-    (:mod:`lmid.evaluation.snapshot_curves`) on ``evaluate.diagnostic_slices`` validation slices."""
+    (:mod:`lmid.evaluation.snapshot_curves`) on ``evaluate.diagnostic_slices`` validation slices;
+    with ``published_curves`` (published models have no snapshots) the curves measured at training
+    time are kept instead."""
     from lmid.checkpoint import device_from_arg
     from lmid.data.slices import load_slices
 
@@ -205,7 +207,10 @@ def check_baselines(params: Params, models, test_path: Path, out_json: Path, out
         result["methods"]["cyclegan"] = stats
         for key, value in imgs.items():
             arrays[key] = value[pick]
-    if val_path is not None and segmenter_path is not None:
+    if published_curves is not None:
+        result["curves"] = published_curves.get("baselines", {})
+        result["curves_from"] = "published models (measured at training time)"
+    elif val_path is not None and segmenter_path is not None:
         result["curves"] = snapshot_curves(params, given, Path(val_path), Path(segmenter_path), device)
     arrays["index"] = pick.astype(np.int64)
     save_npz(out_npz, **arrays)

@@ -99,10 +99,13 @@ def _translate_and_score(params: Params, model: DiffusionModel, source: np.ndarr
 
 def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: Path, segmenter_path: Path,
              out_path: Path, slices: int | None = None, device: str = "auto",
-             unseen_val_path: Path | None = None) -> dict:
+             unseen_val_path: Path | None = None, published_curves: dict | None = None) -> dict:
     """``lmid diagnose``: ablation, oracle, convergence curve with its verdict, and the
     conditioning shift; writes ``out_path`` (JSON). ``slices`` defaults to
-    ``evaluate.diagnostic_slices``, spread over every validation subject."""
+    ``evaluate.diagnostic_slices``, spread over every validation subject. With
+    ``published_curves`` (``curves.json`` of published models, :mod:`lmid.published`) the
+    convergence curve is the one measured when the models were trained, since their snapshots are
+    not published."""
     from lmid.checkpoint import device_from_arg
 
     dev = device_from_arg(device)
@@ -165,6 +168,10 @@ def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: 
         curve.append(row)
     result["convergence"] = sorted(curve, key=lambda r: r["step"])
     result["convergence_verdict"] = verdict(result["convergence"])
+    if published_curves is not None and not curve:
+        result["convergence"] = published_curves.get("convergence", [])
+        result["convergence_verdict"] = published_curves.get("convergence_verdict") or verdict(result["convergence"])
+        result["convergence_from"] = "published models (measured at training time)"
     from lmid.evaluation.tables import clean
 
     write_json(out_path, clean(result))

@@ -24,6 +24,8 @@ ENV = "../../environment.yml"
 # Each preset writes under its own folders (params `paths`), so the study keeps the demo's report.
 DATA = P.paths.data
 REPORTS = P.paths.reports
+# Published trained models used instead of training (None: train them).
+PUBLISHED = P.paths.published
 # The resolved parameters, written in full (rewritten only when they change): every command reads
 # exactly this file, so --config seed=5 or a partial --configfile reaches `lmid` as it reaches the DAG.
 # Rules rerun on the values they read (the `reads` params below), never on this file's timestamp.

@@ -81,6 +81,8 @@ rule diagnose:
         slices=P.evaluate.diagnostic_slices,
         # Option and value as two words, each quoted by {...:q}; none without the unseen protocol.
         unseen=lambda w, input: ["--unseen-val", input.unseen[0]] if input.unseen else [],
+        # Published models have no snapshots: their convergence curve comes with them.
+        published=["--published", PUBLISHED] if PUBLISHED else [],
         reads=values("seed", "data", "diffusion", "lmi", "lmidiffusion", "evaluate.diagnostic_slices",
                      "evaluate.bootstrap", "evaluate.confidence", "unseen_protocol",
                      exclude=SPECS["lmidiffusion"].bookkeeping_keys),
@@ -97,7 +99,8 @@ rule diagnose:
         ENV
     shell:
         "lmid diagnose --params {params.cfg:q} --model {input.model:q} --val {input.val:q}"
-        " --segmenter {input.segmenter:q} --slices {params.slices:q} {params.unseen:q} --out {output:q} > {log:q} 2>&1"
+        " --segmenter {input.segmenter:q} --slices {params.slices:q} {params.unseen:q} {params.published:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 # Code: lmid check-baselines: lmid/cli/evaluation.py:_check_baselines -> lmid.evaluation.baselines.check_baselines
@@ -114,6 +117,7 @@ rule check_baselines:
         images=f"{DATA}/baselines/samples.npz",
     params:
         cfg=PARAMS_FILE,
+        published=["--published", PUBLISHED] if PUBLISHED else [],
         reads=values("seed", "diffusion.schedule", "diffusion.train.mixed_precision", "evaluate.diagnostic_slices",
                      "evaluate.bootstrap", "evaluate.confidence", "lmi", "sdedit", "cyclegan", "stylegan2"),
     log:
@@ -129,5 +133,5 @@ rule check_baselines:
         ENV
     shell:
         "lmid check-baselines --params {params.cfg:q} --models {input.models:q} --test {input.test:q}"
-        " --val {input.val:q} --segmenter {input.segmenter:q}"
+        " --val {input.val:q} --segmenter {input.segmenter:q} {params.published:q}"
         " --out {output.numbers:q} --images {output.images:q} > {log:q} 2>&1"

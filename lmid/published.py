@@ -1,0 +1,231 @@
+"""Published trained models: a folder that lets anyone re-translate, re-score and re-report a run
+without training it again.
+
+``lmid publish`` gathers a run's inference weights into one folder::
+
+    models/study/
+      README.md            what trained them: params, commit, steps, images, CPU-hours, sha256
+      SHA256SUMS           one line per file (``sha256sum -c SHA256SUMS`` checks them)
+      manifest.json        per method: training fingerprint, the params it read, the files
+      params.yaml          the run's resolved parameters
+      curves.json          the training-time evidence that needs the snapshots (convergence curve,
+                           snapshot curves of the baselines), which are not published
+      <method>/model.pt    inference weights only (EMA where there is one; no optimiser state)
+      <method>/train_info.json, <method>/train_log.csv
+
+``model.pt`` already holds only what translation needs (``lmid train`` writes the resumable state
+to ``checkpoint.pt``), so publishing copies it; the size limit keeps the folder committable.
+
+``lmid use-published`` is the train step of a run that uses them (the workflow's
+``paths.published``): it checks the files' sha256, and that the method's training fingerprint
+(its training parameters and the bytes of the training split, :func:`lmid.methods.runner.training_fingerprint`)
+equals the one the weights were trained under, then copies them where ``lmid train`` would have
+written them. A run with other data or other training parameters is refused with the keys that
+differ, never silently scored with weights trained for something else.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from lmid.config import Params
+from lmid.errors import InputFileError, LmidError
+from lmid.io import file_sha256, read_json, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+#: Files of a trained method folder that are published (model.pt is required).
+METHOD_FILES = ("model.pt", "train_info.json", "train_log.csv")
+SUMS = "SHA256SUMS"
+MANIFEST = "manifest.json"
+#: A committed folder stays small; the study's weights are a few MB.
+DEFAULT_LIMIT_MB = 60.0
+
+
+def _train_values(params: Params, method: str) -> dict:
+    from lmid.registry import key_values, spec
+
+    s = spec(method)
+    return key_values(params.model_dump(mode="json"), s.rerun_train_keys, exclude=s.bookkeeping_keys)
+
+
+def read_sums(folder: Path) -> dict[str, str]:
+    path = Path(folder) / SUMS
+    if not path.is_file():
+        raise InputFileError(path, "not found (not a folder written by 'lmid publish')")
+    sums = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise InputFileError(path, f"line {n} is not '<sha256>  <file>'")
+        sums[name] = digest
+    return sums
+
+
+def verify(folder: Path, names=None) -> None:
+    """Check the sha256 of ``names`` (default: every listed file) against SHA256SUMS."""
+    folder = Path(folder)
+    sums = read_sums(folder)
+    for name in names if names is not None else sums:
+        if name not in sums:
+            raise InputFileError(folder / name, f"not listed in {folder / SUMS}")
+        path = folder / name
+        if not path.is_file():
+            raise InputFileError(path, "listed in SHA256SUMS but missing (a Git LFS pointer or an incomplete copy?)")
+        got = file_sha256(path)
+        if got != sums[name]:
+            raise InputFileError(path, f"sha256 {got[:12]}… differs from SHA256SUMS ({sums[name][:12]}…): "
+                                       "the file changed since it was published")
+
+
+#: The published check: the first slices of the test split and the run's own per-slice scores of them.
+CHECK_SLICES, CHECK_SCORES, CHECK_N = "check/slices.npz", "check/scores.csv", 3
+
+
+def publish(params: Params, models_dir: Path, train_path: Path, out_dir: Path, *, curves: dict | None = None,
+            commit: str = "unknown", limit_mb: float = DEFAULT_LIMIT_MB, test_path: Path | None = None,
+            scores_path: Path | None = None) -> dict:
+    """Write the published folder ``out_dir`` from a run's ``models_dir`` (see the module docstring).
+
+    With ``test_path`` and ``scores_path`` (the run's per-slice scores of one method on that split,
+    ``metrics/<experiment>/<method>.csv``) it also keeps ``check/``: the first 3 test slices and
+    their scores. Translation seeds each slice by its index, and the first indices of a split
+    draw the same seeds however long the split is, so translating ``check/slices.npz`` with the
+    published weights must give these scores again (tests/test_published.py)."""
+    from lmid.config import write_params
+    from lmid.methods.runner import training_fingerprint
+
+    models_dir, out_dir = Path(models_dir), Path(out_dir)
+    files: list[tuple[Path, str]] = []
+    methods = {}
+    for method in params.methods:
+        folder = models_dir / method
+        if not (folder / "model.pt").is_file():
+            raise InputFileError(folder / "model.pt", f"not found: {method} is in params.methods but was not trained")
+        info = read_json(folder / "train_info.json") if (folder / "train_info.json").is_file() else {}
+        names = [f"{method}/{n}" for n in METHOD_FILES if (folder / n).is_file()]
+        files += [(models_dir / n, n) for n in names]
+        methods[method] = {"files": names, "fingerprint": training_fingerprint(params, method, train_path),
+                           "train_params": _train_values(params, method), "train_info": _info_facts(info)}
+    if (models_dir / "kmeans.json").is_file():
+        files.append((models_dir / "kmeans.json", "kmeans.json"))
+    size_mb = sum(src.stat().st_size for src, _ in files) / 2**20
+    if size_mb > limit_mb:
+        raise LmidError(f"the published weights would be {size_mb:.1f} MB, over the {limit_mb:g} MB limit "
+                        "(--limit-mb)")
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for src, name in files:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, tmp / name)
+    write_params(params, tmp / "params.yaml")
+    if test_path is not None and scores_path is not None:
+        _write_check(Path(test_path), Path(scores_path), tmp)
+    write_json(tmp / "curves.json", curves or {})
+    manifest = {"commit": commit, "split_sha256": file_sha256(train_path), "methods": methods}
+    write_json(tmp / MANIFEST, manifest)
+    listed = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    sums = {name: file_sha256(tmp / name) for name in listed}
+    write_text(tmp / SUMS, "".join(f"{d}  {n}\n" for n, d in sums.items()))
+    write_text(tmp / "README.md", readme(params, manifest, sums, tmp))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    log.info("published %d methods, %.1f MB, to %s", len(methods), size_mb, out_dir)
+    return manifest
+
+
+def _write_check(test_path: Path, scores_path: Path, folder: Path) -> None:
+    import numpy as np
+
+    from lmid.data.slices import load_slices
+    from lmid.evaluation.metrics import read_metrics_csv
+
+    split = load_slices(test_path)
+    scores = read_metrics_csv(scores_path)
+    rows = scores[scores["index"] < CHECK_N].sort_values("index")
+    if len(rows) != CHECK_N or len(split) < CHECK_N:
+        raise InputFileError(scores_path, f"does not score the first {CHECK_N} slices of {test_path}")
+    (folder / "check").mkdir(parents=True, exist_ok=True)
+    split.subset(np.arange(CHECK_N)).save(folder / CHECK_SLICES)
+    rows.to_csv(folder / CHECK_SCORES, index=False)
+
+
+def _info_facts(info: dict) -> dict:
+    """Steps, images and time of a train_info.json, under one set of names for every method."""
+    steps = info.get("steps")
+    if isinstance(steps, dict):  # CDM: one count per stage
+        steps = sum(int(v) for v in steps.values())
+    images = info.get("images_seen")
+    if images is None and isinstance(steps, int) and isinstance(info.get("batch_size"), int):
+        images = steps * info["batch_size"]
+    cpu = next((info[k] for k in ("train_loop_cpu_s", "train_loop_cpu_s_total") if info.get(k) is not None), None)
+    facts = {"steps": steps, "images_seen": images, "train_cpu_s": cpu, "train_wall_s": info.get("train_wall_s"),
+             "device": info.get("device")}
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def readme(params: Params, manifest: dict, sums: dict[str, str], folder: Path) -> str:
+    from lmid.registry import METHODS
+
+    lines = [f"# Published models: {params.preset} preset", "",
+             f"The inference weights of every method of one `{params.preset}` run (commit `{manifest['commit']}`), "
+             "written by `lmid publish`. They let the run's tables, figures and report be regenerated without "
+             "training:", "",
+             "    snakemake --cores all --configfile workflow/presets/study.yaml workflow/presets/from-published.yaml",
+             "", "and `lmid translate --method <method> --model models/study/<method>/model.pt ...` use them directly. "
+             "`use-published` refuses them for another training split or other training parameters "
+             "(`manifest.json` holds each method's training fingerprint and parameters; `params.yaml` the whole run's).",
+             "", "| Method | Steps | Images seen | Training CPU-h | Wall h | Device |", "|---|---|---|---|---|---|"]
+    for method, m in manifest["methods"].items():
+        i = m["train_info"]
+        cpu = f"{i['train_cpu_s'] / 3600:.2f}" if i.get("train_cpu_s") is not None else "—"
+        wall = f"{i['train_wall_s'] / 3600:.2f}" if i.get("train_wall_s") is not None else "—"
+        lines.append(f"| {METHODS[method].display} | {i.get('steps', '—')} | {i.get('images_seen', '—')} | {cpu} | "
+                     f"{wall} | {i.get('device', '—')} |")
+    lines += ["", "`model.pt` holds the inference weights only (EMA where the method keeps one); no optimiser state, "
+                  "so these files cannot resume training.", "", "| File | Bytes | sha256 |", "|---|---|---|"]
+    for name, digest in sums.items():
+        lines.append(f"| `{name}` | {(folder / name).stat().st_size} | `{digest}` |")
+    lines += ["", "Check them with `sha256sum -c SHA256SUMS` in this folder.", ""]
+    return "\n".join(lines)
+
+
+def use_published(params: Params, folder: Path, method: str, train_path: Path, out_dir: Path) -> None:
+    """Copy ``method``'s published files into ``out_dir`` after checking sha256 and fingerprint."""
+    from lmid.methods.runner import training_fingerprint
+
+    folder, out_dir = Path(folder), Path(out_dir)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise InputFileError(manifest_path, "not found (not a folder written by 'lmid publish')")
+    manifest = read_json(manifest_path)
+    entry = manifest.get("methods", {}).get(method)
+    if entry is None:
+        raise InputFileError(folder, f"publishes no {method!r} (it has: {', '.join(manifest.get('methods', {}))})")
+    verify(folder, [MANIFEST, *entry["files"]])
+    want = _train_values(params, method)
+    differ = sorted(k for k in set(want) | set(entry["train_params"])
+                    if want.get(k) != entry["train_params"].get(k))
+    if differ:
+        shown = "; ".join(f"{k}: published {entry['train_params'].get(k)!r}, params {want.get(k)!r}" for k in differ[:4])
+        raise LmidError(f"{folder}/{method} was trained with other parameters ({shown}); use the params it was "
+                        f"published with ({folder / 'params.yaml'}) or train it")
+    got = training_fingerprint(params, method, train_path)
+    if got != entry["fingerprint"]:
+        raise InputFileError(train_path, f"is not the training split {folder}/{method} was trained on (its sha256 "
+                                         f"{file_sha256(train_path)[:12]}…, published {manifest['split_sha256'][:12]}…)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in entry["files"]:
+        tmp = out_dir / (Path(name).name + ".partial")
+        shutil.copyfile(folder / name, tmp)
+        tmp.replace(out_dir / Path(name).name)
+    log.info("%s: published weights from %s", method, folder)
+
+
+def published_curves(folder: Path) -> dict:
+    verify(folder, ["curves.json"])
+    return read_json(Path(folder) / "curves.json")
