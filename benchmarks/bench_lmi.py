@@ -134,14 +134,24 @@ def loop_reference(source, target, mode="authors", window=3):
     for bi in range(b):
         for i in range(h):
             for j in range(w):
-                src = torch.tensor([float(at(u[bi], i + c - r, j + d - r)) for c in range(window) for d in range(window)])
+                src = torch.tensor(
+                    [float(at(u[bi], i + c - r, j + d - r)) for c in range(window) for d in range(window)]
+                )
                 best = -math.inf
                 for a in range(window):
                     for bb in range(window):
                         if mode == "authors":
-                            tgt = [at(v[bi], fold(i, a + c - 1, h), fold(j, bb + d - 1, w)) for c in range(3) for d in range(3)]
+                            tgt = [
+                                at(v[bi], fold(i, a + c - 1, h), fold(j, bb + d - 1, w))
+                                for c in range(3)
+                                for d in range(3)
+                            ]
                         else:
-                            tgt = [at(v[bi], i + a + c - 2 * r, j + bb + d - 2 * r) for c in range(window) for d in range(window)]
+                            tgt = [
+                                at(v[bi], i + a + c - 2 * r, j + bb + d - 2 * r)
+                                for c in range(window)
+                                for d in range(window)
+                            ]
                         tgt = torch.tensor([float(t) for t in tgt])
                         best = max(best, float(_nmi_batch(src[None], tgt[None])[0]))
                 out[bi, 0, i, j] = best
@@ -169,15 +179,19 @@ def _worker(spec: dict) -> dict:
     mode, impl = spec["mode"], spec["impl"]
 
     if impl == "ours":
+
         def call():
             return local_mutual_information(source, target, mode=mode)
     elif impl == "vectorised":
+
         def call():
             return vectorised_reference(source, target, mode=mode)
     elif impl == "vectorised_floor":
+
         def call():
             return vectorised_reference(source, target, mode=mode, floor=True)
     else:
+
         def call():
             return loop_reference(source, target, mode=mode)
 
@@ -268,7 +282,9 @@ def _markdown(meta: dict, rows: list[dict]) -> str:
     ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['size']} | {r['batch']} | {r['mode']} | {r['impl']} | {r['status']}: {r['reason']} | | | | | | |")
+            lines.append(
+                f"| {r['size']} | {r['batch']} | {r['mode']} | {r['impl']} | {r['status']}: {r['reason']} | | | | | | |"
+            )
             continue
         diff = "" if r.get("max_abs_diff_vs_ours") is None else f"{r['max_abs_diff_vs_ours']:.1e}"
         speed = "" if r.get("speedup_of_ours") is None else f"{r['speedup_of_ours']:.1f}"
@@ -290,14 +306,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--modes", nargs="+", choices=["authors", "exact"], default=["authors", "exact"])
-    ap.add_argument("--impls", nargs="+", choices=IMPLS[:3], default=list(IMPLS[:3]),
-                    help="implementations timed at --sizes (the loop runs at --loop-sizes only)")
+    ap.add_argument(
+        "--impls",
+        nargs="+",
+        choices=IMPLS[:3],
+        default=list(IMPLS[:3]),
+        help="implementations timed at --sizes (the loop runs at --loop-sizes only)",
+    )
     ap.add_argument("--loop-sizes", type=int, nargs="*", default=[16, 32])
     ap.add_argument("--loop-batch", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per worker (0: torch default)")
-    ap.add_argument("--ref-mem-limit-gb", type=float, default=8.0,
-                    help="skip the vectorised references when their estimated peak exceeds this")
+    ap.add_argument(
+        "--ref-mem-limit-gb",
+        type=float,
+        default=8.0,
+        help="skip the vectorised references when their estimated peak exceeds this",
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks" / "lmi.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -317,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(0)
+        if device == "cuda"
+        else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": list(os.getloadavg()),
         "torch": torch.__version__,
@@ -357,11 +384,22 @@ def main(argv: list[str] | None = None) -> int:
             row = {"size": size, "batch": batch, "mode": mode, "impl": impl, "device": device}
             est = _vectorised_bytes(batch, size)
             if impl.startswith("vectorised") and est > limit:
-                row |= {"status": "skipped", "reason": f"estimated peak {est / 2**30:.1f} GiB > limit {args.ref_mem_limit_gb:g} GiB"}
+                row |= {
+                    "status": "skipped",
+                    "reason": f"estimated peak {est / 2**30:.1f} GiB > limit {args.ref_mem_limit_gb:g} GiB",
+                }
             else:
                 out = Path(tmp) / f"{size}_{batch}_{mode}_{impl}.pt"
-                spec = {"size": size, "batch": batch, "mode": mode, "impl": impl, "device": device,
-                        "reps": 1 if impl == "loop" else args.reps, "out": str(out), "threads": args.threads}
+                spec = {
+                    "size": size,
+                    "batch": batch,
+                    "mode": mode,
+                    "impl": impl,
+                    "device": device,
+                    "reps": 1 if impl == "loop" else args.reps,
+                    "out": str(out),
+                    "threads": args.threads,
+                }
                 t0 = time.perf_counter()
                 row |= _run(spec, args.timeout)
                 row["wall_s_including_startup"] = round(time.perf_counter() - t0, 2)
@@ -371,8 +409,16 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: v for k, v in row.items() if k not in ("output", "times_s")}), flush=True)
 
         for row in rows:  # agreement and speed-up against our layer on the same inputs
-            ours = next((r for r in rows if r["impl"] == "ours" and r["status"] == "ok"
-                         and (r["size"], r["batch"], r["mode"]) == (row["size"], row["batch"], row["mode"])), None)
+            ours = next(
+                (
+                    r
+                    for r in rows
+                    if r["impl"] == "ours"
+                    and r["status"] == "ok"
+                    and (r["size"], r["batch"], r["mode"]) == (row["size"], row["batch"], row["mode"])
+                ),
+                None,
+            )
             if row["impl"] != "ours" and row["status"] == "ok" and ours is not None:
                 ref = torch.load(row["output"])
                 mine = torch.load(ours["output"])

@@ -48,8 +48,16 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(args.preset, workdir / "params.yaml")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "workflow/Snakefile"), "-d", str(workdir),
-           "--cores", str(args.cores), "--forceall"]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-s",
+        str(ROOT / "workflow/Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        str(args.cores),
+        "--forceall",
+    ]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -61,18 +69,38 @@ def main(argv=None) -> int:
     for f in sorted((workdir / "data" / "benchmarks").rglob("*.tsv")):
         with f.open() as fh:
             row = next(csv.DictReader(fh, delimiter="\t"))
-        jobs.append({"job": str(f.relative_to(workdir / "data" / "benchmarks").with_suffix("")), "s": float(row["s"]),
-                     "max_rss_mb": float(row["max_rss"]) if row.get("max_rss", "NA") not in ("NA", "-") else None})
+        jobs.append(
+            {
+                "job": str(f.relative_to(workdir / "data" / "benchmarks").with_suffix("")),
+                "s": float(row["s"]),
+                "max_rss_mb": float(row["max_rss"]) if row.get("max_rss", "NA") not in ("NA", "-") else None,
+            }
+        )
     per_step = defaultdict(float)
     for j in jobs:
         per_step[j["job"].split("/")[0]] += j["s"]
-    result = {"preset": preset_name, "device": device_name(), "cores": args.cores, "wall_s": round(wall, 1),
-              "date": time.strftime("%Y-%m-%d"), "jobs": jobs, "per_step_s": {k: round(v, 1) for k, v in sorted(per_step.items())}}
+    result = {
+        "preset": preset_name,
+        "device": device_name(),
+        "cores": args.cores,
+        "wall_s": round(wall, 1),
+        "date": time.strftime("%Y-%m-%d"),
+        "jobs": jobs,
+        "per_step_s": {k: round(v, 1) for k, v in sorted(per_step.items())},
+    }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"pipeline-{preset_name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Whole pipeline, {preset_name} preset", "", f"- device: {result['device']}", f"- cores: {args.cores}",
-             f"- wall time: {wall / 60:.1f} min ({wall:.0f} s)", f"- date: {result['date']}", "",
-             "| step | summed job wall time (s) |", "|---|---|"]
+    lines = [
+        f"# Whole pipeline, {preset_name} preset",
+        "",
+        f"- device: {result['device']}",
+        f"- cores: {args.cores}",
+        f"- wall time: {wall / 60:.1f} min ({wall:.0f} s)",
+        f"- date: {result['date']}",
+        "",
+        "| step | summed job wall time (s) |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.1f} |" for k, v in result["per_step_s"].items()]
     lines += ["", "| job | wall (s) | peak RSS (MB) |", "|---|---|---|"]
     lines += [f"| {j['job']} | {j['s']:.1f} | {j['max_rss_mb'] or ''} |" for j in jobs]

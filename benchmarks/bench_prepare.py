@@ -87,12 +87,22 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sim = load_params(args.params, {"simulate": {"head": True, "n_subjects": args.subjects}})
-    ixi = load_params(args.params, {"simulate": {"head": True, "n_subjects": args.subjects},
-                                    "data": {"source": "ixi", "registration": True},
-                                    "prepare": {"slices": {"train": 2 * args.subjects, "val": 4, "test": 4}}})
-    result: dict = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-                    "subjects": args.subjects, "voxel_mm": sim.simulate.voxel_mm,
-                    "strip_threshold": ixi.prepare.strip_threshold, "runs": {}}
+    ixi = load_params(
+        args.params,
+        {
+            "simulate": {"head": True, "n_subjects": args.subjects},
+            "data": {"source": "ixi", "registration": True},
+            "prepare": {"slices": {"train": 2 * args.subjects, "val": 4, "test": 4}},
+        },
+    )
+    result: dict = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "subjects": args.subjects,
+        "voxel_mm": sim.simulate.voxel_mm,
+        "strip_threshold": ixi.prepare.strip_threshold,
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate(sim, tmp / "sim")
@@ -105,12 +115,19 @@ def main() -> None:
             wall = time.perf_counter() - t0
             logging.getLogger("lmid.data.prepare").removeHandler(handler)
             # Worker processes log to their own stderr; the parent's summary line has the mean.
-            mask_s = [float(m.group(1)) for line in handler.lines
-                      if (m := re.search(r"brain mask \(strip\) ([\d.]+) s per subject", line))]
-            result["runs"][str(workers)] = {"wall_s": round(wall, 1), "mask_and_registration_s_per_subject":
-                                            mask_s[0] if mask_s else None}
-        same = all((tmp / "slices-1" / f).read_bytes() == (tmp / f"slices-{args.workers}" / f).read_bytes()
-                   for f in ("train.npz", "val.npz", "test.npz", "manifest.json"))
+            mask_s = [
+                float(m.group(1))
+                for line in handler.lines
+                if (m := re.search(r"brain mask \(strip\) ([\d.]+) s per subject", line))
+            ]
+            result["runs"][str(workers)] = {
+                "wall_s": round(wall, 1),
+                "mask_and_registration_s_per_subject": mask_s[0] if mask_s else None,
+            }
+        same = all(
+            (tmp / "slices-1" / f).read_bytes() == (tmp / f"slices-{args.workers}" / f).read_bytes()
+            for f in ("train.npz", "val.npz", "test.npz", "manifest.json")
+        )
         manifest = json.loads((tmp / "slices-1" / "manifest.json").read_text())
         dice, reg_mi = {}, {}
         for stem in ids:  # file stem IXI002-Guys-0828; the manifest keys subjects by IXI002
@@ -134,14 +151,24 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "prepare-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = [f"# `lmid prepare` on IXI-like simulated heads ({result['date']})", "",
-          f"{args.subjects} subjects at {result['voxel_mm']} mm; T1 on its own sagittal 0.94 x 0.94 x 1.2 mm grid, "
-          f"moved 3° and 2 mm; BET f = {result['strip_threshold']} on the registered T1. {result['machine']}.", "",
-          "| workers | wall (s) | mask + registration per subject (s) |", "|---|---|---|"]
+    md = [
+        f"# `lmid prepare` on IXI-like simulated heads ({result['date']})",
+        "",
+        f"{args.subjects} subjects at {result['voxel_mm']} mm; T1 on its own sagittal 0.94 x 0.94 x 1.2 mm grid, "
+        f"moved 3° and 2 mm; BET f = {result['strip_threshold']} on the registered T1. {result['machine']}.",
+        "",
+        "| workers | wall (s) | mask + registration per subject (s) |",
+        "|---|---|---|",
+    ]
     for w, r in result["runs"].items():
         md.append(f"| {w} | {r['wall_s']} | {r['mask_and_registration_s_per_subject']} |")
-    md += ["", f"Speed-up with {args.workers} workers: {result['speedup']}x; outputs identical: {same}.", "",
-           "| subject | mask Dice vs true brain | final Mattes MI (T1 → PD) |", "|---|---|---|"]
+    md += [
+        "",
+        f"Speed-up with {args.workers} workers: {result['speedup']}x; outputs identical: {same}.",
+        "",
+        "| subject | mask Dice vs true brain | final Mattes MI (T1 → PD) |",
+        "|---|---|---|",
+    ]
     md += [f"| {sid} | {dice[sid]} | {reg_mi[sid]} |" for sid in dice]
     (args.out / "prepare-cpu.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -130,8 +130,13 @@ def _worker(spec: dict) -> dict:
 
         import lmid.diffusion.conditioning as conditioning
 
-        source = subprocess.run(["git", "show", f"{spec['baseline_commit']}:lmid/lmi.py"], cwd=ROOT, check=True,
-                                capture_output=True, text=True).stdout
+        source = subprocess.run(
+            ["git", "show", f"{spec['baseline_commit']}:lmid/lmi.py"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         path = Path(tempfile.mkdtemp()) / "lmi_baseline.py"
         path.write_text(source)
         module_spec = importlib.util.spec_from_file_location("lmi_baseline", path)
@@ -172,6 +177,7 @@ def _worker(spec: dict) -> dict:
         return loss
 
     if part.startswith("full"):
+
         def step():
             x0, x_t, x_next, t, eps, idx, variant = draw()
             inp = trainer.network_input(x0, x_t, x_next, idx, variant)
@@ -219,7 +225,8 @@ def _worker(spec: dict) -> dict:
     from lmid.networks import cpu_has_bf16, uses_bf16
 
     out = {
-        "bf16_active": uses_bf16(device, amp, cpu=True), "cpu_has_bf16": cpu_has_bf16(),
+        "bf16_active": uses_bf16(device, amp, cpu=True),
+        "cpu_has_bf16": cpu_has_bf16(),
         "first_step_s": first,
         "timed_steps": spec["steps"],
         "wall_s": wall,
@@ -228,7 +235,8 @@ def _worker(spec: dict) -> dict:
         "images_per_s": batch * spec["steps"] / wall,
         "parameters": count_parameters(net),
         "torch_threads": torch.get_num_threads(),
-        "inputs": f"{data_path} resized to {size} px" if data_path is not None and data_path.is_file()
+        "inputs": f"{data_path} resized to {size} px"
+        if data_path is not None and data_path.is_file()
         else "uniform noise",
     }
     if device.type == "cuda":
@@ -280,9 +288,11 @@ def _speedup_lines(rows: list[dict]) -> list[str]:
             continue
         lmi = by.get((preset, size, batch, "lmi", "fp32"))
         share = f"; LMI is {100 * lmi['s_per_step'] / r['s_per_step']:.0f} % of the step" if lmi else ""
-        out.append(f"- {preset} {size} px, batch {batch}, {variant}: {r['images_per_s'] / base['images_per_s']:.2f}x "
-                   f"the images/s of the step before the speed-ups ({base['s_per_step']:.3f} -> "
-                   f"{r['s_per_step']:.3f} s){share}")
+        out.append(
+            f"- {preset} {size} px, batch {batch}, {variant}: {r['images_per_s'] / base['images_per_s']:.2f}x "
+            f"the images/s of the step before the speed-ups ({base['s_per_step']:.3f} -> "
+            f"{r['s_per_step']:.3f} s){share}"
+        )
     return (["## Speed-up", ""] + out) if out else []
 
 
@@ -296,24 +306,32 @@ def _target_lines(rows: list[dict]) -> list[str]:
         if new:
             ms = 1000 * new["cpu_s_per_step"] / new["batch"]
             was = f" (the earlier layer: {1000 * old['cpu_s_per_step'] / old['batch']:.1f} ms)" if old else ""
-            out.append(f"- {preset}: LMI(x_0, x_t+1) {ms:.1f} CPU-ms per {new['size']} x {new['size']} map{was}; "
-                       f"target <= 20 ms")
+            out.append(
+                f"- {preset}: LMI(x_0, x_t+1) {ms:.1f} CPU-ms per {new['size']} x {new['size']} map{was}; "
+                f"target <= 20 ms"
+            )
         step, base = by.get((preset, "full", "bf16")), by.get((preset, "full_baseline", "fp32"))
         if step and base:
             gain = base["cpu_s_per_step"] / step["cpu_s_per_step"]
-            out.append(f"- {preset}: training step {step['cpu_s_per_step']:.3f} CPU-s (bf16, current LMI) against "
-                       f"{base['cpu_s_per_step']:.3f} (fp32, earlier LMI): {gain:.2f}x the images per CPU-second; "
-                       f"target >= 2x")
+            out.append(
+                f"- {preset}: training step {step['cpu_s_per_step']:.3f} CPU-s (bf16, current LMI) against "
+                f"{base['cpu_s_per_step']:.3f} (fp32, earlier LMI): {gain:.2f}x the images per CPU-second; "
+                f"target >= 2x"
+            )
     # The widest configuration timed in bf16 against the narrowest one's earlier fp32 step.
     wides = sorted((r["parameters"], r["preset"]) for r in ok if r["part"] == "full" and r["variant"] == "bf16")
-    bases = sorted((r["parameters"], r["preset"]) for r in ok if r["part"] == "full_baseline" and r["variant"] == "fp32")
+    bases = sorted(
+        (r["parameters"], r["preset"]) for r in ok if r["part"] == "full_baseline" and r["variant"] == "fp32"
+    )
     if wides and bases and wides[-1][0] > bases[0][0]:
         (p_small, small), (p_big, big) = bases[0], wides[-1]
         wide, base = by[(big, "full", "bf16")], by[(small, "full_baseline", "fp32")]
         if wide and base:
-            out.append(f"- {big} ({p_big:,} parameters, bf16) {wide['cpu_s_per_step']:.3f} CPU-s per step against "
-                       f"{small} ({p_small:,} parameters, fp32, earlier LMI) {base['cpu_s_per_step']:.3f}: "
-                       f"target no more")
+            out.append(
+                f"- {big} ({p_big:,} parameters, bf16) {wide['cpu_s_per_step']:.3f} CPU-s per step against "
+                f"{small} ({p_small:,} parameters, fp32, earlier LMI) {base['cpu_s_per_step']:.3f}: "
+                f"target no more"
+            )
     return (["## Targets", ""] + out) if out else []
 
 
@@ -340,8 +358,9 @@ def _markdown(result: dict) -> str:
     for r in result["results"]:
         params_cell = r.get("parameters", "") and format(r["parameters"], ",")
         threads = f"{r.get('threads') or 'default'} ({r.get('busy_cores', 0)})"
-        head = (f"| {r['preset']} | {r['size']} | {r['batch']} | {params_cell} | {threads} | {r['part']} "
-                f"| {r['variant']} |")
+        head = (
+            f"| {r['preset']} | {r['size']} | {r['batch']} | {params_cell} | {threads} | {r['part']} | {r['variant']} |"
+        )
         if r["status"] == "n/a":
             lines.append(f"{head} n/a ({r['reason']}) | | | | |")
             continue
@@ -353,10 +372,18 @@ def _markdown(result: dict) -> str:
         else:
             grow = (r["peak_rss_bytes"] - r.get("rss_before_steps_bytes", r["peak_rss_bytes"])) / 2**20
             mem = f"{r['peak_rss_bytes'] / 2**20:.0f} (+{grow:.0f})"
-        lines.append(f"{head} {r['images_per_s']:.2f} | {r['s_per_step']:.3f} | {r['cpu_s_per_step']:.3f} "
-                     f"| {r['first_step_s']:.2f} | {mem} |")
-    lines += ["", "Peak memory: " + meta["memory_metric"], "", *_target_lines(result["results"]), "",
-              *_speedup_lines(result["results"])]
+        lines.append(
+            f"{head} {r['images_per_s']:.2f} | {r['s_per_step']:.3f} | {r['cpu_s_per_step']:.3f} "
+            f"| {r['first_step_s']:.2f} | {mem} |"
+        )
+    lines += [
+        "",
+        "Peak memory: " + meta["memory_metric"],
+        "",
+        *_target_lines(result["results"]),
+        "",
+        *_speedup_lines(result["results"]),
+    ]
     if meta.get("notes"):
         lines += ["", "## Notes", "", *[f"- {n}" for n in meta["notes"]]]
     lines += ["", "Commands:", "", "```", *meta["commands"], "```"]
@@ -365,7 +392,9 @@ def _markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", type=Path, default=ROOT / "params.yaml", help="params file (diffusion.unet, lmi, train)")
+    ap.add_argument(
+        "--preset", type=Path, default=ROOT / "params.yaml", help="params file (diffusion.unet, lmi, train)"
+    )
     ap.add_argument("--size", type=int, default=0, help="image size in pixels (0: the preset's prepare.size)")
     ap.add_argument("--batch", type=int, default=0, help="batch size (0: the preset's diffusion.train.batch_size)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
@@ -374,21 +403,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads per worker (0: torch's default)")
-    ap.add_argument("--data", type=Path, default=ROOT / "data/slices/train.npz",
-                    help="training slices used as images (resized to --size); noise when missing")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "data/slices/train.npz",
+        help="training slices used as images (resized to --size); noise when missing",
+    )
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement (compilation included)")
-    ap.add_argument("--warm-compile-cache", action="store_true",
-                    help="let torch.compile reuse its on-disk cache (default: a fresh cache per measurement)")
+    ap.add_argument(
+        "--warm-compile-cache",
+        action="store_true",
+        help="let torch.compile reuse its on-disk cache (default: a fresh cache per measurement)",
+    )
     ap.add_argument("--note", action="append", default=[], help="free text added to the report's notes")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "reports" / "benchmarks")
     ap.add_argument("--fresh", action="store_true", help="discard earlier rows in the output files")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a parameter of --preset, e.g. diffusion.unet.channels=[32,32,64] (repeatable)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter of --preset, e.g. diffusion.unet.channels=[32,32,64] (repeatable)",
+    )
     ap.add_argument("--label", default="", help="name of this configuration in the report (default: the preset's)")
-    ap.add_argument("--baseline-commit", default=BASELINE_COMMIT,
-                    help="commit whose LMI layer the *_baseline parts time (default %(default)s)")
-    ap.add_argument("--busy", type=int, default=0,
-                    help="keep this many other cores busy (spinning processes) while measuring: a shared machine")
+    ap.add_argument(
+        "--baseline-commit",
+        default=BASELINE_COMMIT,
+        help="commit whose LMI layer the *_baseline parts time (default %(default)s)",
+    )
+    ap.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="keep this many other cores busy (spinning processes) while measuring: a shared machine",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -418,28 +467,63 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = []
     for part in args.parts:
-        for variant in (["fp32"] if part.startswith("lmi") else args.variants):
+        for variant in ["fp32"] if part.startswith("lmi") else args.variants:
             plan.append((part, variant))
     rows = []
     # Spinning processes stand for the other jobs of a parallel Snakemake run on the same cores.
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:
         for part, variant in plan:
-            row = {"busy_cores": args.busy, "threads": args.threads, "preset": preset, "preset_file": str(args.preset),
-                   "size": size, "batch": batch, "device": device, "part": part, "variant": variant, "unet": params.diffusion.unet.model_dump(mode="json"),
-                   "lmi_mode": params.lmi.mode, "date": _dt.datetime.now().isoformat(timespec="seconds")}
+            row = {
+                "busy_cores": args.busy,
+                "threads": args.threads,
+                "preset": preset,
+                "preset_file": str(args.preset),
+                "size": size,
+                "batch": batch,
+                "device": device,
+                "part": part,
+                "variant": variant,
+                "unet": params.diffusion.unet.model_dump(mode="json"),
+                "lmi_mode": params.lmi.mode,
+                "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            }
             if variant in CUDA_ONLY and device != "cuda":
                 row |= {"status": "n/a", "reason": "CUDA only"}
             else:
-                spec = {"preset": str(args.preset), "size": size, "batch": batch, "device": device, "variant": variant,
-                        "part": part, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
-                        "data": str(args.data), "overrides": overrides, "baseline_commit": args.baseline_commit}
+                spec = {
+                    "preset": str(args.preset),
+                    "size": size,
+                    "batch": batch,
+                    "device": device,
+                    "variant": variant,
+                    "part": part,
+                    "steps": args.steps,
+                    "warmup": args.warmup,
+                    "threads": args.threads,
+                    "data": str(args.data),
+                    "overrides": overrides,
+                    "baseline_commit": args.baseline_commit,
+                }
                 t0 = time.perf_counter()
                 row |= _run(spec, args.timeout, args.warm_compile_cache)
                 row["wall_s_including_startup"] = round(time.perf_counter() - t0, 2)
             rows.append(row)
-            brief = {k: row.get(k) for k in ("preset", "size", "part", "variant", "status", "reason", "images_per_s",
-                                             "s_per_step", "first_step_s") if row.get(k) is not None}
+            brief = {
+                k: row.get(k)
+                for k in (
+                    "preset",
+                    "size",
+                    "part",
+                    "variant",
+                    "status",
+                    "reason",
+                    "images_per_s",
+                    "s_per_step",
+                    "first_step_s",
+                )
+                if row.get(k) is not None
+            }
             print(json.dumps(brief), flush=True)
     finally:
         for p in spinners:
@@ -465,16 +549,21 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_end": list(os.getloadavg()),
         "steps": args.steps,
         "warmup": args.warmup,
-        "memory_metric": ("torch.cuda.max_memory_allocated over warm-up and timed steps" if device == "cuda" else
-                          "peak resident set size of the worker process (ru_maxrss; includes Python, torch, MONAI "
-                          "and the data), in brackets its growth during the warm-up and timed steps"),
+        "memory_metric": (
+            "torch.cuda.max_memory_allocated over warm-up and timed steps"
+            if device == "cuda"
+            else "peak resident set size of the worker process (ru_maxrss; includes Python, torch, MONAI "
+            "and the data), in brackets its growth during the warm-up and timed steps"
+        ),
         "commands": commands,
         "notes": [n for n in previous.get("meta", {}).get("notes", []) if n not in args.note] + list(args.note),
     }
     if device == "cpu":
-        note = ("CPU runs on a shared machine: CPU time per step is the steadier figure. The CUDA-only variants "
-                "(bf16, channels_last) were not run; the CUDA code path (synchronised timing, "
-                "torch.cuda.max_memory_allocated) was not exercised here.")
+        note = (
+            "CPU runs on a shared machine: CPU time per step is the steadier figure. The CUDA-only variants "
+            "(bf16, channels_last) were not run; the CUDA code path (synchronised timing, "
+            "torch.cuda.max_memory_allocated) was not exercised here."
+        )
         if note not in meta["notes"]:
             meta["notes"].append(note)
     result = {"meta": meta, "results": kept + rows}

@@ -107,8 +107,11 @@ def _markdown(meta: dict, rows: list[dict], verdict: dict) -> str:
             lines.append(f"| {r['setting']} | {r['nfe_expected']} | {r['status']}: {r['reason']} | | | | | | | |")
             continue
         mem = f"{r['peak_gpu_mem_bytes'] / 2**20:.0f}" if r.get("peak_gpu_mem_bytes") is not None else "n/a"
-        flag = "reference" if r["setting"] == verdict.get("reference") else (
-            f"{_yn(r.get('ssim_in_ref_ci'))}, {_yn(r.get('dice_in_ref_ci'))}")
+        flag = (
+            "reference"
+            if r["setting"] == verdict.get("reference")
+            else (f"{_yn(r.get('ssim_in_ref_ci'))}, {_yn(r.get('dice_in_ref_ci'))}")
+        )
         q = r["quality"]
         lines.append(
             f"| {r['setting']} | {r['nfe_per_slice']} | {r['wall_s_per_slice']:.3f} | {r['cpu_s_per_slice']:.3f} "
@@ -146,26 +149,38 @@ def _verdict(rows: list[dict], requested: list[str], dice_key: str) -> dict:
     within = next((r for r in by_cost if r["ssim_in_ref_ci"] and r["dice_in_ref_ci"]), None)
     not_below = next((r for r in by_cost if r["not_below_ref_ci"]), None)
     dice_name = "Dice vs ground truth" if dice_key == "dice_gt_mean" else "Dice vs K-Means of the real target"
-    text = [f"Reference: **{ref['setting']}** ({ref['nfe_per_slice']} NFE / slice), the measured setting with "
-            f"the most network evaluations; criterion: mean SSIM and mean {dice_name} both inside its CI."]
+    text = [
+        f"Reference: **{ref['setting']}** ({ref['nfe_per_slice']} NFE / slice), the measured setting with "
+        f"the most network evaluations; criterion: mean SSIM and mean {dice_name} both inside its CI."
+    ]
     largest_requested = max(requested, key=lambda s: (parse_setting(s)[1], s))
     if largest_requested != ref["setting"]:
-        text.append(f"The largest requested setting, {largest_requested}, was not measured (see the table), so "
-                    "the reference is the largest one that was.")
+        text.append(
+            f"The largest requested setting, {largest_requested}, was not measured (see the table), so "
+            "the reference is the largest one that was."
+        )
     if within is not None and within is not ref:
         speed = ref["wall_s_per_slice"] / within["wall_s_per_slice"] if within["wall_s_per_slice"] > 0 else float("nan")
-        text.append(f"Smallest setting within the reference's CI: **{within['setting']}** "
-                    f"({within['nfe_per_slice']} NFE / slice, {speed:.1f}x less wall time than the reference).")
+        text.append(
+            f"Smallest setting within the reference's CI: **{within['setting']}** "
+            f"({within['nfe_per_slice']} NFE / slice, {speed:.1f}x less wall time than the reference)."
+        )
     elif within is ref:
         text.append("No smaller setting has both means inside the reference's CI.")
     if not_below is not None and not_below is not within and not_below is not ref:
-        text.append(f"Looser reading (mean not below the CI's lower bound, i.e. not worse): **{not_below['setting']}** "
-                    f"({not_below['nfe_per_slice']} NFE / slice).")
+        text.append(
+            f"Looser reading (mean not below the CI's lower bound, i.e. not worse): **{not_below['setting']}** "
+            f"({not_below['nfe_per_slice']} NFE / slice)."
+        )
     n = ref["quality"]["ssim"]["n"]
     text.append(f"With {n} slice(s) the intervals are wide; treat this as a hint, not a verdict.")
-    return {"reference": ref["setting"], "smallest_within_ci": within["setting"] if within else None,
-            "smallest_not_below_ci": not_below["setting"] if not_below else None, "dice_metric": dice_key,
-            "text": " ".join(text)}
+    return {
+        "reference": ref["setting"],
+        "smallest_within_ci": within["setting"] if within else None,
+        "smallest_not_below_ci": not_below["setting"] if not_below else None,
+        "dice_metric": dice_key,
+        "text": " ".join(text),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,18 +189,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", type=Path, default=ROOT / "data/slices/val.npz", help="split file (.npz) with targets")
     ap.add_argument("--slices", type=int, default=8, help="translate the first N slices of the split")
     ap.add_argument("--segmenter", type=Path, default=ROOT / "data/models/kmeans.json")
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml",
-                    help="params file (seed, LMIDiffusion sampler start/eta, metrics); sampler kind/steps come "
-                         "from --settings")
-    ap.add_argument("--settings", nargs="+", default=["ancestral-1000", "ddim-100", "ddim-50", "ddim-25", "ddim-10",
-                                                      "ddim-5"])
+    ap.add_argument(
+        "--params",
+        type=Path,
+        default=ROOT / "params.yaml",
+        help="params file (seed, LMIDiffusion sampler start/eta, metrics); sampler kind/steps come from --settings",
+    )
+    ap.add_argument(
+        "--settings", nargs="+", default=["ancestral-1000", "ddim-100", "ddim-50", "ddim-25", "ddim-10", "ddim-5"]
+    )
     ap.add_argument("--batch-size", type=int, default=0, help="chains per batch (0: all slices in one batch)")
     ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--confidence", type=float, default=0.95)
-    ap.add_argument("--max-setting-s", type=float, default=0.0,
-                    help="skip a setting whose estimated wall time exceeds this many seconds (0: no limit)")
+    ap.add_argument(
+        "--max-setting-s",
+        type=float,
+        default=0.0,
+        help="skip a setting whose estimated wall time exceeds this many seconds (0: no limit)",
+    )
     ap.add_argument("--note", action="append", default=[], help="free text added to the report's notes")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "reports" / "benchmarks")
     args = ap.parse_args(argv)
@@ -228,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch_size or n
 
     def params_for(kind: str, steps: int):
-        return load_params(args.params, {"lmidiffusion": {"sampler": {"kind": kind, "steps": steps, "samples": 1,
-                                                                      "batch_size": batch}}})
+        return load_params(
+            args.params,
+            {"lmidiffusion": {"sampler": {"kind": kind, "steps": steps, "samples": 1, "batch_size": batch}}},
+        )
 
     def translate(kind: str, steps: int, out: Path) -> dict:
         """One setting through ``lmid translate``'s function; returns timing and the written arrays."""
@@ -239,15 +264,23 @@ def main(argv: list[str] | None = None) -> int:
         _sync(device)
         c0 = time.process_time()
         t0 = time.perf_counter()
-        info = translate_shard(params, "lmidiffusion", args.model, args.split, out, samples=1,
-                               device=str(device), limit=n)
+        info = translate_shard(
+            params, "lmidiffusion", args.model, args.split, out, samples=1, device=str(device), limit=n
+        )
         _sync(device)
         call = time.perf_counter() - t0
         cpu = time.process_time() - c0
         z = load_npz(out, ("image", "index", "nfe", "wall_s"))
-        return {"info": info, "call_wall_s": call, "cpu_s": cpu, "image": z["image"], "index": z["index"],
-                "nfe": int(z["nfe"]), "wall_s": float(z["wall_s"]),
-                "peak_gpu_mem_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None}
+        return {
+            "info": info,
+            "call_wall_s": call,
+            "cpu_s": cpu,
+            "image": z["image"],
+            "index": z["index"],
+            "nfe": int(z["nfe"]),
+            "wall_s": float(z["wall_s"]),
+            "peak_gpu_mem_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+        }
 
     meta = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -257,11 +290,15 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": list(os.getloadavg()),
-        "model": str(args.model.resolve().relative_to(ROOT) if args.model.resolve().is_relative_to(ROOT) else args.model),
+        "model": str(
+            args.model.resolve().relative_to(ROOT) if args.model.resolve().is_relative_to(ROOT) else args.model
+        ),
         "model_parameters": count_parameters(model.net),
         "model_unet": model.unet.model_dump(mode="json"),
         "lmi_mode": model.meta.get("lmi", {}).get("mode", "authors"),
-        "split": str(args.split.resolve().relative_to(ROOT) if args.split.resolve().is_relative_to(ROOT) else args.split),
+        "split": str(
+            args.split.resolve().relative_to(ROOT) if args.split.resolve().is_relative_to(ROOT) else args.split
+        ),
         "image_size": list(split.shape),
         "slices": n,
         "batch_size": batch,
@@ -283,15 +320,22 @@ def main(argv: list[str] | None = None) -> int:
         # Warm-up: same slices and batch, 2 steps, untimed; gives the first per-NFE estimate.
         warm = translate("ddim", 2, Path(tmp) / "warmup.npz")
         per_nfe = warm["wall_s"] / max(1, warm["nfe"])
-        meta["warmup"] = {"setting": "ddim-2", "wall_s": round(warm["wall_s"], 3), "call_wall_s": round(warm["call_wall_s"], 3)}
+        meta["warmup"] = {
+            "setting": "ddim-2",
+            "wall_s": round(warm["wall_s"], 3),
+            "call_wall_s": round(warm["call_wall_s"], 3),
+        }
         for name, (kind, steps) in plan:
             expected = len(sampler_plan(model, params_for(kind, steps).lmidiffusion.sampler)[1])
             row = {"setting": name, "kind": kind, "steps": steps, "nfe_expected": expected}
             estimate = per_nfe * expected
             if args.max_setting_s and estimate > args.max_setting_s:
-                row |= {"status": "skipped", "reason": f"estimated {estimate:.0f} s > --max-setting-s "
-                                                       f"{args.max_setting_s:g} s ({per_nfe:.3f} s per NFE for "
-                                                       f"{n} slices)"}
+                row |= {
+                    "status": "skipped",
+                    "reason": f"estimated {estimate:.0f} s > --max-setting-s "
+                    f"{args.max_setting_s:g} s ({per_nfe:.3f} s per NFE for "
+                    f"{n} slices)",
+                }
                 rows.append(row)
                 print(f"{name}: skipped ({row['reason']})", flush=True)
                 continue
@@ -299,10 +343,18 @@ def main(argv: list[str] | None = None) -> int:
             per_nfe = res["wall_s"] / max(1, res["nfe"])
             scores = []
             for k, i in enumerate(res["index"]):
-                scores.append(score_slice(res["image"][k], split.target[i], split.mask[i], segmenter,
-                                          label=split.label[i] if has_labels else None))
-            quality = {m: summarise([s[m] for s in scores], args.bootstrap, args.confidence, base.seed)
-                       for m in METRICS}
+                scores.append(
+                    score_slice(
+                        res["image"][k],
+                        split.target[i],
+                        split.mask[i],
+                        segmenter,
+                        label=split.label[i] if has_labels else None,
+                    )
+                )
+            quality = {
+                m: summarise([s[m] for s in scores], args.bootstrap, args.confidence, base.seed) for m in METRICS
+            }
             row |= {
                 "status": "ok",
                 "nfe_per_slice": res["nfe"],
@@ -313,13 +365,17 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_gpu_mem_bytes": res["peak_gpu_mem_bytes"],
                 "sampler_info": res["info"],
                 "quality": quality,
-                "per_slice": [{"index": int(i), **{m: float(s[m]) for m in METRICS}}
-                              for i, s in zip(res["index"], scores)],
+                "per_slice": [
+                    {"index": int(i), **{m: float(s[m]) for m in METRICS}} for i, s in zip(res["index"], scores)
+                ],
             }
             rows.append(row)
-            print(f"{name}: {res['nfe']} NFE/slice, {row['wall_s_per_slice']:.3f} s/slice, "
-                  f"SSIM {quality['ssim']['mean']:.3f}, PSNR {quality['psnr']['mean']:.2f}, "
-                  f"Dice GT {quality['dice_gt_mean']['mean']:.3f}", flush=True)
+            print(
+                f"{name}: {res['nfe']} NFE/slice, {row['wall_s_per_slice']:.3f} s/slice, "
+                f"SSIM {quality['ssim']['mean']:.3f}, PSNR {quality['psnr']['mean']:.2f}, "
+                f"Dice GT {quality['dice_gt_mean']['mean']:.3f}",
+                flush=True,
+            )
 
     dice_key = "dice_gt_mean" if has_labels else "dice_km_mean"
     verdict = _verdict(rows, args.settings, dice_key)
@@ -331,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU run on a shared machine (load average {meta['load_average_at_start'][0]:.1f} at start, "
             f"{meta['load_average_at_end'][0]:.1f} at end, {meta['cpu_count']} cores): CPU time is the steadier "
             "figure. The CUDA path of this script (synchronised timing, torch.cuda.max_memory_allocated) was not "
-            "exercised by this run.")
+            "exercised by this run."
+        )
     if any(r["status"] == "skipped" for r in rows):
         meta["notes"].append("Skipped rows give the reason (estimated time over --max-setting-s).")
     result = {"meta": meta, "verdict": verdict, "results": rows}

@@ -38,7 +38,9 @@ def load_checkpoint(path: str | Path, map_location="cpu", required: tuple[str, .
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many kinds here; all mean "not a checkpoint we can use"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputFileError(path, f"not a valid lmid checkpoint (truncated, corrupt or not a checkpoint: {first})") from None
+        raise InputFileError(
+            path, f"not a valid lmid checkpoint (truncated, corrupt or not a checkpoint: {first})"
+        ) from None
     if not isinstance(state, dict):
         raise InputFileError(path, f"not an lmid checkpoint (holds a {type(state).__name__}, expected a dict)")
     missing = [k for k in required if k not in state]
@@ -55,7 +57,8 @@ def load_module_state(module: torch.nn.Module, state_dict: dict, path: str | Pat
         lines = str(err).strip().splitlines()
         detail = " ".join(line.strip() for line in lines[:3])
         raise InputFileError(
-            path, f"{what} weights do not match the configured architecture (trained with other parameters?): {detail[:400]}"
+            path,
+            f"{what} weights do not match the configured architecture (trained with other parameters?): {detail[:400]}",
         ) from None
 
 
@@ -74,7 +77,9 @@ def device_from_arg(name: str = "auto") -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ParamsError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ParamsError(f"--device {name}: this machine has no Apple MPS device that torch can use (try --device cpu)")
+        raise ParamsError(
+            f"--device {name}: this machine has no Apple MPS device that torch can use (try --device cpu)"
+        )
     if device.type not in ("cpu", "cuda", "mps"):
         raise ParamsError(f"--device {name}: lmid runs on cpu, cuda or (Apple) mps")
     return device

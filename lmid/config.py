@@ -482,8 +482,9 @@ class CycleGanParams(Section):
     #: History of generated images shown to the discriminators (0 = none).
     pool_size: int = Field(default=50, ge=0)
     #: 60,000 steps at batch 1 = the reference's 100 + 100 epochs of max(|A|, |B|) = 300 images.
-    train: SnapshotTrainParams = SnapshotTrainParams(steps=60000, batch_size=1, lr=2e-4, checkpoint_every=5000,
-                                                     log_every=100)
+    train: SnapshotTrainParams = SnapshotTrainParams(
+        steps=60000, batch_size=1, lr=2e-4, checkpoint_every=5000, log_every=100
+    )
     #: Fraction of steps at constant learning rate before the linear decay to 0.
     constant_fraction: float = Field(default=0.5, ge=0, le=1)
     beta1: float = Field(default=0.5, ge=0, lt=1)
@@ -510,8 +511,9 @@ class StyleGan2Params(Section):
     #: Thousands of images for the augmentation probability p to go from 0 to 1.
     ada_kimg: float = Field(default=500.0, gt=0)
     #: 20,000 steps × 32 = 640 kimg.
-    train: SnapshotTrainParams = SnapshotTrainParams(steps=20000, batch_size=32, lr=2.5e-3, checkpoint_every=1000,
-                                                     log_every=100)
+    train: SnapshotTrainParams = SnapshotTrainParams(
+        steps=20000, batch_size=32, lr=2.5e-3, checkpoint_every=1000, log_every=100
+    )
     #: GAN inversion (reference projector): Adam steps per slice, peak lr, z samples for the mean w.
     invert_steps: int = Field(default=1000, ge=1)
     invert_lr: float = Field(default=0.1, gt=0)
@@ -584,7 +586,10 @@ class SegmentParams(Section):
     max_voxels: int = Field(default=200_000, ge=0)
     #: Tissues from darkest to brightest in the TARGET modality (T1: CSF < GM < WM; T2/PD: reversed).
     tissue_order: tuple[Literal["CSF", "GM", "WM"], Literal["CSF", "GM", "WM"], Literal["CSF", "GM", "WM"]] = (
-        "CSF", "GM", "WM")
+        "CSF",
+        "GM",
+        "WM",
+    )
 
     @model_validator(mode="after")
     def _order(self):
@@ -596,8 +601,10 @@ class SegmentParams(Section):
 #: A sampler setting of the sampler table: ``<kind>-<steps>[-<spacing>][-eta<η>][-clip]``, e.g.
 #: ``ddim-25-quad-eta1`` or ``ancestral-1000-clip`` (spacing ``uniform``, η 0 and no clip when
 #: left out). The one definition: the Snakefile's wildcard and the table reader use it too.
-SAMPLER_SETTING = (r"(ancestral|ddim)-[1-9][0-9]*(-(uniform|quad|trailing))?"
-                   r"(-eta(0|1|0\.[0-9]*[1-9]))?(-clip)?")
+SAMPLER_SETTING = (
+    r"(ancestral|ddim)-[1-9][0-9]*(-(uniform|quad|trailing))?"
+    r"(-eta(0|1|0\.[0-9]*[1-9]))?(-clip)?"
+)
 SAMPLER_SETTING_HELP = "'<ancestral|ddim>-<steps>[-<uniform|quad|trailing>][-eta<0..1>][-clip]'"
 
 
@@ -704,30 +711,40 @@ class Params(Section):
             raise ValueError("methods lists a method twice")
         # The diffusion U-Net halves the slice once per level after the first.
         levels = len(self.diffusion.unet.channels) - 1
-        if {"lmidiffusion", "sdedit"} & set(self.methods) and self.prepare.size % 2 ** levels:
-            raise ValueError(f"prepare.size {self.prepare.size} must be divisible by {2 ** levels}: the diffusion "
-                             f"U-Net ({len(self.diffusion.unet.channels)} levels of diffusion.unet.channels) halves "
-                             f"it {levels} times")
+        if {"lmidiffusion", "sdedit"} & set(self.methods) and self.prepare.size % 2**levels:
+            raise ValueError(
+                f"prepare.size {self.prepare.size} must be divisible by {2**levels}: the diffusion "
+                f"U-Net ({len(self.diffusion.unet.channels)} levels of diffusion.unet.channels) halves "
+                f"it {levels} times"
+            )
         if self.data.source_modality == self.data.target_modality:
             raise ValueError("data.source_modality and data.target_modality must differ")
         # Simulated volumes are an output of the run: the workflow makes (and replaces) data.root,
         # so it must lie under the run's own folder, never beside it in the default data/raw.
         root, data = os.path.abspath(self.data.root), os.path.abspath(self.paths.data)
         if self.data.source == "simulated" and (root == data or not _contains(data, root)):
-            raise ValueError(f"data.root {self.data.root!r} must be a folder inside paths.data {self.paths.data!r} "
-                             f"for simulated data (the run writes it), e.g. {self.paths.data.rstrip('/')}/raw")
+            raise ValueError(
+                f"data.root {self.data.root!r} must be a folder inside paths.data {self.paths.data!r} "
+                f"for simulated data (the run writes it), e.g. {self.paths.data.rstrip('/')}/raw"
+            )
         unseen = self.unseen_protocol
         if unseen.enabled and self.data.source != "simulated":
-            raise ValueError(f"unseen_protocol.enabled needs data.source: simulated (got {self.data.source!r}); "
-                             "set unseen_protocol.enabled: false for your own data")
+            raise ValueError(
+                f"unseen_protocol.enabled needs data.source: simulated (got {self.data.source!r}); "
+                "set unseen_protocol.enabled: false for your own data"
+            )
         if self.unseen_protocol_active:
             known = {self.data.source_modality, *self.data.extra_modalities} - {self.data.target_modality}
             if unseen.sources is not None and not set(unseen.sources) <= known:
-                raise ValueError(f"unseen_protocol.sources {unseen.sources} must be among the translated sources "
-                                 f"{sorted(known)} (data.source_modality, data.extra_modalities)")
+                raise ValueError(
+                    f"unseen_protocol.sources {unseen.sources} must be among the translated sources "
+                    f"{sorted(known)} (data.source_modality, data.extra_modalities)"
+                )
             missing = sorted(set(unseen.sequences) - set(self.simulate.sequences))
             if missing:
-                raise ValueError(f"unseen_protocol.sequences names {missing}, which simulate.sequences does not simulate")
+                raise ValueError(
+                    f"unseen_protocol.sequences names {missing}, which simulate.sequences does not simulate"
+                )
         return self
 
     @property
@@ -741,19 +758,22 @@ class Params(Section):
         """Sources translated on the unseen protocol (none when it is off)."""
         if not self.unseen_protocol_active:
             return []
-        known = [self.data.source_modality] + [m for m in self.data.extra_modalities
-                                               if m not in (self.data.target_modality, self.data.source_modality)]
+        known = [self.data.source_modality] + [
+            m for m in self.data.extra_modalities if m not in (self.data.target_modality, self.data.source_modality)
+        ]
         chosen = self.unseen_protocol.sources
         return known if chosen is None else [m for m in known if m in chosen]
 
     def unseen_simulation(self) -> "Params":
         """These params with ``simulate`` switched to the unseen protocol (same seed: same subjects)."""
         u = self.unseen_protocol
-        sim = self.simulate.model_copy(update={
-            "tissues": dict(u.tissues),
-            "sequences": {**self.simulate.sequences, **u.sequences},
-            "snr": self.simulate.snr if u.snr is None else u.snr,
-        })
+        sim = self.simulate.model_copy(
+            update={
+                "tissues": dict(u.tissues),
+                "sequences": {**self.simulate.sequences, **u.sequences},
+                "snr": self.simulate.snr if u.snr is None else u.snr,
+            }
+        )
         return self.model_copy(update={"simulate": sim})
 
 
@@ -806,8 +826,11 @@ def _mapping_without_duplicates(loader, node, deep=False):
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark, f"found key {key!r} twice (first on line "
-                f"{seen[key] + 1})", key_node.start_mark)
+                "while reading a mapping",
+                node.start_mark,
+                f"found key {key!r} twice (first on line {seen[key] + 1})",
+                key_node.start_mark,
+            )
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
 
@@ -842,7 +865,9 @@ def read_yaml(path: Path):
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ParamsError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
+        raise ParamsError(
+            f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})"
+        ) from None
     except OSError as err:
         raise ParamsError(f"{path}: cannot read ({err.strerror})") from None
     try:
@@ -856,8 +881,9 @@ def read_yaml(path: Path):
         raise ParamsError(f"{path}: not valid YAML: {detail}") from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict | None = None,
-                overrides_label: str = "overrides") -> Params:
+def load_params(
+    path: str | Path = "params.yaml", overrides: dict | None = None, overrides_label: str = "overrides"
+) -> Params:
     """Read, validate and fill defaults. ``overrides`` are deep-merged on top (``--set``, tests);
     an error in one of them is reported under ``overrides_label`` instead of the file's name."""
     path = Path(path)
@@ -865,8 +891,10 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None,
         raise ParamsError(f"{path}: parameter file not found")
     data = read_yaml(path)
     if data is None:  # an empty file (or only comments) would silently mean every default
-        raise ParamsError(f"{path}: holds no parameters (the file is empty); a params file sets the sections, "
-                          "e.g. a copy of params.yaml or a preset")
+        raise ParamsError(
+            f"{path}: holds no parameters (the file is empty); a params file sets the sections, "
+            "e.g. a copy of params.yaml or a preset"
+        )
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     if overrides:
@@ -883,7 +911,9 @@ def write_params(params: Params, path: str | Path) -> None:
     """Write the resolved parameters to ``path``, leaving the file alone when nothing changed."""
     from lmid.io import write_text
 
-    text = "# Resolved parameters of this run (written by the workflow; edit params.yaml instead).\n" + dump_params(params)
+    text = "# Resolved parameters of this run (written by the workflow; edit params.yaml instead).\n" + dump_params(
+        params
+    )
     path = Path(path)
     if not (path.is_file() and path.read_text() == text):
         write_text(path, text)

@@ -27,6 +27,7 @@ from lmid.errors import InputFileError, LmidError
 
 log = logging.getLogger(__name__)
 
+
 # --------------------------------------------------------------------------------- atomic writes
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -107,7 +108,7 @@ def _clear_abandoned(out_dir: Path) -> None:
     for kind in ("old", "staging"):
         prefix = f".{out_dir.name}.{kind}-"
         for path in sorted(parent.iterdir()):
-            owner = _OWNER.match(path.name[len(prefix):]) if path.name.startswith(prefix) else None
+            owner = _OWNER.match(path.name[len(prefix) :]) if path.name.startswith(prefix) else None
             if owner is None or owner["host"] != host or _process_alive(int(owner["pid"])) or not path.is_dir():
                 continue
             if kind == "old" and not out_dir.exists():
@@ -136,8 +137,10 @@ def replaced_folder(out_dir: str | Path, owns: Callable[[str], bool]) -> Iterato
         foreign = sorted(p.name for p in out_dir.iterdir() if not owns(p.name))
         if foreign:
             more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-            raise InputFileError(out_dir, f"holds files this step does not write ({', '.join(foreign[:3])}{more}); "
-                                          "choose a new or empty folder")
+            raise InputFileError(
+                out_dir,
+                f"holds files this step does not write ({', '.join(foreign[:3])}{more}); choose a new or empty folder",
+            )
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +157,7 @@ def replaced_folder(out_dir: str | Path, owns: Callable[[str], bool]) -> Iterato
             if inside is None:
                 raise
             raise InputFileError(out_dir / inside, err.problem) from None
-        old = parent / (f".{out_dir.name}.old-" + stage.name[len(f".{out_dir.name}.staging-"):])
+        old = parent / (f".{out_dir.name}.old-" + stage.name[len(f".{out_dir.name}.staging-") :])
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(stage, out_dir)
@@ -273,15 +276,26 @@ def load_volume(path: str | Path, dtype=np.float32):
     # Without a usable orientation the volume's world position is a guess (nibabel falls back to
     # a default affine and warns): registration and the NIfTI outputs would then be silently wrong.
     header = getattr(img, "header", None)
-    if header is not None and "qform_code" in header and int(header["qform_code"]) == 0 \
-            and int(header["sform_code"]) == 0:
+    if (
+        header is not None
+        and "qform_code" in header
+        and int(header["qform_code"]) == 0
+        and int(header["sform_code"]) == 0
+    ):
         raise InputFileError(path, "header has no orientation (qform_code and sform_code are both 0)")
     zooms = _stored_voxel_sizes(path, img)
     affine = np.asarray(img.affine, dtype=np.float64)
-    if np.any(~np.isfinite(zooms)) or np.any(zooms <= 0) or not np.all(np.isfinite(affine)) \
-            or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise InputFileError(path, f"header has voxel sizes (pixdim) {[round(float(z), 6) for z in zooms]} mm: "
-                                   "they must be positive and finite")
+    if (
+        np.any(~np.isfinite(zooms))
+        or np.any(zooms <= 0)
+        or not np.all(np.isfinite(affine))
+        or abs(np.linalg.det(affine[:3, :3])) < 1e-9
+    ):
+        raise InputFileError(
+            path,
+            f"header has voxel sizes (pixdim) {[round(float(z), 6) for z in zooms]} mm: "
+            "they must be positive and finite",
+        )
     return data, affine
 
 

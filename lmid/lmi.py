@@ -144,8 +144,9 @@ SOURCE_WINDOWS = (12, 14, 17, 20, 23)
 WINDOW_TAU = 1e-9
 
 
-def _source_windows(u_min: torch.Tensor, u_max: torch.Tensor, bins: int, std: float,
-                    widths=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _source_windows(
+    u_min: torch.Tensor, u_max: torch.Tensor, bins: int, std: float, widths=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per pixel, ``(start, width)`` of the source-bin window holding every significant bin.
 
     ``u_min``/``u_max``: the smallest and largest intensity (0..255 scale) of each pixel's source
@@ -230,8 +231,7 @@ def _chunk_nmi_nograd(ks_flat, kt_flat, src_idx, cand_idx, b, pix, stride, start
         ks = ks.gather(2, cols.expand(-1, npx, -1))
     size = n * cand * bins * width
     buf, log_buf = workspace[0].view(-1)[:size], workspace[1].view(-1)[:size]
-    h_st = _joint_entropy_nograd(rhs, ks, total, buf.view(n, cand * bins, width),
-                                 log_buf.view(n, cand * bins, width))
+    h_st = _joint_entropy_nograd(rhs, ks, total, buf.view(n, cand * bins, width), log_buf.view(n, cand * bins, width))
     nmi = 2.0 * (h_s + h_t - h_st + EPS) / (h_s + h_t + EPS)
     return nmi.amax(dim=1)
 
@@ -332,7 +332,8 @@ def local_mutual_information(
     cand_r = ext_r[:, a_plus_c]  # [i, c, a]
     cand_c = ext_c[:, a_plus_c]  # [j, d, b]
     cand_idx = (cand_r[:, None, :, None, :, None] * wp + cand_c[None, :, None, :, None, :]).reshape(
-        height * width, window * window, window * window)
+        height * width, window * window, window * window
+    )
     # Zero padding = intensity 0 outside the image (its kernel vector is not zero).
     u = nn.functional.pad(u[:, 0], (pad, pad, pad, pad))
     v = nn.functional.pad(v[:, 0], (pad, pad, pad, pad))
@@ -351,8 +352,18 @@ def local_mutual_information(
     budget = _JOINT_BUDGET_BYTES["cpu" if device.type == "cpu" else "cuda"]
     needs_grad = torch.is_grad_enabled() and (ks_flat.requires_grad or kt_flat.requires_grad)
     if not needs_grad:
-        return _lmi_nograd(u, ks_flat, kt_flat, src_idx, cand_idx, (bsz, height, width), stride, bins, std,
-                           max_chunk_pixels or max(1, budget // per_pixel)).to(out_dtype)
+        return _lmi_nograd(
+            u,
+            ks_flat,
+            kt_flat,
+            src_idx,
+            cand_idx,
+            (bsz, height, width),
+            stride,
+            bins,
+            std,
+            max_chunk_pixels or max(1, budget // per_pixel),
+        ).to(out_dtype)
     chunk = min(max_chunk_pixels or max(1, budget // per_pixel), n_pix)
     out = []
     for start in range(0, n_pix, chunk):
@@ -387,15 +398,18 @@ def _lmi_nograd(u, ks_flat, kt_flat, src_idx, cand_idx, shape, stride, bins, std
     cand = cand_idx.shape[-1]
     chunk_full = min(max_chunk_pixels, n_pix)
     shape_ws = (chunk_full, cand * bins, bins)
-    workspace = (torch.empty(shape_ws, dtype=ks_flat.dtype, device=device),
-                 torch.empty(shape_ws, dtype=ks_flat.dtype, device=device))
+    workspace = (
+        torch.empty(shape_ws, dtype=ks_flat.dtype, device=device),
+        torch.empty(shape_ws, dtype=ks_flat.dtype, device=device),
+    )
     for w in torch.unique(width).tolist():
         members = (width == w).nonzero().squeeze(1)
         chunk = max(1, chunk_full * bins // w)
         for lo in range(0, len(members), chunk):
-            sel = members[lo:lo + chunk]
-            out[sel] = _chunk_nmi_nograd(ks_flat, kt_flat, src_idx, cand_idx, b_all[sel], pix_all[sel], stride,
-                                         start[sel], int(w), workspace)
+            sel = members[lo : lo + chunk]
+            out[sel] = _chunk_nmi_nograd(
+                ks_flat, kt_flat, src_idx, cand_idx, b_all[sel], pix_all[sel], stride, start[sel], int(w), workspace
+            )
     return out.view(bsz, 1, height, width_px)
 
 

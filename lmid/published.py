@@ -76,17 +76,29 @@ def verify(folder: Path, names=None) -> None:
             raise InputFileError(path, "listed in SHA256SUMS but missing (a Git LFS pointer or an incomplete copy?)")
         got = file_sha256(path)
         if got != sums[name]:
-            raise InputFileError(path, f"sha256 {got[:12]}… differs from SHA256SUMS ({sums[name][:12]}…): "
-                                       "the file changed since it was published")
+            raise InputFileError(
+                path,
+                f"sha256 {got[:12]}… differs from SHA256SUMS ({sums[name][:12]}…): "
+                "the file changed since it was published",
+            )
 
 
 #: The published check: the first slices of the test split and the run's own per-slice scores of them.
 CHECK_SLICES, CHECK_SCORES, CHECK_N = "check/slices.npz", "check/scores.csv", 3
 
 
-def publish(params: Params, models_dir: Path, train_path: Path, out_dir: Path, *, curves: dict | None = None,
-            commit: str = "unknown", limit_mb: float = DEFAULT_LIMIT_MB, test_path: Path | None = None,
-            scores_path: Path | None = None) -> dict:
+def publish(
+    params: Params,
+    models_dir: Path,
+    train_path: Path,
+    out_dir: Path,
+    *,
+    curves: dict | None = None,
+    commit: str = "unknown",
+    limit_mb: float = DEFAULT_LIMIT_MB,
+    test_path: Path | None = None,
+    scores_path: Path | None = None,
+) -> dict:
     """Write the published folder ``out_dir`` from a run's ``models_dir`` (see the module docstring).
 
     With ``test_path`` and ``scores_path`` (the run's per-slice scores of one method on that split,
@@ -107,14 +119,17 @@ def publish(params: Params, models_dir: Path, train_path: Path, out_dir: Path, *
         info = read_json(folder / "train_info.json") if (folder / "train_info.json").is_file() else {}
         names = [f"{method}/{n}" for n in METHOD_FILES if (folder / n).is_file()]
         files += [(models_dir / n, n) for n in names]
-        methods[method] = {"files": names, "fingerprint": training_fingerprint(params, method, train_path),
-                           "train_params": _train_values(params, method), "train_info": _info_facts(info)}
+        methods[method] = {
+            "files": names,
+            "fingerprint": training_fingerprint(params, method, train_path),
+            "train_params": _train_values(params, method),
+            "train_info": _info_facts(info),
+        }
     if (models_dir / "kmeans.json").is_file():
         files.append((models_dir / "kmeans.json", "kmeans.json"))
     size_mb = sum(src.stat().st_size for src, _ in files) / 2**20
     if size_mb > limit_mb:
-        raise LmidError(f"the published weights would be {size_mb:.1f} MB, over the {limit_mb:g} MB limit "
-                        "(--limit-mb)")
+        raise LmidError(f"the published weights would be {size_mb:.1f} MB, over the {limit_mb:g} MB limit (--limit-mb)")
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -163,31 +178,51 @@ def _info_facts(info: dict) -> dict:
     if images is None and isinstance(steps, int) and isinstance(info.get("batch_size"), int):
         images = steps * info["batch_size"]
     cpu = next((info[k] for k in ("train_loop_cpu_s", "train_loop_cpu_s_total") if info.get(k) is not None), None)
-    facts = {"steps": steps, "images_seen": images, "train_cpu_s": cpu, "train_wall_s": info.get("train_wall_s"),
-             "device": info.get("device")}
+    facts = {
+        "steps": steps,
+        "images_seen": images,
+        "train_cpu_s": cpu,
+        "train_wall_s": info.get("train_wall_s"),
+        "device": info.get("device"),
+    }
     return {k: v for k, v in facts.items() if v is not None}
 
 
 def readme(params: Params, manifest: dict, sums: dict[str, str], folder: Path) -> str:
     from lmid.registry import METHODS
 
-    lines = [f"# Published models: {params.preset} preset", "",
-             f"The inference weights of every method of one `{params.preset}` run (commit `{manifest['commit']}`), "
-             "written by `lmid publish`. They let the run's tables, figures and report be regenerated without "
-             "training:", "",
-             "    snakemake --cores all --configfile workflow/presets/study.yaml workflow/presets/from-published.yaml",
-             "", "and `lmid translate --method <method> --model models/study/<method>/model.pt ...` use them directly. "
-             "`use-published` refuses them for another training split or other training parameters "
-             "(`manifest.json` holds each method's training fingerprint and parameters; `params.yaml` the whole run's).",
-             "", "| Method | Steps | Images seen | Training CPU-h | Wall h | Device |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Published models: {params.preset} preset",
+        "",
+        f"The inference weights of every method of one `{params.preset}` run (commit `{manifest['commit']}`), "
+        "written by `lmid publish`. They let the run's tables, figures and report be regenerated without "
+        "training:",
+        "",
+        "    snakemake --cores all --configfile workflow/presets/study.yaml workflow/presets/from-published.yaml",
+        "",
+        "and `lmid translate --method <method> --model models/study/<method>/model.pt ...` use them directly. "
+        "`use-published` refuses them for another training split or other training parameters "
+        "(`manifest.json` holds each method's training fingerprint and parameters; `params.yaml` the whole run's).",
+        "",
+        "| Method | Steps | Images seen | Training CPU-h | Wall h | Device |",
+        "|---|---|---|---|---|---|",
+    ]
     for method, m in manifest["methods"].items():
         i = m["train_info"]
         cpu = f"{i['train_cpu_s'] / 3600:.2f}" if i.get("train_cpu_s") is not None else "—"
         wall = f"{i['train_wall_s'] / 3600:.2f}" if i.get("train_wall_s") is not None else "—"
-        lines.append(f"| {METHODS[method].display} | {i.get('steps', '—')} | {i.get('images_seen', '—')} | {cpu} | "
-                     f"{wall} | {i.get('device', '—')} |")
-    lines += ["", "`model.pt` holds the inference weights only (EMA where the method keeps one); no optimiser state, "
-                  "so these files cannot resume training.", "", "| File | Bytes | sha256 |", "|---|---|---|"]
+        lines.append(
+            f"| {METHODS[method].display} | {i.get('steps', '—')} | {i.get('images_seen', '—')} | {cpu} | "
+            f"{wall} | {i.get('device', '—')} |"
+        )
+    lines += [
+        "",
+        "`model.pt` holds the inference weights only (EMA where the method keeps one); no optimiser state, "
+        "so these files cannot resume training.",
+        "",
+        "| File | Bytes | sha256 |",
+        "|---|---|---|",
+    ]
     for name, digest in sums.items():
         lines.append(f"| `{name}` | {(folder / name).stat().st_size} | `{digest}` |")
     lines += ["", "Check them with `sha256sum -c SHA256SUMS` in this folder.", ""]
@@ -208,16 +243,22 @@ def use_published(params: Params, folder: Path, method: str, train_path: Path, o
         raise InputFileError(folder, f"publishes no {method!r} (it has: {', '.join(manifest.get('methods', {}))})")
     verify(folder, [MANIFEST, *entry["files"]])
     want = _train_values(params, method)
-    differ = sorted(k for k in set(want) | set(entry["train_params"])
-                    if want.get(k) != entry["train_params"].get(k))
+    differ = sorted(k for k in set(want) | set(entry["train_params"]) if want.get(k) != entry["train_params"].get(k))
     if differ:
-        shown = "; ".join(f"{k}: published {entry['train_params'].get(k)!r}, params {want.get(k)!r}" for k in differ[:4])
-        raise LmidError(f"{folder}/{method} was trained with other parameters ({shown}); use the params it was "
-                        f"published with ({folder / 'params.yaml'}) or train it")
+        shown = "; ".join(
+            f"{k}: published {entry['train_params'].get(k)!r}, params {want.get(k)!r}" for k in differ[:4]
+        )
+        raise LmidError(
+            f"{folder}/{method} was trained with other parameters ({shown}); use the params it was "
+            f"published with ({folder / 'params.yaml'}) or train it"
+        )
     got = training_fingerprint(params, method, train_path)
     if got != entry["fingerprint"]:
-        raise InputFileError(train_path, f"is not the training split {folder}/{method} was trained on (its sha256 "
-                                         f"{file_sha256(train_path)[:12]}…, published {manifest['split_sha256'][:12]}…)")
+        raise InputFileError(
+            train_path,
+            f"is not the training split {folder}/{method} was trained on (its sha256 "
+            f"{file_sha256(train_path)[:12]}…, published {manifest['split_sha256'][:12]}…)",
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in entry["files"]:
         tmp = out_dir / (Path(name).name + ".partial")

@@ -79,8 +79,11 @@ class MethodSpec:
 
 _DIFFUSION_TRAIN = ("seed", "diffusion.schedule", "diffusion.unet", "diffusion.train")
 _DIFFUSION_RESUMABLE = ("diffusion.train.steps", "diffusion.train.snapshot_every")
-_DIFFUSION_BOOKKEEPING = ("diffusion.train.checkpoint_every", "diffusion.train.log_every",
-                          "diffusion.train.cache_self_lmi")
+_DIFFUSION_BOOKKEEPING = (
+    "diffusion.train.checkpoint_every",
+    "diffusion.train.log_every",
+    "diffusion.train.cache_self_lmi",
+)
 
 
 def _gan_bookkeeping(section: str, *train_groups: str) -> tuple[str, ...]:
@@ -89,54 +92,153 @@ def _gan_bookkeeping(section: str, *train_groups: str) -> tuple[str, ...]:
 
 _SPECS = (
     MethodSpec(
-        "cyclegan", "CycleGAN", "lmid.methods.cyclegan", Access.TARGET_AND_SOURCE_FRACTION, "#239b56",
-        competitor=True, gpu=True, baseline_checked=True, role="sees {source_fraction} source",
-        train_keys=("seed", "cyclegan"), bookkeeping_keys=_gan_bookkeeping("cyclegan", "train"),
-        resume_keys=("cyclegan.train.snapshot_every",)),
+        "cyclegan",
+        "CycleGAN",
+        "lmid.methods.cyclegan",
+        Access.TARGET_AND_SOURCE_FRACTION,
+        "#239b56",
+        competitor=True,
+        gpu=True,
+        baseline_checked=True,
+        role="sees {source_fraction} source",
+        train_keys=("seed", "cyclegan"),
+        bookkeeping_keys=_gan_bookkeeping("cyclegan", "train"),
+        resume_keys=("cyclegan.train.snapshot_every",),
+    ),
     MethodSpec(
-        "stylegan2", "StyleGAN2-ADA", "lmid.methods.stylegan2", Access.TARGET_ONLY, "#7d3c98",
-        competitor=True, gpu=True, baseline_checked=True,
-        train_keys=tuple(f"stylegan2.{k}" for k in (
-            "z_dim", "w_dim", "mapping_layers", "channels", "channel_base", "r1_gamma", "r1_every", "ema_decay",
-            "ada_target", "ada_interval", "ada_kimg", "train")) + ("seed",),
+        "stylegan2",
+        "StyleGAN2-ADA",
+        "lmid.methods.stylegan2",
+        Access.TARGET_ONLY,
+        "#7d3c98",
+        competitor=True,
+        gpu=True,
+        baseline_checked=True,
+        train_keys=tuple(
+            f"stylegan2.{k}"
+            for k in (
+                "z_dim",
+                "w_dim",
+                "mapping_layers",
+                "channels",
+                "channel_base",
+                "r1_gamma",
+                "r1_every",
+                "ema_decay",
+                "ada_target",
+                "ada_interval",
+                "ada_kimg",
+                "train",
+            )
+        )
+        + ("seed",),
         resume_keys=("stylegan2.train.snapshot_every",),
         bookkeeping_keys=_gan_bookkeeping("stylegan2", "train"),
         # GAN inversion happens per test slice; its loss may use the LMI layer's settings.
-        translate_keys=("seed", "lmi") + tuple(f"stylegan2.{k}" for k in (
-            "invert_steps", "invert_lr", "invert_w_samples", "invert_noise_weight", "invert_loss", "invert_hist_weight"))),
+        translate_keys=("seed", "lmi")
+        + tuple(
+            f"stylegan2.{k}"
+            for k in (
+                "invert_steps",
+                "invert_lr",
+                "invert_w_samples",
+                "invert_noise_weight",
+                "invert_loss",
+                "invert_hist_weight",
+            )
+        ),
+    ),
     MethodSpec(
-        "sdedit", "SDEdit", "lmid.methods.sdedit", Access.TARGET_ONLY, "#2471a3",
-        competitor=True, gpu=True, baseline_checked=True,
+        "sdedit",
+        "SDEdit",
+        "lmid.methods.sdedit",
+        Access.TARGET_ONLY,
+        "#2471a3",
+        competitor=True,
+        gpu=True,
+        baseline_checked=True,
         # The t0 sweep on validation slices runs at the end of training, so it is part of it; it
         # never changes the DDPM's weights, so a checkpoint made under another sweep is resumed.
         train_priority=1,
         train_keys=_DIFFUSION_TRAIN + ("sdedit",),
         resume_keys=_DIFFUSION_RESUMABLE + ("sdedit",),
         bookkeeping_keys=_DIFFUSION_BOOKKEEPING,
-        translate_keys=("seed", "sdedit.kind", "sdedit.steps", "sdedit.repeats", "sdedit.batch_size",
-                        "diffusion.train.mixed_precision")),
+        translate_keys=(
+            "seed",
+            "sdedit.kind",
+            "sdedit.steps",
+            "sdedit.repeats",
+            "sdedit.batch_size",
+            "diffusion.train.mixed_precision",
+        ),
+    ),
     MethodSpec(
-        "lmidiffusion", "LMIDiffusion", "lmid.methods.lmidiffusion", Access.TARGET_ONLY, "#c0392b",
-        competitor=True, gpu=True, train_priority=2,
+        "lmidiffusion",
+        "LMIDiffusion",
+        "lmid.methods.lmidiffusion",
+        Access.TARGET_ONLY,
+        "#c0392b",
+        competitor=True,
+        gpu=True,
+        train_priority=2,
         train_keys=_DIFFUSION_TRAIN + ("lmi",),
         resume_keys=_DIFFUSION_RESUMABLE,
         bookkeeping_keys=_DIFFUSION_BOOKKEEPING,
-        translate_keys=("seed", "lmi", "lmidiffusion.sampler", "diffusion.train.mixed_precision")),
+        translate_keys=("seed", "lmi", "lmidiffusion.sampler", "diffusion.train.mixed_precision"),
+    ),
     MethodSpec(
-        "cdm", "CDM", "lmid.methods.cdm", Access.PAIRED, "#b9770e", competitor=False, gpu=True,
+        "cdm",
+        "CDM",
+        "lmid.methods.cdm",
+        Access.PAIRED,
+        "#b9770e",
+        competitor=False,
+        gpu=True,
         role="supervised upper bound",
-        train_keys=("seed",) + tuple(f"cdm.{k}" for k in (
-            "vector_dim", "mask_ratio", "patch", "mrm_channels", "mdn_blocks", "mdn_hidden", "mdn_timesteps",
-            "unet_channels", "flip_prob", "grad_clip", "mrm", "mdn", "unet")),
+        train_keys=("seed",)
+        + tuple(
+            f"cdm.{k}"
+            for k in (
+                "vector_dim",
+                "mask_ratio",
+                "patch",
+                "mrm_channels",
+                "mdn_blocks",
+                "mdn_hidden",
+                "mdn_timesteps",
+                "unet_channels",
+                "flip_prob",
+                "grad_clip",
+                "mrm",
+                "mdn",
+                "unet",
+            )
+        ),
         bookkeeping_keys=_gan_bookkeeping("cdm", "mrm", "mdn", "unet"),
-        translate_keys=("seed", "cdm.mdn_ddim_steps", "cdm.translate_batch_size")),
+        translate_keys=("seed", "cdm.mdn_ddim_steps", "cdm.translate_batch_size"),
+    ),
     MethodSpec(
-        "identity", "Identity", "lmid.methods.references", Access.NONE, "#717d7e", competitor=False, gpu=False,
-        role="reference"),
+        "identity",
+        "Identity",
+        "lmid.methods.references",
+        Access.NONE,
+        "#717d7e",
+        competitor=False,
+        gpu=False,
+        role="reference",
+    ),
     MethodSpec(
-        "histmatch", "Hist. matching", "lmid.methods.references", Access.TARGET_HISTOGRAM, "#a6acaf",
-        competitor=False, gpu=False, role="reference",
-        train_keys=("histmatch.n_quantiles",), translate_keys=("histmatch.mask_threshold",)),
+        "histmatch",
+        "Hist. matching",
+        "lmid.methods.references",
+        Access.TARGET_HISTOGRAM,
+        "#a6acaf",
+        competitor=False,
+        gpu=False,
+        role="reference",
+        train_keys=("histmatch.n_quantiles",),
+        translate_keys=("histmatch.mask_threshold",),
+    ),
 )
 
 #: Every method by name, in the tables' column order (the paper's four, the upper bound, references).

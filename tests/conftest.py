@@ -17,11 +17,19 @@ TINY = ROOT / "tests" / "presets" / "tiny.yaml"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
-def run_lmid(*args, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_lmid(
+    *args, cwd: Path | None = None, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run ``python -m lmid ARGS`` and return the completed process (never raises on failure)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "lmid", *map(str, args)], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lmid", *map(str, args)],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +77,12 @@ def slice_set(n: int, seed: int = 0):
         target[i] = 0.2 + 0.6 * ((yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(9, 25))
     target += rng.uniform(0, 0.05, target.shape).astype(np.float32)
     source = (1.0 - target) * 0.7 + 0.1
-    return SliceSet(source=source, target=target, mask=np.ones_like(target, bool),
-                    label=np.zeros(target.shape, np.uint8), subject=np.array([f"S{i // 2}" for i in range(n)]),
-                    slice_index=np.arange(n), has_label=False)
+    return SliceSet(
+        source=source,
+        target=target,
+        mask=np.ones_like(target, bool),
+        label=np.zeros(target.shape, np.uint8),
+        subject=np.array([f"S{i // 2}" for i in range(n)]),
+        slice_index=np.arange(n),
+        has_label=False,
+    )

@@ -40,10 +40,14 @@ def train() -> SliceSet:
     target = rng.uniform(0.1, 0.9, size=(N, SIZE, SIZE)).astype(np.float32)
     mask = np.zeros(target.shape, bool)
     mask[:, 2:-2, 2:-2] = True
-    return SliceSet(source=(1.0 - target).astype(np.float32), target=target, mask=mask,
-                    label=np.zeros(target.shape, np.uint8),
-                    subject=np.array([f"TRAIN{i % SUBJECTS:03d}" for i in range(N)]),
-                    slice_index=np.arange(N) // SUBJECTS)
+    return SliceSet(
+        source=(1.0 - target).astype(np.float32),
+        target=target,
+        mask=mask,
+        label=np.zeros(target.shape, np.uint8),
+        subject=np.array([f"TRAIN{i % SUBJECTS:03d}" for i in range(N)]),
+        slice_index=np.arange(N) // SUBJECTS,
+    )
 
 
 def _method(name: str):

@@ -85,9 +85,19 @@ def _csv(path: Path, method: str, dice_km, psnr, ssim, dice_gt=None, nfe=10, wal
     rows = []
     for i in range(n):
         r = {c: np.nan for c in COLUMNS}
-        r.update(method=method, index=i, subject=f"IXI{i // 4:03d}", slice_index=50 + i % 4,
-                 dice_km_mean=dice_km[i], psnr=psnr[i], ssim=ssim[i], psnr_mask=psnr[i] - 1, ssim_mask=ssim[i],
-                 nfe=nfe, wall_s=wall)
+        r.update(
+            method=method,
+            index=i,
+            subject=f"IXI{i // 4:03d}",
+            slice_index=50 + i % 4,
+            dice_km_mean=dice_km[i],
+            psnr=psnr[i],
+            ssim=ssim[i],
+            psnr_mask=psnr[i] - 1,
+            ssim_mask=ssim[i],
+            nfe=nfe,
+            wall_s=wall,
+        )
         for c in ("csf", "gm", "wm"):
             r[f"dice_km_{c}"] = dice_km[i]
             if dice_gt is not None:
@@ -103,20 +113,32 @@ def metrics(tmp_path):
     rng = np.random.default_rng(5)
     n = 16
     data = {}
-    for m, (d, p, s) in {"lmidiffusion": (0.85, 22.0, 0.7), "sdedit": (0.80, 19.0, 0.6),
-                         "identity": (0.3, 9.0, 0.1)}.items():
+    for m, (d, p, s) in {
+        "lmidiffusion": (0.85, 22.0, 0.7),
+        "sdedit": (0.80, 19.0, 0.6),
+        "identity": (0.3, 9.0, 0.1),
+    }.items():
         vals = (np.clip(rng.normal(d, 0.03, n), 0, 1), rng.normal(p, 1.0, n), np.clip(rng.normal(s, 0.05, n), 0, 1))
         gt = np.clip(vals[0] + rng.normal(0, 0.02, n), 0, 1)
         data[m] = (*vals, gt)
         _csv(tmp_path / "metrics" / "pd2t1" / f"{m}.csv", m, *vals, dice_gt=gt)
         _csv(tmp_path / "metrics" / "t22t1" / f"{m}.csv", m, *vals)  # no labels: Dice vs K-Means
     _csv(tmp_path / "metrics" / "sampler" / "ddim-10.csv", "lmidiffusion", *data["lmidiffusion"][:3], nfe=10, wall=0.1)
-    _csv(tmp_path / "metrics" / "sampler" / "ancestral-1000.csv", "lmidiffusion", *data["lmidiffusion"][:3],
-         nfe=1000, wall=9.0)
+    _csv(
+        tmp_path / "metrics" / "sampler" / "ancestral-1000.csv",
+        "lmidiffusion",
+        *data["lmidiffusion"][:3],
+        nfe=1000,
+        wall=9.0,
+    )
     _csv(tmp_path / "metrics" / "sampler" / "notes.csv", "lmidiffusion", *data["lmidiffusion"][:3])  # ignored
-    write_json(tmp_path / "models" / "sdedit" / "train_info.json",
-               {"train_wall_s": 3.0, "t0": 0.3, "t0_sweep": {"0.3": {"psnr": 18.0}, "0.5": {"psnr": 17.0}}})
-    params = load_params(ROOT / "params.yaml", {"evaluate": {"bootstrap": 300, "sampler_settings": ["ancestral-1000", "ddim-10"]}})
+    write_json(
+        tmp_path / "models" / "sdedit" / "train_info.json",
+        {"train_wall_s": 3.0, "t0": 0.3, "t0_sweep": {"0.3": {"psnr": 18.0}, "0.5": {"psnr": 17.0}}},
+    )
+    params = load_params(
+        ROOT / "params.yaml", {"evaluate": {"bootstrap": 300, "sampler_settings": ["ancestral-1000", "ddim-10"]}}
+    )
     return tmp_path, params, data
 
 
@@ -125,9 +147,14 @@ def _run(root: Path, params, out: str):
     metrics = root / "metrics"
     scores = sorted(p for p in metrics.glob("*/*.csv") if p.parent.name != "sampler")
     manifest = root / "slices" / "manifest.json"
-    return aggregate(params, scores, root / out, infos=sorted((root / "models").glob("*/train_info.json")),
-                     manifest=manifest if manifest.is_file() else None,
-                     sampler=sorted((metrics / "sampler").glob("*.csv")))
+    return aggregate(
+        params,
+        scores,
+        root / out,
+        infos=sorted((root / "models").glob("*/train_info.json")),
+        manifest=manifest if manifest.is_file() else None,
+        sampler=sorted((metrics / "sampler").glob("*.csv")),
+    )
 
 
 def test_metrics_json_is_deterministic_and_correct(metrics):
@@ -164,7 +191,8 @@ def test_summary_statistics(metrics):
     # The CI resamples the 4 subjects (4 slices each): the brute-force subject bootstrap gives it.
     assert e["methods"]["sdedit"]["n_subjects"] == 4 and st["n_groups"] == 4
     assert (st["ci_low"], st["ci_high"]) == pytest.approx(
-        bootstrap_ci(psnr, 300, 0.95, seed=params.seed + 907, groups=np.arange(16) // 4), abs=1e-6)
+        bootstrap_ci(psnr, 300, 0.95, seed=params.seed + 907, groups=np.arange(16) // 4), abs=1e-6
+    )
     p = wilcoxon(psnr, data["lmidiffusion"][1]).pvalue
     assert st["p_vs_reference"] == pytest.approx(p, abs=1e-6)
     assert e["methods"]["lmidiffusion"]["psnr"]["p_vs_reference"] is None
@@ -278,7 +306,8 @@ def test_claims_rows_are_paired_differences_with_subject_cis_and_verdicts(metric
     assert r["verdict"] == "supported" and lo > 0
     # PSNR: 22 against 19 dB.
     assert rows[("pd2t1", "beats SDEdit on PSNR")]["difference"] == pytest.approx(
-        (data["lmidiffusion"][1] - data["sdedit"][1]).mean())
+        (data["lmidiffusion"][1] - data["sdedit"][1]).mean()
+    )
     # Methods that did not run are "not tested", never a verdict.
     for other in ("CycleGAN", "StyleGAN2-ADA"):
         assert rows[("pd2t1", f"beats {other} on Dice")]["verdict"] == "not tested"
@@ -292,8 +321,15 @@ def test_claims_rows_are_paired_differences_with_subject_cis_and_verdicts(metric
     assert (root / "a" / "tables" / "claims.csv").read_text().count("\n") == len(rows) + 1
 
 
-@pytest.mark.parametrize("lo,hi,want", [(0.01, 0.2, "supported"), (-0.1, 0.1, "not supported"),
-                                        (-0.3, -0.02, "contradicted"), (float("nan"), 0.1, "not tested")])
+@pytest.mark.parametrize(
+    "lo,hi,want",
+    [
+        (0.01, 0.2, "supported"),
+        (-0.1, 0.1, "not supported"),
+        (-0.3, -0.02, "contradicted"),
+        (float("nan"), 0.1, "not tested"),
+    ],
+)
 def test_claim_verdict_follows_the_interval(lo, hi, want):
     from lmid.evaluation.claims import verdict
 

@@ -36,7 +36,10 @@ def _ixi_folder(root: Path, n=5) -> Path:
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     for i in range(n):
         for j, mod in enumerate(("T1", "T2", "PD")):
-            nib.save(nib.Nifti1Image(_volume(seed=10 * i + j), affine), str(root / f"IXI{i + 2:03d}-Guys-{i + 800:04d}-{mod}.nii.gz"))
+            nib.save(
+                nib.Nifti1Image(_volume(seed=10 * i + j), affine),
+                str(root / f"IXI{i + 2:03d}-Guys-{i + 800:04d}-{mod}.nii.gz"),
+            )
     return root
 
 
@@ -56,8 +59,15 @@ def _params(tmp: Path, **sections) -> Path:
 def _prepare_case(tmp: Path, mutate) -> tuple[list, list[str], Path]:
     raw = _ixi_folder(tmp / "raw")
     needle = mutate(raw)
-    params = _params(tmp, **{"data.source": "ixi", "data.registration": False,
-                              "prepare.slices": {"train": 4, "val": 1, "test": 1}, "prepare.brain_mask": "head"})
+    params = _params(
+        tmp,
+        **{
+            "data.source": "ixi",
+            "data.registration": False,
+            "prepare.slices": {"train": 4, "val": 1, "test": 1},
+            "prepare.brain_mask": "head",
+        },
+    )
     out = tmp / "slices"
     return ["prepare", "--params", params, "--raw", raw, "--out", out], needle, out
 
@@ -160,8 +170,10 @@ PARAM_CASES = {
     "raw-folder-with-nul": ({"data.root": "data/raw\x00x"}, "data.root"),
     "extra-modality-is-the-target": ({"data.extra_modalities": ["T1"]}, "extra_modalities: 'T1' is already the"),
     "extra-modality-twice": ({"data.extra_modalities": ["T2", "t2"]}, "extra_modalities: 't2' is listed twice"),
-    "simulated-raw-outside-data-folder": ({"paths.data": "/tmp/elsewhere"}, "data.root 'data/raw' must be a folder "
-                                                                            "inside paths.data '/tmp/elsewhere'"),
+    "simulated-raw-outside-data-folder": (
+        {"paths.data": "/tmp/elsewhere"},
+        "data.root 'data/raw' must be a folder inside paths.data '/tmp/elsewhere'",
+    ),
 }
 
 
@@ -188,20 +200,31 @@ def test_snakemake_refuses_misplaced_data_folders_before_writing_anything(tmp_pa
     from conftest import ROOT
 
     if case == "slash":
-        config, words, resolved = "paths={data: /, reports: reports}", ("paths.data", "filesystem root"), \
-            Path("/params.resolved.yaml")
+        config, words, resolved = (
+            "paths={data: /, reports: reports}",
+            ("paths.data", "filesystem root"),
+            Path("/params.resolved.yaml"),
+        )
     else:
         elsewhere = tmp_path / "elsewhere"
-        config, resolved = f"paths={{data: {elsewhere}, reports: {tmp_path / 'rep'}}}", elsewhere / "params.resolved.yaml"
+        config, resolved = (
+            f"paths={{data: {elsewhere}, reports: {tmp_path / 'rep'}}}",
+            elsewhere / "params.resolved.yaml",
+        )
         words = ("data.root 'data/raw'", f"paths.data '{elsewhere}'")
     if resolved.exists():
         pytest.skip(f"{resolved} exists already: cannot tell whether this run wrote it")
     (tmp_path / "workflow").symlink_to(ROOT / "workflow")
     shutil.copy(TINY, tmp_path / "params.yaml")
     bin_dir = Path(sys.executable).parent
-    res = subprocess.run([str(bin_dir / "snakemake"), "-n", "--cores", "1", "--config", config],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"})
+    res = subprocess.run(
+        [str(bin_dir / "snakemake"), "-n", "--cores", "1", "--config", config],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )
     assert res.returncode != 0, res.stdout[-2000:]
     for w in words:
         assert w in res.stderr + res.stdout, (w, res.stderr[-2000:])
@@ -212,9 +235,14 @@ def test_snakemake_refuses_misplaced_data_folders_before_writing_anything(tmp_pa
 # ----------------------------------------------------------------- slices, checkpoints, outputs
 def _slices(path: Path, n=3, size=16, **change) -> Path:
     rng = np.random.default_rng(0)
-    arrays = dict(source=rng.random((n, size, size), np.float32), target=rng.random((n, size, size), np.float32),
-                  mask=np.ones((n, size, size), bool), label=np.zeros((n, size, size), np.uint8),
-                  subject=np.array([f"IXI00{i}" for i in range(n)]), slice_index=np.arange(n))
+    arrays = dict(
+        source=rng.random((n, size, size), np.float32),
+        target=rng.random((n, size, size), np.float32),
+        mask=np.ones((n, size, size), bool),
+        label=np.zeros((n, size, size), np.uint8),
+        subject=np.array([f"IXI00{i}" for i in range(n)]),
+        slice_index=np.arange(n),
+    )
     arrays.update(change)
     SliceSet(**arrays).save(path) if not change else np.savez(path, **arrays)
     return path
@@ -256,8 +284,21 @@ def test_output_folder_not_writable(tmp_path):
 @pytest.mark.parametrize("case", ["truncated", "not-a-checkpoint", "other-architecture"])
 def test_bad_checkpoint(tmp_path, tiny_data, case):
     model_dir = tmp_path / "model"
-    res = run_lmid("train", "--params", TINY, "--method", "lmidiffusion", "--train", tiny_data / "train.npz",
-                   "--val", tiny_data / "val.npz", "--out", model_dir, "--set", "diffusion.train.steps=1")
+    res = run_lmid(
+        "train",
+        "--params",
+        TINY,
+        "--method",
+        "lmidiffusion",
+        "--train",
+        tiny_data / "train.npz",
+        "--val",
+        tiny_data / "val.npz",
+        "--out",
+        model_dir,
+        "--set",
+        "diffusion.train.steps=1",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = model_dir / "model.pt"
     extra = []
@@ -272,8 +313,22 @@ def test_bad_checkpoint(tmp_path, tiny_data, case):
         state["unet"] = {**state["unet"], "channels": [32, 32, 64], "norm_num_groups": 16, "num_head_channels": 32}
         torch.save(state, ckpt)
     out = tmp_path / "shard.npz"
-    res = run_lmid("translate", "--params", TINY, "--method", "lmidiffusion", "--model", ckpt,
-                   "--slices", tiny_data / "test.npz", "--out", out, "--limit", "1", *extra)
+    res = run_lmid(
+        "translate",
+        "--params",
+        TINY,
+        "--method",
+        "lmidiffusion",
+        "--model",
+        ckpt,
+        "--slices",
+        tiny_data / "test.npz",
+        "--out",
+        out,
+        "--limit",
+        "1",
+        *extra,
+    )
     assert res.returncode == 2, res.stderr[-3000:]
     assert "model.pt" in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert not out.exists()

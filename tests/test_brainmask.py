@@ -85,7 +85,7 @@ def test_strip_finds_the_brain_of_the_simulated_head(head_subject):
     truth = h["label"] > 0
     assert mask.shape == truth.shape and mask.dtype == bool
     assert _dice(mask, truth) >= 0.95, (_dice(mask, truth), info)
-    assert "BET" in info["method"] 
+    assert "BET" in info["method"]
     # The head mask is the whole head: far larger than the brain.
     assert head_mask(h["images"]["T1"].astype(np.float32)).sum() > 1.3 * truth.sum()
 
@@ -130,8 +130,17 @@ def test_auto_mask_modes_and_labels_without_maps():
     assert mask_mode(_head_params(), use_labels=True) == "strip"
     ixi = Params.model_validate({"data": {"source": "ixi", "root": "x"}})
     assert mask_mode(ixi, use_labels=False) == "strip"
-    brats = Params.model_validate({"data": {"source": "brats", "root": "x", "source_modality": "t2",
-                                            "target_modality": "t1", "extra_modalities": []}})
+    brats = Params.model_validate(
+        {
+            "data": {
+                "source": "brats",
+                "root": "x",
+                "source_modality": "t2",
+                "target_modality": "t1",
+                "extra_modalities": [],
+            }
+        }
+    )
     assert mask_mode(brats, use_labels=False) == "head"
     explicit = Params.model_validate({"data": {"source": "ixi", "root": "x"}, "prepare": {"brain_mask": "labels"}})
     with pytest.raises(ParamsError, match="prepare.brain_mask: 'labels' needs tissue maps"):
@@ -144,8 +153,15 @@ def test_parallel_subjects_give_the_same_bytes(tmp_path):
     exactly what one process writes."""
     t1_aff = grid() @ np.diag([1.1, 0.9, 1.0, 1.0])
     raw = ixi_folder(tmp_path / "raw", n=4, mods=("T1", "PD"), t1_grid=(SHAPE, t1_aff))
-    p = params(**{"data.extra_modalities": [], "data.registration": True, "prepare.brain_mask": "strip",
-                  "prepare.bias_correction": "n4", "prepare.slices": {"train": 4, "val": 2, "test": 2}})
+    p = params(
+        **{
+            "data.extra_modalities": [],
+            "data.registration": True,
+            "prepare.brain_mask": "strip",
+            "prepare.bias_correction": "n4",
+            "prepare.slices": {"train": 4, "val": 2, "test": 2},
+        }
+    )
     for name, workers in (("one", 1), ("two", 2)):
         prepare(p, raw, tmp_path / name, workers=workers)
     for f in ("train.npz", "val.npz", "test.npz", "manifest.json"):
@@ -174,10 +190,17 @@ def test_bias_check_matches_both_runs_and_a_direct_count(tmp_path):
         prepare(p, raw, tmp_path / mode)
         checks[mode] = json.loads((tmp_path / mode / "manifest.json").read_text())["bias_check"]
         train, test = (load_slices(tmp_path / mode / f"{s}.npz") for s in ("train", "test"))
-        km = fit_segmenter(train.target, train.mask, p.segment.n_clusters, p.segment.max_voxels,
-                           p.seed + SEED_OFFSET, tuple(p.segment.tissue_order))
-        direct = np.mean([dice_per_class(km.predict(test.target[i], test.mask[i]), test.label[i])["mean"]
-                          for i in range(len(test))])
+        km = fit_segmenter(
+            train.target,
+            train.mask,
+            p.segment.n_clusters,
+            p.segment.max_voxels,
+            p.seed + SEED_OFFSET,
+            tuple(p.segment.tissue_order),
+        )
+        direct = np.mean(
+            [dice_per_class(km.predict(test.target[i], test.mask[i]), test.label[i])["mean"] for i in range(len(test))]
+        )
         key = "dice_ceiling_with_n4" if mode == "n4" else "dice_ceiling_without_n4"
         assert checks[mode]["applied"] == mode and checks[mode][key] == pytest.approx(direct, abs=1e-12)
     for key in ("dice_ceiling_with_n4", "dice_ceiling_without_n4"):
@@ -192,7 +215,11 @@ def test_a_bad_volume_in_a_worker_is_named_and_nothing_is_written(tmp_path):
     bad = raw / "IXI003-Guys-0801-PD.nii.gz"
     bad.write_bytes(b"\x1f\x8b\x08\x00garbage" * 20)
     with pytest.raises(InputFileError) as info:
-        prepare(params(**{"data.extra_modalities": [], "prepare.slices": {"train": 4, "val": 2, "test": 2}}),
-                raw, tmp_path / "out", workers=2)
+        prepare(
+            params(**{"data.extra_modalities": [], "prepare.slices": {"train": 4, "val": 2, "test": 2}}),
+            raw,
+            tmp_path / "out",
+            workers=2,
+        )
     assert info.value.path == str(bad) and str(info.value).startswith(str(bad))
     assert not (tmp_path / "out").exists()

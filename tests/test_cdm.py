@@ -44,19 +44,46 @@ def phantom_slices(n: int, size: int = 32, seed: int = 0) -> SliceSet:
         tgt[i] = np.clip(np.where(brain, t1, 0), 0, 1)
         src[i] = np.clip(np.where(brain, pd, 0), 0, 1)
         mask[i] = brain
-    return SliceSet(source=src, target=tgt, mask=mask, label=np.zeros(tgt.shape, np.uint8),
-                    subject=np.array([f"S{i % 4}" for i in range(n)]), slice_index=np.arange(n))
+    return SliceSet(
+        source=src,
+        target=tgt,
+        mask=mask,
+        label=np.zeros(tgt.shape, np.uint8),
+        subject=np.array([f"S{i % 4}" for i in range(n)]),
+        slice_index=np.arange(n),
+    )
 
 
 def tiny_params(mrm=24, mdn=300, unet=24, checkpoint_every=8, log_every=4, seed=3):
     def tp(steps, bs):
-        return {"steps": steps, "batch_size": bs, "lr": 2e-3, "checkpoint_every": checkpoint_every,
-                "log_every": log_every}
+        return {
+            "steps": steps,
+            "batch_size": bs,
+            "lr": 2e-3,
+            "checkpoint_every": checkpoint_every,
+            "log_every": log_every,
+        }
 
-    return parse_params({"seed": seed, "cdm": {
-        "vector_dim": 16, "patch": 8, "mask_ratio": 0.5, "mrm_channels": [8, 16], "unet_channels": [8, 16],
-        "mdn_hidden": 64, "mdn_blocks": 2, "mdn_timesteps": 1000, "mdn_ddim_steps": 8, "translate_batch_size": 3,
-        "mrm": tp(mrm, 4), "mdn": tp(mdn, 16), "unet": tp(unet, 4)}})
+    return parse_params(
+        {
+            "seed": seed,
+            "cdm": {
+                "vector_dim": 16,
+                "patch": 8,
+                "mask_ratio": 0.5,
+                "mrm_channels": [8, 16],
+                "unet_channels": [8, 16],
+                "mdn_hidden": 64,
+                "mdn_blocks": 2,
+                "mdn_timesteps": 1000,
+                "mdn_ddim_steps": 8,
+                "translate_batch_size": 3,
+                "mrm": tp(mrm, 4),
+                "mdn": tp(mdn, 16),
+                "unet": tp(unet, 4),
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +156,12 @@ def test_translation_shape_range_and_seed_determinism(trained, data):
     assert tr.std is None
     assert tr.nfe == 1 + len(model["diffusion"].ddim_timesteps(params.cdm.mdn_ddim_steps))
     # A slice's result depends on its seed only, not on the batch it is translated in.
-    one_by_one = np.stack([method.translate(params, model, val.source[i:i + 1], seeds[i:i + 1], CPU).image[0]
-                           for i in range(len(seeds))])
+    one_by_one = np.stack(
+        [
+            method.translate(params, model, val.source[i : i + 1], seeds[i : i + 1], CPU).image[0]
+            for i in range(len(seeds))
+        ]
+    )
     np.testing.assert_allclose(one_by_one, tr.image, atol=1e-5)
     again = method.translate(params, model, val.source[::-1].copy(), seeds[::-1].copy(), CPU).image[::-1]
     np.testing.assert_allclose(again, tr.image, atol=1e-5)
@@ -165,8 +196,13 @@ def test_slice_size_must_fit_the_levels(data, tmp_path):
     params = tiny_params()
     method = get_method("cdm")
     odd = train.subset(np.arange(4))
-    odd = SliceSet(source=odd.source[:, :30, :30].copy(), target=odd.target[:, :30, :30].copy(),
-                   mask=odd.mask[:, :30, :30].copy(), label=odd.label[:, :30, :30].copy(), subject=odd.subject,
-                   slice_index=odd.slice_index)
+    odd = SliceSet(
+        source=odd.source[:, :30, :30].copy(),
+        target=odd.target[:, :30, :30].copy(),
+        mask=odd.mask[:, :30, :30].copy(),
+        label=odd.label[:, :30, :30].copy(),
+        subject=odd.subject,
+        slice_index=odd.slice_index,
+    )
     with pytest.raises(ParamsError, match="cdm.mrm_channels"):
         method.train(params, method.training_data(params, odd), val, tmp_path, CPU)

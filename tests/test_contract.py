@@ -32,27 +32,73 @@ STOCHASTIC = {"lmidiffusion", "sdedit", "stylegan2", "cdm"}
 
 def tiny_params() -> Params:
     """Every method at its smallest: seconds of training each, on 16-pixel slices."""
-    diffusion = {"schedule": {"timesteps": 40},
-                 "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1,
-                          "num_head_channels": 8, "norm_num_groups": 4, "dropout": 0.0},
-                 "train": {"steps": 3, "batch_size": 2, "checkpoint_every": 3, "log_every": 1, "ema_decay": 0.5}}
+    diffusion = {
+        "schedule": {"timesteps": 40},
+        "unet": {
+            "channels": [8, 16],
+            "attention_levels": [False, True],
+            "num_res_blocks": 1,
+            "num_head_channels": 8,
+            "norm_num_groups": 4,
+            "dropout": 0.0,
+        },
+        "train": {"steps": 3, "batch_size": 2, "checkpoint_every": 3, "log_every": 1, "ema_decay": 0.5},
+    }
 
     def tp(steps, bs):
         return {"steps": steps, "batch_size": bs, "lr": 2e-3, "checkpoint_every": steps, "log_every": 1}
 
-    return Params.model_validate({
-        "seed": 21, "diffusion": diffusion,
-        "lmidiffusion": {"sampler": {"kind": "ddim", "steps": 3, "spacing": "quad", "eta": 1.0, "batch_size": 3}},
-        "sdedit": {"t0_grid": [0.3, 0.5], "repeats": 1, "val_slices": 2, "kind": "ddim", "steps": 3, "batch_size": 3},
-        "cyclegan": {"res_blocks": 1, "base_filters": 8, "disc_filters": 8, "disc_layers": 2, "pool_size": 2,
-                     "train": tp(4, 2)},
-        "stylegan2": {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channels": 16, "channel_base": 256,
-                      "r1_every": 4, "ema_decay": 0.9, "ada_kimg": 0.1, "invert_steps": 3, "invert_w_samples": 50,
-                      "train": tp(4, 4)},
-        "cdm": {"vector_dim": 16, "patch": 8, "mask_ratio": 0.5, "mrm_channels": [8, 16], "unet_channels": [8, 16],
-                "mdn_hidden": 32, "mdn_blocks": 1, "mdn_timesteps": 50, "mdn_ddim_steps": 3, "translate_batch_size": 2,
-                "mrm": tp(3, 4), "mdn": tp(3, 8), "unet": tp(3, 4)},
-    })
+    return Params.model_validate(
+        {
+            "seed": 21,
+            "diffusion": diffusion,
+            "lmidiffusion": {"sampler": {"kind": "ddim", "steps": 3, "spacing": "quad", "eta": 1.0, "batch_size": 3}},
+            "sdedit": {
+                "t0_grid": [0.3, 0.5],
+                "repeats": 1,
+                "val_slices": 2,
+                "kind": "ddim",
+                "steps": 3,
+                "batch_size": 3,
+            },
+            "cyclegan": {
+                "res_blocks": 1,
+                "base_filters": 8,
+                "disc_filters": 8,
+                "disc_layers": 2,
+                "pool_size": 2,
+                "train": tp(4, 2),
+            },
+            "stylegan2": {
+                "z_dim": 16,
+                "w_dim": 16,
+                "mapping_layers": 2,
+                "channels": 16,
+                "channel_base": 256,
+                "r1_every": 4,
+                "ema_decay": 0.9,
+                "ada_kimg": 0.1,
+                "invert_steps": 3,
+                "invert_w_samples": 50,
+                "train": tp(4, 4),
+            },
+            "cdm": {
+                "vector_dim": 16,
+                "patch": 8,
+                "mask_ratio": 0.5,
+                "mrm_channels": [8, 16],
+                "unet_channels": [8, 16],
+                "mdn_hidden": 32,
+                "mdn_blocks": 1,
+                "mdn_timesteps": 50,
+                "mdn_ddim_steps": 3,
+                "translate_batch_size": 2,
+                "mrm": tp(3, 4),
+                "mdn": tp(3, 8),
+                "unet": tp(3, 4),
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module", params=METHOD_NAMES)
@@ -85,8 +131,9 @@ def test_same_result_however_the_split_is_cut(trained):
     test = slice_set(5, seed=2)
     seeds = np.arange(100, 105)
     whole = _translate(trained, test.source, seeds).image
-    parts = np.concatenate([_translate(trained, test.source[:2], seeds[:2]).image,
-                            _translate(trained, test.source[2:], seeds[2:]).image])
+    parts = np.concatenate(
+        [_translate(trained, test.source[:2], seeds[:2]).image, _translate(trained, test.source[2:], seeds[2:]).image]
+    )
     np.testing.assert_allclose(parts, whole, atol=1e-5, rtol=0)
 
 

@@ -28,7 +28,7 @@ def blobs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         tissue = np.zeros((size, size))
         for _ in range(3):
             cy, cx, r = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.05, 0.12)]
-            tissue += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r ** 2))
+            tissue += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
         tissue = np.clip(tissue, 0, 1)
         t1.append(brain * (0.8 - 0.5 * tissue))
         pd.append(brain * (0.4 + 0.5 * tissue))
@@ -36,9 +36,19 @@ def blobs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tiny_params(**train) -> Params:
-    return Params.model_validate({"seed": 3, "cyclegan": {
-        "res_blocks": 1, "base_filters": 8, "disc_filters": 8, "disc_layers": 2, "pool_size": 4,
-        "train": {"steps": 30, "batch_size": 2, "lr": 1e-3, "log_every": 5, "checkpoint_every": 10, **train}}})
+    return Params.model_validate(
+        {
+            "seed": 3,
+            "cyclegan": {
+                "res_blocks": 1,
+                "base_filters": 8,
+                "disc_filters": 8,
+                "disc_layers": 2,
+                "pool_size": 4,
+                "train": {"steps": 30, "batch_size": 2, "lr": 1e-3, "log_every": 5, "checkpoint_every": 10, **train},
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +84,14 @@ def test_access_only_training_source_slices_and_fraction():
     assert method.access is Access.TARGET_AND_SOURCE_FRACTION
     n = 100
     rng = np.random.default_rng(0)
-    train = SliceSet(source=rng.random((n, 8, 8), dtype=np.float32), target=rng.random((n, 8, 8), dtype=np.float32),
-                     mask=np.ones((n, 8, 8), bool), label=np.zeros((n, 8, 8), np.uint8),
-                     subject=np.repeat([f"S{i}" for i in range(10)], 10), slice_index=np.tile(np.arange(10), 10))
+    train = SliceSet(
+        source=rng.random((n, 8, 8), dtype=np.float32),
+        target=rng.random((n, 8, 8), dtype=np.float32),
+        mask=np.ones((n, 8, 8), bool),
+        label=np.zeros((n, 8, 8), np.uint8),
+        subject=np.repeat([f"S{i}" for i in range(10)], 10),
+        slice_index=np.tile(np.arange(10), 10),
+    )
     test_source = rng.random((20, 8, 8), dtype=np.float32)
     params = Params()
     got = method.training_data(params, train)
@@ -139,5 +154,6 @@ def test_too_small_slices_are_a_params_error(tmp_path):
     t1, pd = blobs(2, 16, 0)
     params = Params.model_validate({"cyclegan": {"train": {"steps": 1}}})
     with pytest.raises(ParamsError, match="disc_layers"):
-        get_method("cyclegan").train(params, TrainingData(target=t1, source=pd, paired=False), None, tmp_path,
-                                     torch.device("cpu"))
+        get_method("cyclegan").train(
+            params, TrainingData(target=t1, source=pd, paired=False), None, tmp_path, torch.device("cpu")
+        )

@@ -25,13 +25,28 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_diffusion(**train) -> DiffusionParams:
-    return DiffusionParams.model_validate({
-        "schedule": {"timesteps": 50},
-        "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1,
-                 "num_head_channels": 8, "norm_num_groups": 4, "dropout": 0.1},
-        "train": {"steps": 8, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 4, "log_every": 1,
-                  "ema_decay": 0.9, **train},
-    })
+    return DiffusionParams.model_validate(
+        {
+            "schedule": {"timesteps": 50},
+            "unet": {
+                "channels": [8, 16],
+                "attention_levels": [False, True],
+                "num_res_blocks": 1,
+                "num_head_channels": 8,
+                "norm_num_groups": 4,
+                "dropout": 0.1,
+            },
+            "train": {
+                "steps": 8,
+                "batch_size": 4,
+                "lr": 1e-3,
+                "checkpoint_every": 4,
+                "log_every": 1,
+                "ema_decay": 0.9,
+                **train,
+            },
+        }
+    )
 
 
 def blobs(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
@@ -159,8 +174,10 @@ def test_loss_falls(tmp_path):
 
 
 def _weights(trainer) -> dict:
-    return {**{f"m.{k}": v for k, v in trainer.net.state_dict().items()},
-            **{f"e.{k}": v for k, v in trainer.ema.shadow.items()}}
+    return {
+        **{f"m.{k}": v for k, v in trainer.net.state_dict().items()},
+        **{f"e.{k}": v for k, v in trainer.ema.shadow.items()},
+    }
 
 
 @pytest.mark.parametrize("lmi", [False, True])
@@ -284,13 +301,31 @@ def test_sampler_setting_strings():
 
     plain = {"eta": 0.0, "clip_x0": False}
     assert parse_sampler_setting("ddim-20-quad") == {"kind": "ddim", "steps": 20, "spacing": "quad", **plain}
-    assert parse_sampler_setting("ancestral-1000") == {"kind": "ancestral", "steps": 1000, "spacing": "uniform", **plain}
-    assert parse_sampler_setting("ddim-25-quad-eta0.5") == {"kind": "ddim", "steps": 25, "spacing": "quad",
-                                                            "eta": 0.5, "clip_x0": False}
+    assert parse_sampler_setting("ancestral-1000") == {
+        "kind": "ancestral",
+        "steps": 1000,
+        "spacing": "uniform",
+        **plain,
+    }
+    assert parse_sampler_setting("ddim-25-quad-eta0.5") == {
+        "kind": "ddim",
+        "steps": 25,
+        "spacing": "quad",
+        "eta": 0.5,
+        "clip_x0": False,
+    }
     assert parse_sampler_setting("ancestral-1000-clip")["clip_x0"] is True
     assert parse_sampler_setting("ddim-10-eta1")["eta"] == 1.0
-    for bad in ("ddim-0", "ddim-20-cosine", "plms-10", "ddim-20-clip", "ancestral-10-eta1", "ddim-5-eta2",
-                "ddim-5-eta0.50", "ddim-5-clip-eta1"):
+    for bad in (
+        "ddim-0",
+        "ddim-20-cosine",
+        "plms-10",
+        "ddim-20-clip",
+        "ancestral-10-eta1",
+        "ddim-5-eta2",
+        "ddim-5-eta0.50",
+        "ddim-5-clip-eta1",
+    ):
         with pytest.raises(ValueError):
             parse_sampler_setting(bad)
     with pytest.raises(ValueError, match="sampler_settings"):
@@ -316,11 +351,14 @@ def test_training_fingerprint_ignores_run_length_and_sampler(tmp_path):
     # SDEdit's t0 sweep runs after training and never changes the DDPM's weights.
     dump = base.model_dump()
     dump["sdedit"].update(t0_grid=[0.1, 0.2], repeats=1)
-    assert training_fingerprint(Params.model_validate(dump), "sdedit", train) == training_fingerprint(base, "sdedit", train)
+    assert training_fingerprint(Params.model_validate(dump), "sdedit", train) == training_fingerprint(
+        base, "sdedit", train
+    )
     dump = base.model_dump()
     dump["cyclegan"]["train"]["steps"] = 10  # CycleGAN's learning-rate decay depends on its length
-    assert training_fingerprint(Params.model_validate(dump), "cyclegan", train) != \
-        training_fingerprint(base, "cyclegan", train)
+    assert training_fingerprint(Params.model_validate(dump), "cyclegan", train) != training_fingerprint(
+        base, "cyclegan", train
+    )
 
 
 # ------------------------------------------------------------------ recipe variants (diffusion.train)
@@ -405,8 +443,17 @@ def test_bf16_autocast_on_cpu_is_deterministic_and_close_to_fp32():
     assert not uses_bf16(torch.device("cpu"), True, cpu=False)
     assert not uses_bf16(torch.device("cpu"), False, cpu=True)
     torch.manual_seed(0)
-    net = build_unet(UNetParams(channels=(16, 16), attention_levels=(False, True), num_res_blocks=1,
-                                num_head_channels=16, norm_num_groups=8, dropout=0.0), in_channels=3).eval()
+    net = build_unet(
+        UNetParams(
+            channels=(16, 16),
+            attention_levels=(False, True),
+            num_res_blocks=1,
+            num_head_channels=16,
+            norm_num_groups=8,
+            dropout=0.0,
+        ),
+        in_channels=3,
+    ).eval()
     with torch.no_grad():  # MONAI zero-initialises the output convolution: give it weights
         for p in net.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))

@@ -36,7 +36,9 @@ def _env(extra_path: Path | None = None, **extra) -> dict:
 
 
 def _run(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 1500) -> subprocess.CompletedProcess:
-    res = subprocess.run(list(map(str, cmd)), cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        list(map(str, cmd)), cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout
+    )
     assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
     return res
 
@@ -58,8 +60,9 @@ def _slurm_up() -> bool:
 def _project(dest: Path) -> Path:
     """The repository's tracked files in a fresh git repository, with the tiny preset as params.yaml
     and the dvc.yaml generated for it."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for f in files:
         if (ROOT / f).is_file() and not f.startswith(("data/", "reports/")):
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,9 @@ def test_dvc_commit_after_snakemake_shares_its_results(snakemake_run):
     assert _planned(wd) == {}, "after the commit Snakemake must still find nothing to do"
     params = (wd / "params.yaml").read_text()
     try:
-        (wd / "params.yaml").write_text(params.replace("sampler: {kind: ddim, steps: 3,", "sampler: {kind: ddim, steps: 2,"))
+        (wd / "params.yaml").write_text(
+            params.replace("sampler: {kind: ddim, steps: 3,", "sampler: {kind: ddim, steps: 2,")
+        )
         assert (wd / "params.yaml").read_text() != params
         status = _run([BIN / "dvc", "status"], wd).stdout
         changed = {line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace()}

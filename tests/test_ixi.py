@@ -19,28 +19,41 @@ def _touch(root, *names):
     return root
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("IXI002-Guys-0828-T1.nii.gz", ("002", "Guys", "0828", "T1", None)),
-    ("IXI012-HH-1211-PD.nii", ("012", "HH", "1211", "PD", None)),
-    ("IXI100-IOP-0868-MRA.nii.gz", ("100", "IOP", "0868", "MRA", None)),
-    ("IXI002-Guys-0828-DTI-05.nii.gz", ("002", "Guys", "0828", "DTI", "05")),
-    ("IXI003-Guys-0001-label.nii.gz", ("003", "Guys", "0001", "label", None)),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("IXI002-Guys-0828-T1.nii.gz", ("002", "Guys", "0828", "T1", None)),
+        ("IXI012-HH-1211-PD.nii", ("012", "HH", "1211", "PD", None)),
+        ("IXI100-IOP-0868-MRA.nii.gz", ("100", "IOP", "0868", "MRA", None)),
+        ("IXI002-Guys-0828-DTI-05.nii.gz", ("002", "Guys", "0828", "DTI", "05")),
+        ("IXI003-Guys-0001-label.nii.gz", ("003", "Guys", "0001", "label", None)),
+    ],
+)
 def test_ixi_names_parse(name, expected):
     assert IXI_NAME.match(name).groups() == expected
 
 
-@pytest.mark.parametrize("name", ["IXI02-Guys-0828-T1.nii.gz", "IXI002_Guys_0828_T1.nii.gz", "IXI002-Guys-0828-T1.mgz",
-                                  "sub-01_T1w.nii.gz"])
+@pytest.mark.parametrize(
+    "name", ["IXI02-Guys-0828-T1.nii.gz", "IXI002_Guys_0828_T1.nii.gz", "IXI002-Guys-0828-T1.mgz", "sub-01_T1w.nii.gz"]
+)
 def test_ixi_names_rejected(name):
     assert IXI_NAME.match(name) is None
 
 
 def test_scan_groups_by_subject(tmp_path, caplog):
-    _touch(tmp_path, "IXI002-Guys-0828-T1.nii.gz", "IXI002-Guys-0828-PD.nii.gz", "IXI002-Guys-0828-T2.nii.gz",
-           "IXI002-Guys-0828-DTI-00.nii.gz", "PD/IXI013-HH-1212-PD.nii.gz", "T1/IXI013-HH-1212-T1.nii.gz",
-           "IXI020-IOP-0001-label.nii.gz", "phantom.json", ".IXI002-Guys-0828-T1.nii.gz.tmp.nii.gz",
-           "notes-T1.nii.gz")
+    _touch(
+        tmp_path,
+        "IXI002-Guys-0828-T1.nii.gz",
+        "IXI002-Guys-0828-PD.nii.gz",
+        "IXI002-Guys-0828-T2.nii.gz",
+        "IXI002-Guys-0828-DTI-00.nii.gz",
+        "PD/IXI013-HH-1212-PD.nii.gz",
+        "T1/IXI013-HH-1212-T1.nii.gz",
+        "IXI020-IOP-0001-label.nii.gz",
+        "phantom.json",
+        ".IXI002-Guys-0828-T1.nii.gz.tmp.nii.gz",
+        "notes-T1.nii.gz",
+    )
     with caplog.at_level(logging.WARNING):
         scan = scan_ixi(tmp_path)
     assert list(scan.subjects) == ["IXI002", "IXI013", "IXI020"]
@@ -74,10 +87,12 @@ def test_scan_duplicate_volume(tmp_path):
 
 
 def test_brats_both_namings(tmp_path):
-    _touch(tmp_path,
-           *[f"BraTS-GLI-00000-000/BraTS-GLI-00000-000-{m}.nii.gz" for m in ("t1n", "t1c", "t2w", "t2f", "seg")],
-           *[f"BraTS2021_00012/BraTS2021_00012_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")],
-           "BraTS2021_00012/notes.nii.gz")
+    _touch(
+        tmp_path,
+        *[f"BraTS-GLI-00000-000/BraTS-GLI-00000-000-{m}.nii.gz" for m in ("t1n", "t1c", "t2w", "t2f", "seg")],
+        *[f"BraTS2021_00012/BraTS2021_00012_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")],
+        "BraTS2021_00012/notes.nii.gz",
+    )
     scan = scan_brats(tmp_path)
     assert list(scan.subjects) == ["BraTS-GLI-00000-000", "BraTS2021_00012"]
     new, old = scan.subjects["BraTS-GLI-00000-000"], scan.subjects["BraTS2021_00012"]

@@ -240,7 +240,9 @@ def test_module_wrapper_and_dtypes():
     torch.testing.assert_close(layer(x, y), local_mutual_information(x, y, mode="exact"))
     half = local_mutual_information(x.half(), y.half())
     assert half.dtype == torch.float16 and half.shape == x.shape
-    torch.testing.assert_close(half.float(), local_mutual_information(x.half().float(), y.half().float()), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        half.float(), local_mutual_information(x.half().float(), y.half().float()), atol=1e-3, rtol=0
+    )
 
 
 def test_invalid_arguments():
@@ -321,7 +323,7 @@ def test_source_window_bounds_the_significant_bins():
         for value in torch.linspace(u_min[k].item(), u_max[k].item(), 50, dtype=torch.float64):
             kern = _parzen(value[None], centres, 8.0)[0]
             outside = torch.ones(27, dtype=torch.bool)
-            outside[start[k]: start[k] + width[k]] = False
+            outside[start[k] : start[k] + width[k]] = False
             assert float(torch.cat([kern[outside], kern.new_zeros(1)]).max()) < WINDOW_TAU
 
 
@@ -330,5 +332,6 @@ def test_parzen_table_matches_direct_kernels():
 
     centres = torch.linspace(0, 255, 27)
     x = torch.trunc(torch.randn(5, 7, 9, generator=torch.Generator().manual_seed(3)) * 200 + 100)
-    torch.testing.assert_close(_parzen_flat(x, centres, 8.0, table=True), _parzen(x.reshape(-1), centres, 8.0),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        _parzen_flat(x, centres, 8.0, table=True), _parzen(x.reshape(-1), centres, 8.0), atol=0, rtol=0
+    )

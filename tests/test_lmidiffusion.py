@@ -24,16 +24,24 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_params(**sampler) -> Params:
-    return Params.model_validate({
-        "seed": 11,
-        "diffusion": {
-            "schedule": {"timesteps": 40},
-            "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1,
-                     "num_head_channels": 8, "norm_num_groups": 4, "dropout": 0.0},
-            "train": {"steps": 3, "batch_size": 2, "checkpoint_every": 3, "log_every": 1, "ema_decay": 0.5},
-        },
-        "lmidiffusion": {"sampler": {"kind": "ddim", "steps": 4, "samples": 1, "batch_size": 4, **sampler}},
-    })
+    return Params.model_validate(
+        {
+            "seed": 11,
+            "diffusion": {
+                "schedule": {"timesteps": 40},
+                "unet": {
+                    "channels": [8, 16],
+                    "attention_levels": [False, True],
+                    "num_res_blocks": 1,
+                    "num_head_channels": 8,
+                    "norm_num_groups": 4,
+                    "dropout": 0.0,
+                },
+                "train": {"steps": 3, "batch_size": 2, "checkpoint_every": 3, "log_every": 1, "ema_decay": 0.5},
+            },
+            "lmidiffusion": {"sampler": {"kind": "ddim", "steps": 4, "samples": 1, "batch_size": 4, **sampler}},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +170,9 @@ def test_network_sees_lmi_conditioning(trained):
         hook.remove()
     assert len(seen) == 3  # one network evaluation per step
     s = torch.as_tensor(source)[:, None]
-    lmi_ss = local_mutual_information(s, s, mode=params.lmi.mode, window=params.lmi.window, bins=params.lmi.bins,
-                                      sigma=params.lmi.sigma)
+    lmi_ss = local_mutual_information(
+        s, s, mode=params.lmi.mode, window=params.lmi.window, bins=params.lmi.bins, sigma=params.lmi.sigma
+    )
     for inp in seen:
         assert inp.shape == (2, 3, SIZE, SIZE)  # the first conv sees 3 channels
         assert torch.allclose(inp[:, 2:3], lmi_ss)  # channel 2 = LMI(s, s)
@@ -195,9 +204,15 @@ def test_diagnose_ablation_oracle_and_convergence(tmp_path):
     from lmid.evaluation.diagnostics import diagnose
     from lmid.evaluation.segment import KMeansSegmenter
 
-    params = Params.model_validate({**tiny_params().model_dump(), "diffusion": {
-        **tiny_params().diffusion.model_dump(), "train": {**tiny_params().diffusion.train.model_dump(),
-                                                        "steps": 4, "snapshot_every": 2}}})
+    params = Params.model_validate(
+        {
+            **tiny_params().model_dump(),
+            "diffusion": {
+                **tiny_params().diffusion.model_dump(),
+                "train": {**tiny_params().diffusion.train.model_dump(), "steps": 4, "snapshot_every": 2},
+            },
+        }
+    )
     method = get_method("lmidiffusion")
     method.train(params, method.training_data(params, slice_set(6)), slice_set(2, seed=1), tmp_path, CPU)
     snaps = sorted((tmp_path / "snapshots").glob("step*.pt"))
@@ -209,8 +224,17 @@ def test_diagnose_ablation_oracle_and_convergence(tmp_path):
     seg = KMeansSegmenter(centroids=(0.2, 0.5, 0.8), mapping=(1, 2, 3))
     (tmp_path / "kmeans.json").write_text(json.dumps(seg.to_dict()))
     slice_set(5, seed=9).save(tmp_path / "unseen_val.npz")  # another protocol's split: its own slice count
-    out = diagnose(params, tmp_path / "model.pt", snaps, tmp_path / "val.npz", tmp_path / "kmeans.json",
-                   tmp_path / "diag.json", slices=3, device="cpu", unseen_val_path=tmp_path / "unseen_val.npz")
+    out = diagnose(
+        params,
+        tmp_path / "model.pt",
+        snaps,
+        tmp_path / "val.npz",
+        tmp_path / "kmeans.json",
+        tmp_path / "diag.json",
+        slices=3,
+        device="cpu",
+        unseen_val_path=tmp_path / "unseen_val.npz",
+    )
     back = json.loads((tmp_path / "diag.json").read_text())
     assert back["slices"] == 3 and len(back["ablation"]["timesteps"]) == 8
     for row in back["ablation"]["timesteps"]:
@@ -232,8 +256,16 @@ def test_diagnose_ablation_oracle_and_convergence(tmp_path):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(DiffusionModel, "load", counting_load)
-        again = diagnose(params, tmp_path / "model.pt", snaps, tmp_path / "val.npz", tmp_path / "kmeans.json",
-                         tmp_path / "diag2.json", slices=3, device="cpu")
+        again = diagnose(
+            params,
+            tmp_path / "model.pt",
+            snaps,
+            tmp_path / "val.npz",
+            tmp_path / "kmeans.json",
+            tmp_path / "diag2.json",
+            slices=3,
+            device="cpu",
+        )
     assert loaded == ["model.pt"] and again["convergence"] == out["convergence"]
     shift = back["conditioning_shift"]
     assert set(shift["training"]) == {"self", "low_t"} and "T1 (oracle)" in shift["sources"]
@@ -247,8 +279,9 @@ def test_convergence_verdict_against_hand_made_curves():
     from lmid.evaluation.convergence import verdict
 
     def curve(values, half):
-        return [{"step": 1000 * (k + 1), "dice_gt_mean": v, "dice_gt_mean_half_width": half}
-                for k, v in enumerate(values)]
+        return [
+            {"step": 1000 * (k + 1), "dice_gt_mean": v, "dice_gt_mean_half_width": half} for k, v in enumerate(values)
+        ]
 
     flat = verdict(curve([0.3, 0.5, 0.60, 0.61, 0.60, 0.605], 0.02), keys=("dice_gt_mean",))
     assert flat["from_step"] == 4000 and flat["to_step"] == 6000  # the last third: steps >= 4,000
@@ -285,8 +318,16 @@ def test_sampler_sweep_spreads_slices_and_scores_every_chain(trained, tmp_path):
     (tmp_path / "kmeans.json").write_text(json.dumps(seg.to_dict()))
     args = (out / "model.pt", tmp_path / "val.npz", tmp_path / "manifest.json", tmp_path / "kmeans.json")
     # Output folders that do not exist yet (DVC runs a stage without making them).
-    info = sweep_sampler(params, *args, tmp_path / "s" / "shard.npz", tmp_path / "t" / "tr.npz",
-                         tmp_path / "metrics" / "m.csv", limit=4, device="cpu", chains=2)
+    info = sweep_sampler(
+        params,
+        *args,
+        tmp_path / "s" / "shard.npz",
+        tmp_path / "t" / "tr.npz",
+        tmp_path / "metrics" / "m.csv",
+        limit=4,
+        device="cpu",
+        chains=2,
+    )
     assert info["slices_picked"] == [0, 2, 5, 7]  # every subject, not the first two
     df = read_metrics_csv(tmp_path / "metrics" / "m.csv")
     assert sorted(df["chain"].unique()) == [0, 1] and len(df) == 8
@@ -295,8 +336,10 @@ def test_sampler_sweep_spreads_slices_and_scores_every_chain(trained, tmp_path):
     assert sorted(set(df["index"])) == [0, 2, 5, 7]
     a, b = df[df.chain == 0].sort_values("index"), df[df.chain == 1].sort_values("index")
     assert not np.allclose(a["psnr"].to_numpy(), b["psnr"].to_numpy())  # chains draw their own noise
-    one = sweep_sampler(params, *args, tmp_path / "s1.npz", tmp_path / "t1.npz", tmp_path / "m1.csv",
-                        limit=4, device="cpu", chains=1)
+    one = sweep_sampler(
+        params, *args, tmp_path / "s1.npz", tmp_path / "t1.npz", tmp_path / "m1.csv", limit=4, device="cpu", chains=1
+    )
     assert one["slices_picked"] == info["slices_picked"]
-    np.testing.assert_array_equal(read_metrics_csv(tmp_path / "m1.csv")["psnr"].to_numpy(),
-                                  a.sort_index()["psnr"].to_numpy())
+    np.testing.assert_array_equal(
+        read_metrics_csv(tmp_path / "m1.csv")["psnr"].to_numpy(), a.sort_index()["psnr"].to_numpy()
+    )

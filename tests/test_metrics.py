@@ -10,8 +10,7 @@ import pytest
 
 from lmid.data.slices import load_slices, split_fingerprint
 from lmid.errors import InputFileError
-from lmid.evaluation.metrics import (COLUMNS, dice, dice_per_class, evaluate_translations, psnr, score_slice,
-                                     ssim)
+from lmid.evaluation.metrics import COLUMNS, dice, dice_per_class, evaluate_translations, psnr, score_slice, ssim
 from lmid.evaluation.segment import KMeansSegmenter
 from lmid.io import save_npz
 
@@ -93,8 +92,8 @@ def _ssim_map_reference(x: np.ndarray, y: np.ndarray, win: int = 7) -> np.ndarra
     out = np.empty_like(x)
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
-            px = xp[i:i + win, j:j + win].ravel()
-            py = yp[i:i + win, j:j + win].ravel()
+            px = xp[i : i + win, j : j + win].ravel()
+            py = yp[i : i + win, j : j + win].ravel()
             mx, my = px.mean(), py.mean()
             vx = ((px - mx) ** 2).sum() / (n - 1)
             vy = ((py - my) ** 2).sum() / (n - 1)
@@ -147,26 +146,39 @@ def _write_inputs(tmp_path, n=3, shape_ok=True):
     from lmid.data.slices import SliceSet
 
     target, mask, label = _slice()
-    split = SliceSet(source=np.repeat(1 - target[None], n, 0).astype(np.float32),
-                     target=np.repeat(target[None], n, 0).astype(np.float32), mask=np.repeat(mask[None], n, 0),
-                     label=np.repeat(label[None], n, 0), subject=np.array(["IXI001"] * n),
-                     slice_index=np.arange(10, 10 + n), has_label=True)
+    split = SliceSet(
+        source=np.repeat(1 - target[None], n, 0).astype(np.float32),
+        target=np.repeat(target[None], n, 0).astype(np.float32),
+        mask=np.repeat(mask[None], n, 0),
+        label=np.repeat(label[None], n, 0),
+        subject=np.array(["IXI001"] * n),
+        slice_index=np.arange(10, 10 + n),
+        has_label=True,
+    )
     split.save(tmp_path / "test.npz")
     _segmenter().save(tmp_path / "kmeans.json")
     img = split.target[[2, 0]].copy()
     img[1] += 0.1
     if not shape_ok:
         img = img[:, :-1]
-    save_npz(tmp_path / "tr.npz", image=img, std=np.zeros_like(img), index=np.array([2, 0]),
-             nfe=np.array([25, 25]), wall_s=np.array([0.5, 0.5]), method=np.asarray("sdedit"),
-             split_fingerprint=np.asarray(split_fingerprint(load_slices(tmp_path / "test.npz"))))
+    save_npz(
+        tmp_path / "tr.npz",
+        image=img,
+        std=np.zeros_like(img),
+        index=np.array([2, 0]),
+        nfe=np.array([25, 25]),
+        wall_s=np.array([0.5, 0.5]),
+        method=np.asarray("sdedit"),
+        split_fingerprint=np.asarray(split_fingerprint(load_slices(tmp_path / "test.npz"))),
+    )
     return split
 
 
 def test_evaluate_writes_one_row_per_slice(tmp_path):
     _write_inputs(tmp_path)
-    df = evaluate_translations("sdedit", tmp_path / "tr.npz", tmp_path / "test.npz", tmp_path / "kmeans.json",
-                               tmp_path / "out" / "sdedit.csv")
+    df = evaluate_translations(
+        "sdedit", tmp_path / "tr.npz", tmp_path / "test.npz", tmp_path / "kmeans.json", tmp_path / "out" / "sdedit.csv"
+    )
     back = pd.read_csv(tmp_path / "out" / "sdedit.csv", dtype={"subject": str})
     assert list(back.columns) == list(COLUMNS)
     assert back["index"].tolist() == [2, 0] and back["slice_index"].tolist() == [12, 10]
@@ -179,8 +191,9 @@ def test_evaluate_writes_one_row_per_slice(tmp_path):
 def test_evaluate_rejects_mismatched_inputs(tmp_path):
     _write_inputs(tmp_path, shape_ok=False)
     with pytest.raises(InputFileError, match=r"tr\.npz: slices are \(11, 12\)"):
-        evaluate_translations("sdedit", tmp_path / "tr.npz", tmp_path / "test.npz", tmp_path / "kmeans.json",
-                              tmp_path / "x.csv")
+        evaluate_translations(
+            "sdedit", tmp_path / "tr.npz", tmp_path / "test.npz", tmp_path / "kmeans.json", tmp_path / "x.csv"
+        )
     assert not (tmp_path / "x.csv").exists()
 
 

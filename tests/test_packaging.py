@@ -1,4 +1,5 @@
 """pip (pyproject.toml, requirements.lock) and conda (environment.yml) users get the same dependencies."""
+
 from __future__ import annotations
 
 import tomllib

@@ -105,8 +105,10 @@ def test_deformation_has_the_requested_rms():
     assert all(np.allclose(m.sum(1), 1.0) for m in mats)  # a local weighted average of knot values
     gain = math.prod(float(np.mean(np.sum(m**2, axis=1))) for m in mats)
     rng = np.random.default_rng(0)
-    rms = [np.sqrt(np.mean(phantom.bspline_field(rng.standard_normal([m.shape[1] for m in mats]), mats) ** 2))
-           for _ in range(20)]
+    rms = [
+        np.sqrt(np.mean(phantom.bspline_field(rng.standard_normal([m.shape[1] for m in mats]), mats) ** 2))
+        for _ in range(20)
+    ]
     assert np.mean(rms) / math.sqrt(gain) == pytest.approx(1.0, rel=0.1)
 
 
@@ -150,11 +152,17 @@ def test_axial_planes_are_the_middle_planes_of_the_whole_volume():
     shift = np.eye(4)
     shift[2, 3] = k0
     assert np.allclose(part["affine"], whole["affine"] @ shift)
-    assert np.array_equal(part["label"], whole["label"][:, :, k0:k0 + 6])
+    assert np.array_equal(part["label"], whole["label"][:, :, k0 : k0 + 6])
     # Whole grid: the warped brain stays inside it, and axes are RAS+ with axis 2 superior.
     brain = whole["label"] > 0
-    assert not (brain[0].any() or brain[-1].any() or brain[:, 0].any() or brain[:, -1].any()
-                or brain[:, :, 0].any() or brain[:, :, -1].any())
+    assert not (
+        brain[0].any()
+        or brain[-1].any()
+        or brain[:, 0].any()
+        or brain[:, -1].any()
+        or brain[:, :, 0].any()
+        or brain[:, :, -1].any()
+    )
     assert nib.aff2axcodes(whole["affine"]) == ("R", "A", "S")
 
 
@@ -201,9 +209,17 @@ def test_fewer_subjects_remove_the_stale_files(tmp_path):
 
 
 def test_missing_modality_is_a_params_error(tmp_path):
-    params = Params.model_validate({"simulate": {"sequences": {
-        "T1": {"kind": "spoiled_gradient_echo", "tr_ms": 20, "te_ms": 4.6, "flip_deg": 30},
-        "T2": {"kind": "spin_echo", "tr_ms": 8000, "te_ms": 100}}}, "unseen_protocol": {"enabled": False}})
+    params = Params.model_validate(
+        {
+            "simulate": {
+                "sequences": {
+                    "T1": {"kind": "spoiled_gradient_echo", "tr_ms": 20, "te_ms": 4.6, "flip_deg": 30},
+                    "T2": {"kind": "spin_echo", "tr_ms": 8000, "te_ms": 100},
+                }
+            },
+            "unseen_protocol": {"enabled": False},
+        }
+    )
     with pytest.raises(ParamsError, match=r"simulate\.sequences.*PD"):
         phantom.generate(params, tmp_path)
     # With the unseen protocol on, the loader already refuses it: that protocol replaces PD.
@@ -215,8 +231,17 @@ def test_cli_generate_matches_an_in_process_run_byte_for_byte(tmp_path):
     from lmid.config import load_params
 
     sets = {"simulate": {"n_subjects": 3, "axial_planes": 2}}
-    res = run_lmid("generate", "--params", TINY, "--set", "simulate.n_subjects=3", "--set", "simulate.axial_planes=2",
-                   "--out", tmp_path / "cli")
+    res = run_lmid(
+        "generate",
+        "--params",
+        TINY,
+        "--set",
+        "simulate.n_subjects=3",
+        "--set",
+        "simulate.axial_planes=2",
+        "--out",
+        tmp_path / "cli",
+    )
     assert res.returncode == 0, res.stderr
     assert len(subject_files(tmp_path / "cli")) == 3
     phantom.generate(load_params(TINY, sets), tmp_path / "here")
@@ -233,20 +258,36 @@ def test_unseen_protocol_keeps_the_subjects_and_changes_the_contrast(tmp_path):
     unseen = params.unseen_simulation()
     assert unseen.simulate.sequences["T1"] == params.simulate.sequences["T1"]  # T1 not replaced
     assert unseen.simulate.sequences["PD"].tr_ms == 6000.0 and unseen.simulate.snr == 30.0
-    a = phantom.simulate_subject(params.model_copy(update={"simulate": params.simulate.model_copy(
-        update={"tissue_jitter": 0.0, "sequence_jitter": 0.0, "bias_strength": 0.0})}), 0)
-    b_params = unseen.model_copy(update={"simulate": unseen.simulate.model_copy(
-        update={"tissue_jitter": 0.0, "sequence_jitter": 0.0, "bias_strength": 0.0, "snr": 1e4})})
+    a = phantom.simulate_subject(
+        params.model_copy(
+            update={
+                "simulate": params.simulate.model_copy(
+                    update={"tissue_jitter": 0.0, "sequence_jitter": 0.0, "bias_strength": 0.0}
+                )
+            }
+        ),
+        0,
+    )
+    b_params = unseen.model_copy(
+        update={
+            "simulate": unseen.simulate.model_copy(
+                update={"tissue_jitter": 0.0, "sequence_jitter": 0.0, "bias_strength": 0.0, "snr": 1e4}
+            )
+        }
+    )
     b = phantom.simulate_subject(b_params, 0)
     assert a["id"] == b["id"]
     np.testing.assert_array_equal(a["label"], b["label"])
+
     # Pure-tissue voxels: the PD ratio CSF/GM is the spin-echo equation's, per protocol.
     def ratio(subj, p):
         img, lab = subj["images"]["PD"], subj["label"]
         seq = p.simulate.sequences["PD"].model_dump()
-        expected = (phantom.tissue_signal(seq, p.simulate.tissues["csf"].model_dump())
-                    / phantom.tissue_signal(seq, p.simulate.tissues["gm"].model_dump()))
+        expected = phantom.tissue_signal(seq, p.simulate.tissues["csf"].model_dump()) / phantom.tissue_signal(
+            seq, p.simulate.tissues["gm"].model_dump()
+        )
         return img[lab == 1].mean() / img[lab == 2].mean(), expected
+
     got_a, want_a = ratio(a, params)
     got_b, want_b = ratio(b, b_params)
     assert want_a > 1.15 and 0.95 < want_b < 1.1  # CSF clearly brightest on the main protocol only
@@ -254,8 +295,19 @@ def test_unseen_protocol_keeps_the_subjects_and_changes_the_contrast(tmp_path):
 
 
 def test_cli_generate_unseen_records_its_protocol(tmp_path):
-    res = run_lmid("generate", "--params", TINY, "--set", "simulate.n_subjects=3", "--set", "simulate.axial_planes=2",
-                   "--protocol", "unseen", "--out", tmp_path / "u")
+    res = run_lmid(
+        "generate",
+        "--params",
+        TINY,
+        "--set",
+        "simulate.n_subjects=3",
+        "--set",
+        "simulate.axial_planes=2",
+        "--protocol",
+        "unseen",
+        "--out",
+        tmp_path / "u",
+    )
     assert res.returncode == 0, res.stderr
     record = read_json(tmp_path / "u" / "phantom.json")
     assert record["protocol"] == "unseen"

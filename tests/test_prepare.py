@@ -115,8 +115,18 @@ def test_slice_affine_maps_slices_to_world(tmp_path):
             vals = field(world(shape, aff)).reshape(shape) * (1 if mod == "PD" else 2)
             save(raw / f"IXI{s + 2:03d}-HH-{s:04d}-{mod}.nii.gz", vals.astype(np.float32), aff)
     out = tmp_path / "slices"
-    prepare(params(**{"data.extra_modalities": [], "prepare.slices": {"train": 6, "val": 2, "test": 2},
-                      "prepare.percentiles": [0.0, 100.0], "prepare.size": 32}), raw, out)
+    prepare(
+        params(
+            **{
+                "data.extra_modalities": [],
+                "prepare.slices": {"train": 6, "val": 2, "test": 2},
+                "prepare.percentiles": [0.0, 100.0],
+                "prepare.size": 32,
+            }
+        ),
+        raw,
+        out,
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     checked = 0
     for d in splits(out).values():
@@ -153,8 +163,9 @@ def test_registration_brings_t1_onto_the_pd_grid(tmp_path):
     assert not (tmp_path / "off").exists()
 
     out = tmp_path / "slices"
-    p = params(**{"data.extra_modalities": [], "data.registration": True,
-                  "prepare.slices": {"train": 4, "val": 2, "test": 2}})
+    p = params(
+        **{"data.extra_modalities": [], "data.registration": True, "prepare.slices": {"train": 4, "val": 2, "test": 2}}
+    )
     prepare(p, raw, out)
     prepare(p, raw, tmp_path / "again")  # registration is deterministic too: same bytes
     for f in ("train.npz", "val.npz", "test.npz", "manifest.json"):
@@ -183,21 +194,36 @@ def brats_folder(root, n=4):
         case = f"BraTS-GLI-{s:05d}-000" if new else f"BraTS2021_{s:05d}"
         for j, mod in enumerate(("t1", "t1ce", "t2", "flair", "seg")):
             name = f"{case}-{names23[mod]}.nii.gz" if new else f"{case}_{mod}.nii.gz"
-            data = tissue(world(SHAPE, grid())).reshape(SHAPE).astype(np.float32) * 0 if mod == "seg" else \
-                image(mod, SHAPE, grid(), 10 * s + j)
+            data = (
+                tissue(world(SHAPE, grid())).reshape(SHAPE).astype(np.float32) * 0
+                if mod == "seg"
+                else image(mod, SHAPE, grid(), 10 * s + j)
+            )
             if mod == "seg":
                 data[10:13, 10:13, 5:8] = 2  # a "tumour"
             save(root / case / name, data, grid())
     return root
 
 
-@pytest.mark.parametrize("source,target,extras",
-                         [("flair", "t1ce", ["t2"]), ("t2", "t1", []), ("t1", "flair", ["t1ce", "t2"])])
+@pytest.mark.parametrize(
+    "source,target,extras", [("flair", "t1ce", ["t2"]), ("t2", "t1", []), ("t1", "flair", ["t1ce", "t2"])]
+)
 def test_brats_any_modality(tmp_path, source, target, extras):
     raw = brats_folder(tmp_path / "raw")
     out = tmp_path / "slices"
-    prepare(params(**{"data.source": "brats", "data.source_modality": source, "data.target_modality": target,
-                      "data.extra_modalities": extras, "prepare.slices": {"train": 4, "val": 2, "test": 2}}), raw, out)
+    prepare(
+        params(
+            **{
+                "data.source": "brats",
+                "data.source_modality": source,
+                "data.target_modality": target,
+                "data.extra_modalities": extras,
+                "prepare.slices": {"train": 4, "val": 2, "test": 2},
+            }
+        ),
+        raw,
+        out,
+    )
     data = splits(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["has_label"] is False and "tumour" in manifest["label_note"]
@@ -242,11 +268,18 @@ BAD = {
     "truncated": (_truncated, "cannot read"),
     "2-D": (lambda raw: _replace(raw, "IXI002-Guys-0800-PD.nii.gz", np.ones((22, 26), np.float32)), "3-D"),
     "4-D": (lambda raw: _replace(raw, "IXI002-Guys-0800-T1.nii.gz", np.ones((*SHAPE, 3), np.float32)), "3-D"),
-    "nan": (lambda raw: _replace(raw, "IXI003-Guys-0801-T2.nii.gz",
-                                 np.where(np.eye(22, 26)[:, :, None] > 0, np.nan, 1.0) * np.ones(SHAPE, np.float32)),
-            "NaN"),
-    "other-shape": (lambda raw: _replace(raw, "IXI004-Guys-0802-T1.nii.gz", image("T1", (22, 26, 12), grid(), 1)),
-                    "differs from IXI004-Guys-0802-PD.nii.gz"),
+    "nan": (
+        lambda raw: _replace(
+            raw,
+            "IXI003-Guys-0801-T2.nii.gz",
+            np.where(np.eye(22, 26)[:, :, None] > 0, np.nan, 1.0) * np.ones(SHAPE, np.float32),
+        ),
+        "NaN",
+    ),
+    "other-shape": (
+        lambda raw: _replace(raw, "IXI004-Guys-0802-T1.nii.gz", image("T1", (22, 26, 12), grid(), 1)),
+        "differs from IXI004-Guys-0802-PD.nii.gz",
+    ),
 }
 
 
@@ -287,7 +320,9 @@ def test_sites_filter(tmp_path):
     for s, site in enumerate(["Guys", "Guys", "HH", "HH", "HH"]):
         for j, mod in enumerate(("T1", "T2", "PD")):
             save(raw / f"IXI{s + 2:03d}-{site}-{s:04d}-{mod}.nii.gz", image(mod, SHAPE, grid(), 10 * s + j), grid())
-    prepare(params(**{"data.sites": ["hh"], "prepare.slices": {"train": 2, "val": 1, "test": 1}}), raw, tmp_path / "out")
+    prepare(
+        params(**{"data.sites": ["hh"], "prepare.slices": {"train": 2, "val": 1, "test": 1}}), raw, tmp_path / "out"
+    )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["excluded_by_site"] == ["IXI002", "IXI003"]
     assert {e["site"] for e in manifest["subjects"].values()} == {"HH"}
@@ -297,8 +332,21 @@ def test_cli_exit_status_and_message(tmp_path):
     raw = ixi_folder(tmp_path / "raw", n=3)
     _truncated(raw)
     out = tmp_path / "slices"
-    res = run_lmid("prepare", "--params", TINY, "--set", "data.source=ixi", "--set", "data.registration=false",
-                   "--set", "prepare.brain_mask=head", "--raw", raw, "--out", out)
+    res = run_lmid(
+        "prepare",
+        "--params",
+        TINY,
+        "--set",
+        "data.source=ixi",
+        "--set",
+        "data.registration=false",
+        "--set",
+        "prepare.brain_mask=head",
+        "--raw",
+        raw,
+        "--out",
+        out,
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     assert "IXI004-Guys-0802-T1.nii.gz" in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()
@@ -317,8 +365,10 @@ def test_same_seed_same_bytes(tmp_path):
         np.testing.assert_array_equal(a[s].subject, b[s].subject)
     prepare(params(seed=99), raw, tmp_path / "c")
     c = splits(tmp_path / "c")
-    assert any(not np.array_equal(a[s].slice_index, c[s].slice_index) or not np.array_equal(a[s].subject, c[s].subject)
-               for s in a)
+    assert any(
+        not np.array_equal(a[s].slice_index, c[s].slice_index) or not np.array_equal(a[s].subject, c[s].subject)
+        for s in a
+    )
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -333,8 +383,9 @@ def test_split_subjects_properties():
     assert len(out["val"]) == 0 and len(out["train"]) == len(out["test"]) == 1
     with pytest.raises(LmidError):
         split_subjects(subjects[:2], {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
-    assert split_subjects(subjects, {"train": 0.6, "val": 0.2, "test": 0.2}, 3) != \
-        split_subjects(subjects, {"train": 0.6, "val": 0.2, "test": 0.2}, 4)
+    assert split_subjects(subjects, {"train": 0.6, "val": 0.2, "test": 0.2}, 3) != split_subjects(
+        subjects, {"train": 0.6, "val": 0.2, "test": 0.2}, 4
+    )
 
 
 def test_deal_slices_even_and_lazy():
@@ -363,8 +414,13 @@ def test_generate_then_prepare(tmp_path):
     """The simulated data set end to end."""
     from lmid.data import phantom
 
-    p = load_params(TINY, {"simulate": {"n_subjects": 3, "voxel_mm": 4.0, "axial_planes": 8},
-                           "prepare": {"slices": {"train": 4, "val": 2, "test": 2}}})
+    p = load_params(
+        TINY,
+        {
+            "simulate": {"n_subjects": 3, "voxel_mm": 4.0, "axial_planes": 8},
+            "prepare": {"slices": {"train": 4, "val": 2, "test": 2}},
+        },
+    )
     phantom.generate(p, tmp_path / "raw")
     prepare(p, tmp_path / "raw", tmp_path / "slices")
     data = splits(tmp_path / "slices")

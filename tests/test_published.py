@@ -35,15 +35,61 @@ def run(tiny_data, tiny_params, tmp_path_factory):
     root = tmp_path_factory.mktemp("published")
     models, p = root / "models", ("--params", tiny_params, "--set", METHODS)
     for m in ("lmidiffusion", "identity"):
-        _ok("train", *p, "--method", m, "--train", tiny_data / "train.npz", "--val", tiny_data / "val.npz",
-            "--out", models / m)
+        _ok(
+            "train",
+            *p,
+            "--method",
+            m,
+            "--train",
+            tiny_data / "train.npz",
+            "--val",
+            tiny_data / "val.npz",
+            "--out",
+            models / m,
+        )
     _ok("fit-segmenter", *p, "--train", tiny_data / "train.npz", "--out", models / "kmeans.json")
-    _ok("translate", *p, "--method", "lmidiffusion", "--model", models / "lmidiffusion/model.pt",
-        "--slices", tiny_data / "test.npz", "--out", root / "shard.npz")
-    _ok("evaluate", *p, "--method", "lmidiffusion", "--translations", root / "shard.npz",
-        "--slices", tiny_data / "test.npz", "--segmenter", models / "kmeans.json", "--out", root / "scores.csv")
-    _ok("publish", *p, "--models", models, "--train", tiny_data / "train.npz", "--test", tiny_data / "test.npz",
-        "--scores", root / "scores.csv", "--commit", "abc123", "--out", root / "pub")
+    _ok(
+        "translate",
+        *p,
+        "--method",
+        "lmidiffusion",
+        "--model",
+        models / "lmidiffusion/model.pt",
+        "--slices",
+        tiny_data / "test.npz",
+        "--out",
+        root / "shard.npz",
+    )
+    _ok(
+        "evaluate",
+        *p,
+        "--method",
+        "lmidiffusion",
+        "--translations",
+        root / "shard.npz",
+        "--slices",
+        tiny_data / "test.npz",
+        "--segmenter",
+        models / "kmeans.json",
+        "--out",
+        root / "scores.csv",
+    )
+    _ok(
+        "publish",
+        *p,
+        "--models",
+        models,
+        "--train",
+        tiny_data / "train.npz",
+        "--test",
+        tiny_data / "test.npz",
+        "--scores",
+        root / "scores.csv",
+        "--commit",
+        "abc123",
+        "--out",
+        root / "pub",
+    )
     return root, tiny_data, p
 
 
@@ -58,8 +104,15 @@ def test_publish_writes_weights_sums_readme_and_no_training_state(run):
     files = {str(f.relative_to(pub)) for f in pub.rglob("*") if f.is_file()} - {"SHA256SUMS", "README.md"}
     assert set(sums) == files
     assert all(_sha(pub / name) == digest for name, digest in sums.items())
-    assert {"lmidiffusion/model.pt", "identity/model.pt", "kmeans.json", "params.yaml", "manifest.json",
-            "check/slices.npz", "check/scores.csv"} <= files
+    assert {
+        "lmidiffusion/model.pt",
+        "identity/model.pt",
+        "kmeans.json",
+        "params.yaml",
+        "manifest.json",
+        "check/slices.npz",
+        "check/scores.csv",
+    } <= files
     assert not any("checkpoint" in f or "snapshots" in f for f in files)
     # model.pt is copied as training wrote it (inference weights only).
     assert _sha(pub / "lmidiffusion/model.pt") == _sha(root / "models/lmidiffusion/model.pt")
@@ -69,8 +122,18 @@ def test_publish_writes_weights_sums_readme_and_no_training_state(run):
 
 def test_use_published_copies_checked_weights(run, tmp_path):
     root, slices, p = run
-    _ok("use-published", *p, "--published", root / "pub", "--method", "lmidiffusion",
-        "--train", slices / "train.npz", "--out", tmp_path / "lmidiffusion")
+    _ok(
+        "use-published",
+        *p,
+        "--published",
+        root / "pub",
+        "--method",
+        "lmidiffusion",
+        "--train",
+        slices / "train.npz",
+        "--out",
+        tmp_path / "lmidiffusion",
+    )
     for name in ("model.pt", "train_info.json", "train_log.csv"):
         assert _sha(tmp_path / "lmidiffusion" / name) == _sha(root / "models/lmidiffusion" / name)
 
@@ -94,8 +157,9 @@ def test_use_published_refuses_with_one_clear_line(run, tmp_path, case):
         train, want = slices / "val.npz", "is not the training split"
     else:
         method, want = "cyclegan", "publishes no 'cyclegan'"
-    res = run_lmid("use-published", *p, *extra, "--published", pub, "--method", method, "--train", train,
-                   "--out", tmp_path / "out")
+    res = run_lmid(
+        "use-published", *p, *extra, "--published", pub, "--method", method, "--train", train, "--out", tmp_path / "out"
+    )
     assert res.returncode == 2 and want in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
@@ -103,10 +167,32 @@ def test_use_published_refuses_with_one_clear_line(run, tmp_path, case):
 
 def _reproduce(pub: Path, params: Path, tmp_path: Path, method: str, overrides=()) -> tuple[pd.DataFrame, pd.DataFrame]:
     p = ("--params", params, *overrides)
-    _ok("translate", *p, "--method", method, "--model", pub / method / "model.pt",
-        "--slices", pub / "check/slices.npz", "--out", tmp_path / "check.npz")
-    _ok("evaluate", *p, "--method", method, "--translations", tmp_path / "check.npz",
-        "--slices", pub / "check/slices.npz", "--segmenter", pub / "kmeans.json", "--out", tmp_path / "again.csv")
+    _ok(
+        "translate",
+        *p,
+        "--method",
+        method,
+        "--model",
+        pub / method / "model.pt",
+        "--slices",
+        pub / "check/slices.npz",
+        "--out",
+        tmp_path / "check.npz",
+    )
+    _ok(
+        "evaluate",
+        *p,
+        "--method",
+        method,
+        "--translations",
+        tmp_path / "check.npz",
+        "--slices",
+        pub / "check/slices.npz",
+        "--segmenter",
+        pub / "kmeans.json",
+        "--out",
+        tmp_path / "again.csv",
+    )
     return pd.read_csv(pub / "check/scores.csv"), pd.read_csv(tmp_path / "again.csv")
 
 
@@ -115,8 +201,9 @@ def _same_scores(want: pd.DataFrame, got: pd.DataFrame) -> None:
     assert list(want["subject"].astype(str)) == list(got["subject"].astype(str))
     for col in SCORE_COLUMNS:
         if col in want.columns and want[col].notna().any():
-            np.testing.assert_allclose(got[col].to_numpy(float), want[col].to_numpy(float), rtol=0, atol=1e-6,
-                                       err_msg=col)
+            np.testing.assert_allclose(
+                got[col].to_numpy(float), want[col].to_numpy(float), rtol=0, atol=1e-6, err_msg=col
+            )
 
 
 def test_published_weights_reproduce_the_runs_per_slice_scores(run, tmp_path):

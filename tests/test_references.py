@@ -19,11 +19,17 @@ def disc_slices(n: int, size: int = 48, seed: int = 0) -> SliceSet:
     """Disc 'brains' whose intensities follow one skewed distribution inside [0.1, 0.9]; 0 outside."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size] / (size - 1) * 2 - 1
-    mask = np.broadcast_to((xx ** 2 + yy ** 2) < 0.8, (n, size, size)).copy()
+    mask = np.broadcast_to((xx**2 + yy**2) < 0.8, (n, size, size)).copy()
     values = 0.1 + 0.8 * rng.beta(2.0, 5.0, size=(n, size, size))
     target = np.where(mask, values, 0).astype(np.float32)
-    return SliceSet(source=target.copy(), target=target, mask=mask, label=np.zeros(target.shape, np.uint8),
-                    subject=np.array([f"S{i}" for i in range(n)]), slice_index=np.arange(n))
+    return SliceSet(
+        source=target.copy(),
+        target=target,
+        mask=mask,
+        label=np.zeros(target.shape, np.uint8),
+        subject=np.array([f"S{i}" for i in range(n)]),
+        slice_index=np.arange(n),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +77,7 @@ def test_histmatch_maps_onto_the_target_histogram(fitted, remap):
     if remap == "inverted":  # contrast inversion (PD-like CSF bright where T1 is dark)
         source = np.where(brain, 1.0 - test.target, 0)
     else:  # a monotone increasing, non-linear remap
-        source = np.where(brain, 0.05 + 0.9 * test.target ** 2, 0)
+        source = np.where(brain, 0.05 + 0.9 * test.target**2, 0)
     source = source.astype(np.float32)
     out = method.translate(params, model, source, np.arange(3), CPU).image
     assert out.shape == source.shape and out.min() >= 0 and out.max() <= 1

@@ -116,14 +116,19 @@ def test_recovers_known_rigid_affine_transform(case):
     # Registration gives T: fixed -> moving world; the moving image shows the anatomy of A(T(y)).
     error_mm = np.linalg.norm(known(result.map_points(pts)) - pts, axis=1)
     voxel = 2.5
-    print(f"mean displacement before {before / voxel:.2f} voxels, after {error_mm.mean() / voxel:.3f} voxels "
-          f"(max {error_mm.max() / voxel:.3f})")
+    print(
+        f"mean displacement before {before / voxel:.2f} voxels, after {error_mm.mean() / voxel:.3f} voxels "
+        f"(max {error_mm.max() / voxel:.3f})"
+    )
     assert before > 2 * voxel  # the test is not trivial
     assert error_mm.mean() < 0.5 * voxel
     assert error_mm.max() < 1.0 * voxel
     # The resampled T1 lines up with the fixed anatomy: WM is bright, CSF dark on the PD grid.
-    lab = tissue(np.stack(np.meshgrid(*[np.arange(s) for s in fixed.shape], indexing="ij"), -1).reshape(-1, 3)
-                 @ fixed_aff[:3, :3].T + fixed_aff[:3, 3]).reshape(fixed.shape)
+    lab = tissue(
+        np.stack(np.meshgrid(*[np.arange(s) for s in fixed.shape], indexing="ij"), -1).reshape(-1, 3)
+        @ fixed_aff[:3, :3].T
+        + fixed_aff[:3, 3]
+    ).reshape(fixed.shape)
     assert result.data[lab == 4].mean() > 2 * result.data[lab == 2].mean()
 
 

@@ -16,19 +16,46 @@ from conftest import ROOT, TINY
 
 #: A smaller U-Net and LMI than the tiny preset's: these tests are about stopping and resuming, so
 #: the steps only have to be cheap (a process start costs more than all its steps now).
-SMALL = ["--set", "diffusion.unet={channels: [8, 16], attention_levels: [false, true], num_res_blocks: 1, "
-                  "num_head_channels: 8, norm_num_groups: 4, dropout: 0.0}",
-         "--set", "lmi.bins=8", "--set", "diffusion.train.snapshot_every=0"]
+SMALL = [
+    "--set",
+    "diffusion.unet={channels: [8, 16], attention_levels: [false, true], num_res_blocks: 1, "
+    "num_head_channels: 8, norm_num_groups: 4, dropout: 0.0}",
+    "--set",
+    "lmi.bins=8",
+    "--set",
+    "diffusion.train.snapshot_every=0",
+]
 #: One torch thread per training process: two threads on a shared 2-core machine wait on each other.
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _train_cmd(tiny_data: Path, out: Path, steps: int) -> list[str]:
     # Log rows of 3 steps and checkpoints every 4: a checkpoint falls inside a row of the log.
-    return [sys.executable, "-m", "lmid", "train", "--params", str(TINY), "--method", "lmidiffusion",
-            "--train", str(tiny_data / "train.npz"), "--val", str(tiny_data / "val.npz"), "--out", str(out),
-            "--set", f"diffusion.train.steps={steps}", "--set", "diffusion.train.checkpoint_every=4",
-            "--set", "diffusion.train.log_every=3", *SMALL, "--device", "cpu"]
+    return [
+        sys.executable,
+        "-m",
+        "lmid",
+        "train",
+        "--params",
+        str(TINY),
+        "--method",
+        "lmidiffusion",
+        "--train",
+        str(tiny_data / "train.npz"),
+        "--val",
+        str(tiny_data / "val.npz"),
+        "--out",
+        str(out),
+        "--set",
+        f"diffusion.train.steps={steps}",
+        "--set",
+        "diffusion.train.checkpoint_every=4",
+        "--set",
+        "diffusion.train.log_every=3",
+        *SMALL,
+        "--device",
+        "cpu",
+    ]
 
 
 def _train(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -62,8 +89,13 @@ def test_sigkill_after_first_checkpoint_then_resume_equals_uninterrupted(tmp_pat
     _train(_train_cmd(tiny_data, ref, steps))
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(tiny_data, out, steps), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True, env=ONE_THREAD)
+    proc = subprocess.Popen(
+        _train_cmd(tiny_data, out, steps),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=ONE_THREAD,
+    )
     deadline = time.time() + 600
     while not (out / "checkpoint.pt").exists():
         assert proc.poll() is None, "training ended before writing a checkpoint"
@@ -119,15 +151,43 @@ sys.exit(main(sys.argv[1:]))
 
 def test_steps_run_with_networking_disabled(tmp_path):
     """generate + prepare + train + translate with every socket connection refused."""
+
     def run(*args):
-        res = subprocess.run([sys.executable, "-c", GUARD, *map(str, args)], capture_output=True, text=True,
-                             timeout=900, cwd=ROOT)
+        res = subprocess.run(
+            [sys.executable, "-c", GUARD, *map(str, args)], capture_output=True, text=True, timeout=900, cwd=ROOT
+        )
         assert res.returncode == 0, res.stderr[-3000:]
 
     run("generate", "--params", TINY, "--out", tmp_path / "raw")
     run("prepare", "--params", TINY, "--raw", tmp_path / "raw", "--out", tmp_path / "slices")
-    run("train", "--params", TINY, "--method", "lmidiffusion", "--train", tmp_path / "slices/train.npz",
-        "--val", tmp_path / "slices/val.npz", "--out", tmp_path / "model", "--set", "diffusion.train.steps=2")
-    run("translate", "--params", TINY, "--method", "lmidiffusion", "--model", tmp_path / "model/model.pt",
-        "--slices", tmp_path / "slices/test.npz", "--limit", "2", "--out", tmp_path / "t.npz")
+    run(
+        "train",
+        "--params",
+        TINY,
+        "--method",
+        "lmidiffusion",
+        "--train",
+        tmp_path / "slices/train.npz",
+        "--val",
+        tmp_path / "slices/val.npz",
+        "--out",
+        tmp_path / "model",
+        "--set",
+        "diffusion.train.steps=2",
+    )
+    run(
+        "translate",
+        "--params",
+        TINY,
+        "--method",
+        "lmidiffusion",
+        "--model",
+        tmp_path / "model/model.pt",
+        "--slices",
+        tmp_path / "slices/test.npz",
+        "--limit",
+        "2",
+        "--out",
+        tmp_path / "t.npz",
+    )
     assert (tmp_path / "t.npz").exists()

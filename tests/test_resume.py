@@ -29,39 +29,114 @@ def _cdm_stage(steps, bs):
 #: after which the run is killed.
 def _tiny_diffusion(steps: int, log_every: int) -> dict:
     """The diffusion section of the tiny LMIDiffusion cases (checkpoints every 2 steps)."""
-    return {"schedule": {"timesteps": 40},
-            "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1,
-                     "num_head_channels": 8, "norm_num_groups": 4, "dropout": 0.0},
-            "train": {"steps": steps, "batch_size": 2, "checkpoint_every": 2, "log_every": log_every,
-                      "ema_decay": 0.5}}
+    return {
+        "schedule": {"timesteps": 40},
+        "unet": {
+            "channels": [8, 16],
+            "attention_levels": [False, True],
+            "num_res_blocks": 1,
+            "num_head_channels": 8,
+            "norm_num_groups": 4,
+            "dropout": 0.0,
+        },
+        "train": {"steps": steps, "batch_size": 2, "checkpoint_every": 2, "log_every": log_every, "ema_decay": 0.5},
+    }
 
 
 CASES = {
-    "cyclegan": ("cyclegan", {"seed": 3, "cyclegan": {
-        "res_blocks": 1, "base_filters": 8, "disc_filters": 8, "disc_layers": 2, "pool_size": 4, "source_fraction": 0.5,
-        "train": {"steps": 8, "batch_size": 2, "lr": 1e-3, "log_every": 2, "checkpoint_every": 4}}},
-        "lmid.methods.cyclegan", lambda s: s.get("step") == 4),
-    "stylegan2": ("stylegan2", {"seed": 3, "stylegan2": {
-        "z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channels": 16, "channel_base": 256, "r1_gamma": 0.1,
-        "r1_every": 4, "ema_decay": 0.9, "ada_kimg": 0.1,
-        "train": {"steps": 10, "batch_size": 4, "lr": 2.5e-3, "log_every": 5, "checkpoint_every": 5}}},
-        "lmid.methods.stylegan2", lambda s: s.get("step") == 5),
-    **{f"cdm-{stage}": ("cdm", {"seed": 3, "cdm": {
-        "vector_dim": 16, "patch": 8, "mask_ratio": 0.5, "mrm_channels": [8, 16], "unet_channels": [8, 16],
-        "mdn_hidden": 32, "mdn_blocks": 2, "mdn_ddim_steps": 4, "translate_batch_size": 3,
-        "mrm": _cdm_stage(6, 4), "mdn": _cdm_stage(6, 16), "unet": _cdm_stage(6, 4)}},
-        "lmid.methods.cdm", lambda s, stage=stage: s.get("stage") == stage and s.get("step") == 3)
-        for stage in ("mrm", "mdn", "unet")},
-    "lmidiffusion": ("lmidiffusion", {"seed": 11, "diffusion": _tiny_diffusion(steps=6, log_every=1)},
-        "lmid.diffusion.trainer", lambda s: s.get("step") == 2),
+    "cyclegan": (
+        "cyclegan",
+        {
+            "seed": 3,
+            "cyclegan": {
+                "res_blocks": 1,
+                "base_filters": 8,
+                "disc_filters": 8,
+                "disc_layers": 2,
+                "pool_size": 4,
+                "source_fraction": 0.5,
+                "train": {"steps": 8, "batch_size": 2, "lr": 1e-3, "log_every": 2, "checkpoint_every": 4},
+            },
+        },
+        "lmid.methods.cyclegan",
+        lambda s: s.get("step") == 4,
+    ),
+    "stylegan2": (
+        "stylegan2",
+        {
+            "seed": 3,
+            "stylegan2": {
+                "z_dim": 16,
+                "w_dim": 16,
+                "mapping_layers": 2,
+                "channels": 16,
+                "channel_base": 256,
+                "r1_gamma": 0.1,
+                "r1_every": 4,
+                "ema_decay": 0.9,
+                "ada_kimg": 0.1,
+                "train": {"steps": 10, "batch_size": 4, "lr": 2.5e-3, "log_every": 5, "checkpoint_every": 5},
+            },
+        },
+        "lmid.methods.stylegan2",
+        lambda s: s.get("step") == 5,
+    ),
+    **{
+        f"cdm-{stage}": (
+            "cdm",
+            {
+                "seed": 3,
+                "cdm": {
+                    "vector_dim": 16,
+                    "patch": 8,
+                    "mask_ratio": 0.5,
+                    "mrm_channels": [8, 16],
+                    "unet_channels": [8, 16],
+                    "mdn_hidden": 32,
+                    "mdn_blocks": 2,
+                    "mdn_ddim_steps": 4,
+                    "translate_batch_size": 3,
+                    "mrm": _cdm_stage(6, 4),
+                    "mdn": _cdm_stage(6, 16),
+                    "unet": _cdm_stage(6, 4),
+                },
+            },
+            "lmid.methods.cdm",
+            lambda s, stage=stage: s.get("stage") == stage and s.get("step") == 3,
+        )
+        for stage in ("mrm", "mdn", "unet")
+    },
+    "lmidiffusion": (
+        "lmidiffusion",
+        {"seed": 11, "diffusion": _tiny_diffusion(steps=6, log_every=1)},
+        "lmid.diffusion.trainer",
+        lambda s: s.get("step") == 2,
+    ),
     # Log rows of 3 steps, checkpoints every 2: killed at step 4, the row of steps 4-6 is half done
     # and the run ends (step 7) inside a row.
-    "lmidiffusion-window": ("lmidiffusion", {"seed": 11, "diffusion": _tiny_diffusion(steps=7, log_every=3)},
-        "lmid.diffusion.trainer", lambda s: s.get("step") == 4),
-    "cyclegan-window": ("cyclegan", {"seed": 3, "cyclegan": {
-        "res_blocks": 1, "base_filters": 8, "disc_filters": 8, "disc_layers": 2, "pool_size": 4, "source_fraction": 0.5,
-        "train": {"steps": 7, "batch_size": 2, "lr": 1e-3, "log_every": 3, "checkpoint_every": 2}}},
-        "lmid.methods.cyclegan", lambda s: s.get("step") == 4),
+    "lmidiffusion-window": (
+        "lmidiffusion",
+        {"seed": 11, "diffusion": _tiny_diffusion(steps=7, log_every=3)},
+        "lmid.diffusion.trainer",
+        lambda s: s.get("step") == 4,
+    ),
+    "cyclegan-window": (
+        "cyclegan",
+        {
+            "seed": 3,
+            "cyclegan": {
+                "res_blocks": 1,
+                "base_filters": 8,
+                "disc_filters": 8,
+                "disc_layers": 2,
+                "pool_size": 4,
+                "source_fraction": 0.5,
+                "train": {"steps": 7, "batch_size": 2, "lr": 1e-3, "log_every": 3, "checkpoint_every": 2},
+            },
+        },
+        "lmid.methods.cyclegan",
+        lambda s: s.get("step") == 4,
+    ),
 }
 
 

@@ -21,17 +21,32 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_params(**sdedit) -> Params:
-    return Params.model_validate({
-        "seed": 13,
-        "diffusion": {
-            "schedule": {"timesteps": 40},
-            "unet": {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1,
-                     "num_head_channels": 8, "norm_num_groups": 4, "dropout": 0.0},
-            "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 4, "log_every": 1, "ema_decay": 0.5},
-        },
-        "sdedit": {"t0_grid": [0.2, 0.5, 0.8], "repeats": 2, "val_slices": 3, "kind": "ancestral",
-                   "steps": 1000, "batch_size": 4, **sdedit},
-    })
+    return Params.model_validate(
+        {
+            "seed": 13,
+            "diffusion": {
+                "schedule": {"timesteps": 40},
+                "unet": {
+                    "channels": [8, 16],
+                    "attention_levels": [False, True],
+                    "num_res_blocks": 1,
+                    "num_head_channels": 8,
+                    "norm_num_groups": 4,
+                    "dropout": 0.0,
+                },
+                "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 4, "log_every": 1, "ema_decay": 0.5},
+            },
+            "sdedit": {
+                "t0_grid": [0.2, 0.5, 0.8],
+                "repeats": 2,
+                "val_slices": 3,
+                "kind": "ancestral",
+                "steps": 1000,
+                "batch_size": 4,
+                **sdedit,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")

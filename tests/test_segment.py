@@ -91,16 +91,28 @@ def test_cli_fits_on_target_slices_only(tmp_path):
 
     img, mask, label = three_class()
     # The source holds other intensities: a fit on it would give other centroids.
-    split = SliceSet(source=np.clip(1.0 - img, 0, 1) * mask, target=img, mask=mask, label=label,
-                     subject=np.array([f"S{i}" for i in range(len(img))]), slice_index=np.arange(len(img)),
-                     has_label=True)
+    split = SliceSet(
+        source=np.clip(1.0 - img, 0, 1) * mask,
+        target=img,
+        mask=mask,
+        label=label,
+        subject=np.array([f"S{i}" for i in range(len(img))]),
+        slice_index=np.arange(len(img)),
+        has_label=True,
+    )
     split.save(tmp_path / "train.npz")
     params = tmp_path / "params.yaml"
     params.write_text("segment: {n_clusters: 3, max_voxels: 2000}\n")
     out = tmp_path / "models" / "kmeans.json"
-    assert lmid_main(["fit-segmenter", "--params", str(params), "--train", str(tmp_path / "train.npz"),
-                      "--out", str(out)]) == 0
+    assert (
+        lmid_main(["fit-segmenter", "--params", str(params), "--train", str(tmp_path / "train.npz"), "--out", str(out)])
+        == 0
+    )
     seg = KMeansSegmenter.load(out)
     assert np.allclose(seg.centroids, [0.25, 0.5, 0.75], atol=0.02) and seg.mapping == (1, 2, 3)
-    assert lmid_main(["fit-segmenter", "--params", str(params), "--train", str(tmp_path / "missing.npz"),
-                      "--out", str(out)]) == 2
+    assert (
+        lmid_main(
+            ["fit-segmenter", "--params", str(params), "--train", str(tmp_path / "missing.npz"), "--out", str(out)]
+        )
+        == 2
+    )

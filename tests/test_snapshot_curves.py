@@ -38,11 +38,14 @@ def test_histogram_w1_of_a_shift_is_the_shift():
     leaves W1 equal to the shift; the brute-force value is the mean sorted difference."""
     rng = np.random.default_rng(0)
     ref = rng.uniform(0.2, 0.6, 20000)
-    img = torch.as_tensor(rng.uniform(0.2, 0.6, (2, 1, 64, 64)) + np.array([0.0, 0.25])[:, None, None, None],
-                          dtype=torch.float32)
+    img = torch.as_tensor(
+        rng.uniform(0.2, 0.6, (2, 1, 64, 64)) + np.array([0.0, 0.25])[:, None, None, None], dtype=torch.float32
+    )
     w1 = histogram_w1(img, torch.ones_like(img, dtype=torch.bool), _reference(ref)).numpy()
-    brute = [np.mean(np.abs(np.sort(img[k].flatten().numpy()) - np.quantile(ref, (np.arange(4096) + 0.5) / 4096)))
-             for k in range(2)]
+    brute = [
+        np.mean(np.abs(np.sort(img[k].flatten().numpy()) - np.quantile(ref, (np.arange(4096) + 0.5) / 4096)))
+        for k in range(2)
+    ]
     bin_width = (HIST_RANGE[1] - HIST_RANGE[0]) / (HIST_BINS - 1)
     assert w1[0] == pytest.approx(brute[0], abs=bin_width / 2)
     assert w1[1] == pytest.approx(0.25, abs=bin_width / 2) and w1[1] == pytest.approx(brute[1], abs=bin_width / 2)
@@ -67,12 +70,25 @@ def trained(tiny_data, tmp_path_factory):
     """CycleGAN and StyleGAN2 of the tiny preset with snapshots every 3 of 6 steps, and the K-Means segmenter."""
     models = tmp_path_factory.mktemp("models")
     for method in ("cyclegan", "stylegan2"):
-        res = run_lmid("train", "--params", TINY, "--method", method, "--train", tiny_data / "train.npz",
-                       "--val", tiny_data / "val.npz", "--out", models / method,
-                       "--set", f"{method}.train.snapshot_every=3")
+        res = run_lmid(
+            "train",
+            "--params",
+            TINY,
+            "--method",
+            method,
+            "--train",
+            tiny_data / "train.npz",
+            "--val",
+            tiny_data / "val.npz",
+            "--out",
+            models / method,
+            "--set",
+            f"{method}.train.snapshot_every=3",
+        )
         assert res.returncode == 0, res.stderr
-    res = run_lmid("fit-segmenter", "--params", TINY, "--train", tiny_data / "train.npz", "--out",
-                   models / "kmeans.json")
+    res = run_lmid(
+        "fit-segmenter", "--params", TINY, "--train", tiny_data / "train.npz", "--out", models / "kmeans.json"
+    )
     assert res.returncode == 0, res.stderr
     return models
 
@@ -92,9 +108,26 @@ def test_gan_snapshots_carry_the_clock_and_the_last_is_the_model(trained):
 
 def test_check_baselines_scores_every_snapshot(trained, tiny_data, tmp_path):
     out, images = tmp_path / "baselines.json", tmp_path / "samples.npz"
-    args = ["check-baselines", "--params", TINY, "--models", trained / "cyclegan" / "model.pt",
-            trained / "stylegan2" / "model.pt", "--test", tiny_data / "test.npz", "--val", tiny_data / "val.npz",
-            "--segmenter", trained / "kmeans.json", "--samples", "4", "--out", out, "--images", images]
+    args = [
+        "check-baselines",
+        "--params",
+        TINY,
+        "--models",
+        trained / "cyclegan" / "model.pt",
+        trained / "stylegan2" / "model.pt",
+        "--test",
+        tiny_data / "test.npz",
+        "--val",
+        tiny_data / "val.npz",
+        "--segmenter",
+        trained / "kmeans.json",
+        "--samples",
+        "4",
+        "--out",
+        out,
+        "--images",
+        images,
+    ]
     res = run_lmid(*args)
     assert res.returncode == 0, res.stderr
     curves = json.loads(out.read_text())["curves"]
@@ -122,12 +155,30 @@ def test_compute_data_prorates_snapshots_without_a_clock(tmp_path):
 
     (tmp_path / "lmidiffusion").mkdir()
     (tmp_path / "lmidiffusion" / "train_info.json").write_text(json.dumps({"steps": 100, "train_loop_wall_s": 360.0}))
-    diagnostics = {"slices": 5, "convergence": [
-        {"step": 50, "dice_gt_mean": 0.5, "dice_gt_mean_half_width": 0.1, "ssim_mask": 0.6, "ssim_mask_half_width": 0.1},
-        {"step": 100, "dice_gt_mean": 0.6, "dice_gt_mean_half_width": 0.1, "ssim_mask": 0.7,
-         "ssim_mask_half_width": None}]}
-    entry = {"step": 10, "cpu_s": 7200.0, "scores": {"dice_gt_mean": {"mean": 0.4, "half_width": 0.05},
-                                                     "ssim_mask": {"mean": 0.5, "half_width": 0.05}}}
+    diagnostics = {
+        "slices": 5,
+        "convergence": [
+            {
+                "step": 50,
+                "dice_gt_mean": 0.5,
+                "dice_gt_mean_half_width": 0.1,
+                "ssim_mask": 0.6,
+                "ssim_mask_half_width": 0.1,
+            },
+            {
+                "step": 100,
+                "dice_gt_mean": 0.6,
+                "dice_gt_mean_half_width": 0.1,
+                "ssim_mask": 0.7,
+                "ssim_mask_half_width": None,
+            },
+        ],
+    }
+    entry = {
+        "step": 10,
+        "cpu_s": 7200.0,
+        "scores": {"dice_gt_mean": {"mean": 0.4, "half_width": 0.05}, "ssim_mask": {"mean": 0.5, "half_width": 0.05}},
+    }
     d = compute_data(diagnostics, {"curves": {"cyclegan": [entry]}}, tmp_path)
     assert d["estimated"] == ["LMIDiffusion"]
     np.testing.assert_allclose(d["series"]["lmidiffusion"]["cpu_h"], [0.05, 0.1])

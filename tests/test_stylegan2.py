@@ -11,7 +11,7 @@ import torch
 from lmid.config import Params
 from lmid.methods import Access, TrainingData, get_method
 from lmid.methods.stylegan2_ada import AdaController, AugmentPipe
-from lmid.methods.stylegan2_projector import histogram_w1, intensity_histogram, invert_lr_ramp, mind_distance, parzen_nmi
+from lmid.methods.stylegan2_projector import invert_lr_ramp, mind_distance, parzen_nmi
 from lmid.networks.stylegan2 import Discriminator, Generator, ModulatedConv2d, init_stylegan
 
 
@@ -26,15 +26,26 @@ def blobs(n: int, size: int, seed: int, reverse: bool = False) -> np.ndarray:
     for _ in range(n):
         brain = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < 0.16
         cy, cx, r = rng.uniform(0.35, 0.65, 2).tolist() + [rng.uniform(0.08, 0.15)]
-        tissue = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r ** 2))
+        tissue = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
         out.append(brain * ((0.4 + 0.5 * tissue) if reverse else (0.8 - 0.5 * tissue)))
     return np.asarray(out, np.float32)
 
 
 def tiny_params(**over) -> Params:
-    sg = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channels": 16, "channel_base": 256, "r1_gamma": 0.1,
-          "r1_every": 4, "ema_decay": 0.9, "ada_kimg": 0.1, "invert_steps": 12, "invert_w_samples": 200,
-          "train": {"steps": 40, "batch_size": 4, "lr": 2.5e-3, "log_every": 4, "checkpoint_every": 20}}
+    sg = {
+        "z_dim": 16,
+        "w_dim": 16,
+        "mapping_layers": 2,
+        "channels": 16,
+        "channel_base": 256,
+        "r1_gamma": 0.1,
+        "r1_every": 4,
+        "ema_decay": 0.9,
+        "ada_kimg": 0.1,
+        "invert_steps": 12,
+        "invert_w_samples": 200,
+        "train": {"steps": 40, "batch_size": 4, "lr": 2.5e-3, "log_every": 4, "checkpoint_every": 20},
+    }
     for k, v in over.items():
         if isinstance(v, dict):
             sg[k] = {**sg[k], **v}

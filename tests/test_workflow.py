@@ -27,8 +27,9 @@ GENERATOR = ROOT / "workflow" / "scripts" / "dvc_yaml.py"
 def _snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     # The rules call `lmid`: find it beside this Python, whatever PATH the tests were started with.
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _normalise(cmd: str) -> str:
@@ -59,15 +60,16 @@ def dvc_stages() -> list[dict]:
 
     with Repo(str(ROOT)) as repo:
         return [
-            {"name": s.addressing, "cmd": _normalise(s.cmd),
-             "outs": [str(Path(o.def_path)) for o in s.outs]}
-            for s in repo.index.stages if s.addressing != "dvc-yaml"
+            {"name": s.addressing, "cmd": _normalise(s.cmd), "outs": [str(Path(o.def_path)) for o in s.outs]}
+            for s in repo.index.stages
+            if s.addressing != "dvc-yaml"
         ]
 
 
 def _generate(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(GENERATOR), "--root", str(root), *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(GENERATOR), "--root", str(root), *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def _project(tmp_path: Path, params: dict) -> Path:
@@ -199,7 +201,9 @@ def test_params_schema_is_current():
     from lmid.config import json_schema
 
     committed = json.loads((ROOT / "workflow/schemas/params.schema.json").read_text())
-    assert committed == json.loads(json.dumps(json_schema())), "regenerate with: lmid schema --out workflow/schemas/params.schema.json"
+    assert committed == json.loads(json.dumps(json_schema())), (
+        "regenerate with: lmid schema --out workflow/schemas/params.schema.json"
+    )
 
 
 def _leaf_keys(tree: dict, prefix: str = "") -> set[str]:
@@ -290,8 +294,11 @@ def test_every_value_in_a_shell_command_is_quoted():
             if in_shell and not stripped.startswith('"'):
                 in_shell = False
             if in_shell:
-                unquoted += [f"{smk.name}:{number}: {{{m.group(1)}{m.group(2) or ''}}}"
-                             for m in field.finditer(stripped) if m.group(2) != ":q"]
+                unquoted += [
+                    f"{smk.name}:{number}: {{{m.group(1)}{m.group(2) or ''}}}"
+                    for m in field.finditer(stripped)
+                    if m.group(2) != ":q"
+                ]
     assert not unquoted, unquoted
 
 
@@ -318,8 +325,11 @@ def test_code_comments_of_the_rules_name_real_functions():
             tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
             defs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
             assert cli_fn in defs, f"{smk.name}: {path} defines no {cli_fn}"
-            called = {n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", None)
-                      for n in ast.walk(defs[cli_fn]) if isinstance(n, ast.Call)}
+            called = {
+                n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", None)
+                for n in ast.walk(defs[cli_fn])
+                if isinstance(n, ast.Call)
+            }
             assert fn in called, f"{smk.name}: {path}:{cli_fn} does not call {fn}"
             assert callable(getattr(importlib.import_module(module), fn, None)), f"{smk.name}: no {module}.{fn}"
             seen += 1
@@ -344,9 +354,25 @@ def test_commit_refuses_outputs_that_do_not_follow_from_their_inputs(tmp_path):
     assert res.returncode == 1 and "jobs left to run" in res.stderr and "Not committing" not in res.stderr, res.stderr
 
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    res = subprocess.run([str(BIN / "lmid"), "prepare", "--params", "params.yaml", "--set", "seed=99", "--raw",
-                          "data/raw", "--out", "data/slices"], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        [
+            str(BIN / "lmid"),
+            "prepare",
+            "--params",
+            "params.yaml",
+            "--set",
+            "seed=99",
+            "--raw",
+            "data/raw",
+            "--out",
+            "data/slices",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     # The segmenter (with its log and benchmark) now looks newer than the slices: by file times it
     # is up to date.
@@ -394,8 +420,9 @@ def test_stages_depend_on_the_code_their_commands_import():
     assert "lmid/methods/cdm.py" in stages["train-cdm"]["deps"]
     assert "lmid/diffusion/trainer.py" in stages["train-lmidiffusion"]["deps"]
     train_identity = stages["train-identity"]["deps"]
-    assert not any(f.startswith(("lmid/diffusion/", "lmid/methods/cdm", "lmid/networks/")) for f in train_identity), \
+    assert not any(f.startswith(("lmid/diffusion/", "lmid/methods/cdm", "lmid/networks/")) for f in train_identity), (
         train_identity
+    )
     # The graph check reruns whenever a file that some stage runs changes.
     every = {f for name, s in stages.items() if name != "dvc-yaml" for f in s["deps"] if f.startswith("lmid/")}
     assert every <= set(stages["dvc-yaml"]["deps"])
@@ -421,17 +448,40 @@ def test_code_deps_cover_every_module_a_command_loads(tiny_data, tmp_path):
     tiny = ROOT / "tests" / "presets" / "tiny.yaml"
     model = tmp_path / "models" / "identity"
     commands = [
-        ["train", "--params", tiny, "--method", "identity", "--train", tiny_data / "train.npz",
-         "--val", tiny_data / "val.npz", "--out", model],
-        ["translate", "--params", tiny, "--method", "identity", "--model", model / "model.pt",
-         "--slices", tiny_data / "test.npz", "--out", tmp_path / "shard.npz"],
+        [
+            "train",
+            "--params",
+            tiny,
+            "--method",
+            "identity",
+            "--train",
+            tiny_data / "train.npz",
+            "--val",
+            tiny_data / "val.npz",
+            "--out",
+            model,
+        ],
+        [
+            "translate",
+            "--params",
+            tiny,
+            "--method",
+            "identity",
+            "--model",
+            model / "model.pt",
+            "--slices",
+            tiny_data / "test.npz",
+            "--out",
+            tmp_path / "shard.npz",
+        ],
         ["fit-segmenter", "--params", tiny, "--train", tiny_data / "train.npz", "--out", tmp_path / "kmeans.json"],
     ]
     for k, args in enumerate(commands):
         args = list(map(str, args))
         loaded = tmp_path / f"loaded-{k}.json"
-        res = subprocess.run([sys.executable, "-c", _LOADED, str(loaded), *args], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-c", _LOADED, str(loaded), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         used = {str(Path(f).resolve().relative_to(ROOT)) for f in json.loads(loaded.read_text())}
         found = set(gen.command_code(ROOT, shlex.join(["lmid", *args])))

@@ -15,9 +15,15 @@ from lmid.data.slices import load_slices
 SHAPE = (22, 26, 14)
 VOXEL = 4.0
 # Tissue intensities (bg, CSF, GM, WM) of each contrast: IXI and BraTS names.
-CONTRAST = {"T1": [0, 0.25, 0.55, 0.85], "T2": [0, 1.0, 0.6, 0.45], "PD": [0, 1.0, 0.8, 0.65],
-            "t1": [0, 0.25, 0.55, 0.85], "t1ce": [0, 0.3, 0.6, 0.8], "t2": [0, 1.0, 0.6, 0.45],
-            "flair": [0, 0.1, 0.7, 0.5]}
+CONTRAST = {
+    "T1": [0, 0.25, 0.55, 0.85],
+    "T2": [0, 1.0, 0.6, 0.45],
+    "PD": [0, 1.0, 0.8, 0.65],
+    "t1": [0, 0.25, 0.55, 0.85],
+    "t1ce": [0, 0.3, 0.6, 0.8],
+    "t2": [0, 1.0, 0.6, 0.45],
+    "flair": [0, 0.1, 0.7, 0.5],
+}
 
 
 def grid(shape=SHAPE, voxel=VOXEL):
@@ -63,8 +69,11 @@ def ixi_folder(root, n=6, mods=("T1", "T2", "PD"), labels=False, t1_grid=None, w
         stem = f"IXI{s + 2:03d}-{site}-{s + 800:04d}"
         for j, mod in enumerate(mods):
             shape, aff = (SHAPE, grid()) if (mod != "T1" or t1_grid is None) else t1_grid
-            save(root / f"{stem}-{mod}.nii.gz", image(mod, shape, aff, 100 * s + j, world_map if mod == "T1" else None),
-                 aff)
+            save(
+                root / f"{stem}-{mod}.nii.gz",
+                image(mod, shape, aff, 100 * s + j, world_map if mod == "T1" else None),
+                aff,
+            )
         if labels:
             save(root / f"{stem}-label.nii.gz", tissue(world(SHAPE, grid())).reshape(SHAPE), grid())
     if labels:  # a simulated folder is complete only with the phantom.json that `lmid generate` writes last
@@ -81,8 +90,10 @@ def params(**overrides):
             node = node.setdefault(p, {})
         node[last] = value
     # The synthetic volumes are brains without a skull: their foreground is the brain.
-    base = {"data": {"source": "ixi", "registration": False},
-            "prepare": {"size": 24, "slices": {"train": 10, "val": 3, "test": 4}, "brain_mask": "head"}}
+    base = {
+        "data": {"source": "ixi", "registration": False},
+        "prepare": {"size": 24, "slices": {"train": 10, "val": 3, "test": 4}, "brain_mask": "head"},
+    }
     for section, values in nested.items():
         if isinstance(values, dict):
             base.setdefault(section, {}).update(values)

@@ -15,10 +15,17 @@ import sys
 from lmid.errors import LmidError, ParamsError
 from lmid.progress import progress_disabled  # noqa: F401  (re-exported for the commands)
 
+
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one parameter, e.g. --set diffusion.train.steps=10 (YAML value; repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. --set diffusion.train.steps=10 (YAML value; repeatable)",
+    )
 
 
 def load_params_from_args(args):
@@ -47,8 +54,10 @@ def parse_overrides(items: list[str]) -> dict:
         for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ParamsError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is set to a value by another --set, "
-                                  "so it has no keys")
+                raise ParamsError(
+                    f"--set {item!r}: {'.'.join(parts[: depth + 1])} is set to a value by another --set, "
+                    "so it has no keys"
+                )
         if isinstance(node.get(parts[-1]), dict):
             raise ParamsError(f"--set {item!r}: another --set already sets keys under {key}")
         node[parts[-1]] = parsed
@@ -64,16 +73,31 @@ COMMAND_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
     "publish": (("params", "models", "train", "diagnostics", "baselines", "test", "scores"), (), ("out",)),
     "use-published": (("params", "published", "train"), (), ()),
     "translate": (("params", "model", "slices"), ("out",), ()),
-    "sampler-sweep": (("params", "model", "slices", "manifest", "segmenter"),
-                      ("shard_out", "translations_out", "out"), ()),
+    "sampler-sweep": (
+        ("params", "model", "slices", "manifest", "segmenter"),
+        ("shard_out", "translations_out", "out"),
+        (),
+    ),
     "gather": (("shards", "slices", "manifest"), ("out",), ("nifti_dir",)),
     "fit-segmenter": (("params", "train"), ("out",), ()),
     "evaluate": (("params", "translations", "slices", "segmenter"), ("out",), ()),
     "diagnose": (("params", "model", "snapshots_dir", "val", "unseen_val", "segmenter", "published"), ("out",), ()),
     "check-baselines": (("params", "models", "test", "val", "segmenter", "published"), ("out", "images"), ()),
     "aggregate": (("params", "scores", "sampler", "infos", "manifest"), ("out_dir",), ()),
-    "report": (("params", "reports_dir", "models_dir", "metrics_dir", "translations_dir", "slices_dir",
-                "unseen_slices_dir", "baseline_images"), ("out",), ()),
+    "report": (
+        (
+            "params",
+            "reports_dir",
+            "models_dir",
+            "metrics_dir",
+            "translations_dir",
+            "slices_dir",
+            "unseen_slices_dir",
+            "baseline_images",
+        ),
+        ("out",),
+        (),
+    ),
 }
 
 
@@ -117,18 +141,22 @@ def refuse_overwriting_inputs(command: str, args, inputs=(), outputs=()) -> None
     for flag, out in files + folders:
         for in_flag, inp in ins:
             if _same_file(out, inp):
-                raise LmidError(f"{flag} {out} is also the input {in_flag} {inp}: refusing to overwrite an input "
-                                "(choose another output path)")
+                raise LmidError(
+                    f"{flag} {out} is also the input {in_flag} {inp}: refusing to overwrite an input "
+                    "(choose another output path)"
+                )
     for flag, folder in folders:
         top = os.path.realpath(folder)
         for in_flag, inp in ins:
             where = os.path.realpath(inp)
             if where.startswith(top.rstrip(os.sep) + os.sep):
-                raise LmidError(f"{flag} {folder} holds the input {in_flag} {inp}: this step fills that folder "
-                                "with its own files (choose another output folder)")
+                raise LmidError(
+                    f"{flag} {folder} holds the input {in_flag} {inp}: this step fills that folder "
+                    "with its own files (choose another output folder)"
+                )
     named = files + folders
     for i, (flag, out) in enumerate(named):
-        for other_flag, other in named[i + 1:]:
+        for other_flag, other in named[i + 1 :]:
             if _same_file(out, other):
                 raise LmidError(f"{flag} and {other_flag} name the same path {out}: each output needs its own")
 
@@ -138,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     # (``lmid prepare`` -> lmid/cli/data.py:_prepare), which calls one function of the package.
     from lmid.cli import data, evaluation, methods
 
-    parser = argparse.ArgumentParser(prog="lmid", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lmid", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<step>")
     for group in (data, methods, evaluation):
@@ -160,8 +189,11 @@ def _schema(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         refuse_overwriting_inputs(args.command, args)
         args.func(args)
@@ -176,5 +208,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmid {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
-
-

@@ -9,9 +9,12 @@ from lmid.config import METHOD_NAMES
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train one method on what it may see",
-                       description="Train a method on the training split (only the data its access rule "
-                                   "allows) and write MODEL_DIR/model.pt; re-running resumes from the last checkpoint.")
+    p = sub.add_parser(
+        "train",
+        help="train one method on what it may see",
+        description="Train a method on the training split (only the data its access rule "
+        "allows) and write MODEL_DIR/model.pt; re-running resumes from the last checkpoint.",
+    )
     add_common(p)
     p.add_argument("--method", choices=METHOD_NAMES, required=True)
     p.add_argument("--train", type=Path, required=True, help="training split (.npz)")
@@ -29,58 +32,94 @@ def register(sub) -> None:
     p.add_argument("--shard", type=_non_negative_index, default=0, help="which shard, 0..NUM_SHARDS-1 (default 0)")
     p.add_argument("--num-shards", type=_positive, default=1, help="shards the split is cut into (default 1)")
     p.add_argument("--samples", type=_positive, default=None, help="samples per slice (mean + std map)")
-    p.add_argument("--sampler", default=None, metavar="KIND-STEPS[-SPACING]",
-                   help="lmidiffusion sampler, e.g. ancestral-1000, ddim-25 or ddim-25-quad "
-                        "(overrides lmidiffusion.sampler)")
+    p.add_argument(
+        "--sampler",
+        default=None,
+        metavar="KIND-STEPS[-SPACING]",
+        help="lmidiffusion sampler, e.g. ancestral-1000, ddim-25 or ddim-25-quad (overrides lmidiffusion.sampler)",
+    )
     p.add_argument("--limit", type=_non_negative, default=0, help="only the first N slices (0 = all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True, help="shard output (.npz)")
     p.set_defaults(func=_translate)
 
-    p = sub.add_parser("sampler-sweep", help="LMIDiffusion at one sampler setting, translated and scored",
-                       description="Translate --limit slices spread over a split with LMIDiffusion at one sampler setting "
-                                   "(--chains chains each), join them and score them: what 'lmid translate', "
-                                   "'lmid gather' and 'lmid evaluate' would write, in one step (the sampler table).")
+    p = sub.add_parser(
+        "sampler-sweep",
+        help="LMIDiffusion at one sampler setting, translated and scored",
+        description="Translate --limit slices spread over a split with LMIDiffusion at one sampler setting "
+        "(--chains chains each), join them and score them: what 'lmid translate', "
+        "'lmid gather' and 'lmid evaluate' would write, in one step (the sampler table).",
+    )
     add_common(p)
     p.add_argument("--model", type=Path, required=True, help="lmidiffusion/model.pt written by 'lmid train'")
     p.add_argument("--slices", type=Path, required=True, help="split to translate (.npz), e.g. val.npz")
     p.add_argument("--manifest", type=Path, required=True, help="manifest.json of the prepared slices")
     p.add_argument("--segmenter", type=Path, required=True, help="JSON written by 'lmid fit-segmenter'")
-    p.add_argument("--sampler", required=True, metavar="SETTING",
-                   help="<kind>-<steps>[-<spacing>][-eta<η>][-clip], e.g. ddim-25-quad-eta1 or ancestral-1000-clip")
-    p.add_argument("--limit", type=_non_negative, default=None,
-                   help="N slices spread evenly over the split (0 = all; default: evaluate.sampler_slices)")
-    p.add_argument("--chains", type=_non_negative, default=None,
-                   help="chains per slice, each with its own seeds (default: evaluate.sampler_chains)")
+    p.add_argument(
+        "--sampler",
+        required=True,
+        metavar="SETTING",
+        help="<kind>-<steps>[-<spacing>][-eta<η>][-clip], e.g. ddim-25-quad-eta1 or ancestral-1000-clip",
+    )
+    p.add_argument(
+        "--limit",
+        type=_non_negative,
+        default=None,
+        help="N slices spread evenly over the split (0 = all; default: evaluate.sampler_slices)",
+    )
+    p.add_argument(
+        "--chains",
+        type=_non_negative,
+        default=None,
+        help="chains per slice, each with its own seeds (default: evaluate.sampler_chains)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--shard-out", type=Path, required=True, help="translated shard (.npz)")
     p.add_argument("--translations-out", type=Path, required=True, help="joined translations (.npz)")
     p.add_argument("--out", type=Path, required=True, help="per-slice metrics (.csv)")
     p.set_defaults(func=_sampler_sweep)
 
-    p = sub.add_parser("publish", help="gather a run's trained models into a committable folder",
-                       description="Copy every method's inference weights (model.pt, train_info.json, train_log.csv) "
-                                   "and the segmenter into OUT with SHA256SUMS, a manifest of training fingerprints "
-                                   "and a README (lmid/published.py).")
+    p = sub.add_parser(
+        "publish",
+        help="gather a run's trained models into a committable folder",
+        description="Copy every method's inference weights (model.pt, train_info.json, train_log.csv) "
+        "and the segmenter into OUT with SHA256SUMS, a manifest of training fingerprints "
+        "and a README (lmid/published.py).",
+    )
     add_common(p)
     p.add_argument("--models", type=Path, required=True, help="the run's model folder, e.g. data/study/models")
     p.add_argument("--train", type=Path, required=True, help="the training split the models were trained on (.npz)")
-    p.add_argument("--diagnostics", type=Path, default=None,
-                   help="the run's diagnostics.json (its convergence curve is kept in curves.json)")
-    p.add_argument("--baselines", type=Path, default=None,
-                   help="the run's baselines.json (its snapshot curves are kept in curves.json)")
+    p.add_argument(
+        "--diagnostics",
+        type=Path,
+        default=None,
+        help="the run's diagnostics.json (its convergence curve is kept in curves.json)",
+    )
+    p.add_argument(
+        "--baselines",
+        type=Path,
+        default=None,
+        help="the run's baselines.json (its snapshot curves are kept in curves.json)",
+    )
     p.add_argument("--test", type=Path, default=None, help="with --scores: the test split the scores are of (.npz)")
-    p.add_argument("--scores", type=Path, default=None,
-                   help="per-slice scores of one method on --test (metrics/<experiment>/<method>.csv): the first 3 "
-                        "slices and their scores are kept as check/, for reproducing them from the weights")
+    p.add_argument(
+        "--scores",
+        type=Path,
+        default=None,
+        help="per-slice scores of one method on --test (metrics/<experiment>/<method>.csv): the first 3 "
+        "slices and their scores are kept as check/, for reproducing them from the weights",
+    )
     p.add_argument("--commit", default=None, help="commit the models were trained on (default: git HEAD)")
     p.add_argument("--limit-mb", type=float, default=60.0, help="refuse a folder larger than this (default 60)")
     p.add_argument("--out", type=Path, required=True, help="folder to write, e.g. models/study")
     p.set_defaults(func=_publish)
 
-    p = sub.add_parser("use-published", help="the train step from published weights (checked, not trained)",
-                       description="Check a published method's sha256 and training fingerprint against these params "
-                                   "and this training split, then copy it where 'lmid train' would write.")
+    p = sub.add_parser(
+        "use-published",
+        help="the train step from published weights (checked, not trained)",
+        description="Check a published method's sha256 and training fingerprint against these params "
+        "and this training split, then copy it where 'lmid train' would write.",
+    )
     add_common(p)
     p.add_argument("--published", type=Path, required=True, help="folder written by 'lmid publish'")
     p.add_argument("--method", choices=METHOD_NAMES, required=True)
@@ -120,9 +159,17 @@ def _publish(args) -> None:
         curves["convergence_verdict"] = d.get("convergence_verdict")
     if args.baselines is not None:
         curves["baselines"] = read_json(args.baselines).get("curves", {})
-    publish(load_params_from_args(args), args.models, args.train, args.out, curves=curves,
-            commit=args.commit or git_commit()["commit"], limit_mb=args.limit_mb, test_path=args.test,
-            scores_path=args.scores)
+    publish(
+        load_params_from_args(args),
+        args.models,
+        args.train,
+        args.out,
+        curves=curves,
+        commit=args.commit or git_commit()["commit"],
+        limit_mb=args.limit_mb,
+        test_path=args.test,
+        scores_path=args.scores,
+    )
 
 
 def _use_published(args) -> None:
@@ -154,8 +201,19 @@ def _sampler_sweep(args) -> None:
         from lmid.errors import ParamsError
 
         raise ParamsError(f"--chains {chains}: must be at least 1")
-    sweep_sampler(params, args.model, args.slices, args.manifest, args.segmenter, args.shard_out,
-                  args.translations_out, args.out, limit=limit, device=args.device, chains=chains)
+    sweep_sampler(
+        params,
+        args.model,
+        args.slices,
+        args.manifest,
+        args.segmenter,
+        args.shard_out,
+        args.translations_out,
+        args.out,
+        limit=limit,
+        device=args.device,
+        chains=chains,
+    )
 
 
 def _translate(args) -> None:
@@ -163,12 +221,24 @@ def _translate(args) -> None:
     from lmid.methods.runner import translate_shard
 
     if args.shard >= args.num_shards:
-        raise ParamsError(f"--shard {args.shard}: must be one of 0..{args.num_shards - 1} (--num-shards {args.num_shards})")
+        raise ParamsError(
+            f"--shard {args.shard}: must be one of 0..{args.num_shards - 1} (--num-shards {args.num_shards})"
+        )
     if args.sampler:
         _sampler_overrides(args)
-    translate_shard(load_params_from_args(args), args.method, args.model, args.slices, args.out,
-                    source_modality=args.source_modality, shard=args.shard, num_shards=args.num_shards,
-                    samples=args.samples, device=args.device, limit=args.limit)
+    translate_shard(
+        load_params_from_args(args),
+        args.method,
+        args.model,
+        args.slices,
+        args.out,
+        source_modality=args.source_modality,
+        shard=args.shard,
+        num_shards=args.num_shards,
+        samples=args.samples,
+        device=args.device,
+        limit=args.limit,
+    )
 
 
 def _gather(args) -> None:

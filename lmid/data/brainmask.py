@@ -109,5 +109,7 @@ def n4_correct(volume: np.ndarray, affine: np.ndarray, mask: np.ndarray) -> tupl
     out = (volume / field).astype(np.float32)
     inside = field[mask]
     log.debug("N4: %.1f s", time.perf_counter() - t0)
-    return out, {"method": f"N4 (SimpleITK), fitted inside the brain mask dilated {N4_DILATION_MM:g} mm, shrink "
-                           f"{N4_SHRINK}", "field_range_in_brain": [float(inside.min()), float(inside.max())]}
+    return out, {
+        "method": f"N4 (SimpleITK), fitted inside the brain mask dilated {N4_DILATION_MM:g} mm, shrink {N4_SHRINK}",
+        "field_range_in_brain": [float(inside.min()), float(inside.max())],
+    }

@@ -29,9 +29,20 @@ from pathlib import Path
 from lmid.data.ixi import FolderScan, SubjectFiles, nifti_files, report_unparsed
 from lmid.errors import InputFileError
 
-BRATS_NAME = re.compile(r"^(?P<case>.+?)[-_](?P<mod>t1n|t1c|t2w|t2f|t1ce|t1|t2|flair|seg)\.nii(?:\.gz)?$", re.IGNORECASE)
-MODALITY = {"t1n": "t1", "t1": "t1", "t1c": "t1ce", "t1ce": "t1ce", "t2w": "t2", "t2": "t2",
-            "t2f": "flair", "flair": "flair", "seg": "seg"}
+BRATS_NAME = re.compile(
+    r"^(?P<case>.+?)[-_](?P<mod>t1n|t1c|t2w|t2f|t1ce|t1|t2|flair|seg)\.nii(?:\.gz)?$", re.IGNORECASE
+)
+MODALITY = {
+    "t1n": "t1",
+    "t1": "t1",
+    "t1c": "t1ce",
+    "t1ce": "t1ce",
+    "t2w": "t2",
+    "t2": "t2",
+    "t2f": "flair",
+    "flair": "flair",
+    "seg": "seg",
+}
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 SEGMENTATION = "seg"
 

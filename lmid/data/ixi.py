@@ -58,9 +58,13 @@ def nifti_files(root: Path) -> list[Path]:
         raise LmidError(f"{root}: folder not found (set data.root or pass --raw)")
     if not root.is_dir():
         raise LmidError(f"{root}: not a folder")
-    found = [p for p in root.rglob("*")
-             if p.is_file() and p.name.endswith((".nii", ".nii.gz"))
-             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    found = [
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.name.endswith((".nii", ".nii.gz"))
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
     if not found:
         raise LmidError(f"{root}: folder holds no NIfTI volumes (.nii or .nii.gz)")
     return sorted(found)

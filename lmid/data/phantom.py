@@ -82,8 +82,14 @@ _DEFORMATION_TAILS = 4.0
 #: calvaria are 6-7 mm thick with a fatty diploe between two cortical tables; the scalp adds
 #: subcutaneous fat and skin/galea. The inner surface is the brain mask closed with a 4 mm ball
 #: (sulci do not reach the skull), and the CSF between it and the brain is CSF too.
-HEAD_SHELLS = (("csf", 0.0, 1.5), ("bone", 1.5, 3.0), ("marrow", 3.0, 5.0), ("bone", 5.0, 6.5),
-               ("fat", 6.5, 10.0), ("skin", 10.0, 12.5))
+HEAD_SHELLS = (
+    ("csf", 0.0, 1.5),
+    ("bone", 1.5, 3.0),
+    ("marrow", 3.0, 5.0),
+    ("bone", 5.0, 6.5),
+    ("fat", 6.5, 10.0),
+    ("skin", 10.0, 12.5),
+)
 HEAD_MM = HEAD_SHELLS[-1][2]
 HEAD_TISSUES = ("bone", "marrow", "fat", "skin")
 #: Radius (mm) of the closing that turns the brain mask into the skull's inner surface.
@@ -109,8 +115,16 @@ def tissue_signal(sequence: dict, tissue: dict) -> float:
     if sequence["kind"] == "spin_echo":
         return float(spin_echo(tissue["pd"], tissue["t1_ms"], tissue["t2_ms"], sequence["tr_ms"], sequence["te_ms"]))
     if sequence["kind"] == "spoiled_gradient_echo":
-        return float(spoiled_gradient_echo(tissue["pd"], tissue["t1_ms"], tissue["t2s_ms"], sequence["tr_ms"],
-                                           sequence["te_ms"], sequence["flip_deg"]))
+        return float(
+            spoiled_gradient_echo(
+                tissue["pd"],
+                tissue["t1_ms"],
+                tissue["t2s_ms"],
+                sequence["tr_ms"],
+                sequence["te_ms"],
+                sequence["flip_deg"],
+            )
+        )
     raise ValueError(f"unknown sequence kind {sequence['kind']!r}")
 
 
@@ -140,11 +154,15 @@ def head_shells(brain: np.ndarray) -> dict[str, np.ndarray]:
     both sides). The fractions and the brain are disjoint and sum to at most 1.
     """
     r = _HULL_CLOSING_MM
-    ball = np.linalg.norm(np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1], axis=0) <= r
+    ball = np.linalg.norm(np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1], axis=0) <= r
     inside = brain > 0.5
     padded = np.pad(inside, r + 1)
-    hull = ndimage.binary_fill_holes(ndimage.binary_closing(padded, structure=ball))[
-        tuple(slice(r + 1, -(r + 1)) for _ in range(3))] | inside
+    hull = (
+        ndimage.binary_fill_holes(ndimage.binary_closing(padded, structure=ball))[
+            tuple(slice(r + 1, -(r + 1)) for _ in range(3))
+        ]
+        | inside
+    )
     # Distance (mm) of a voxel centre outside the hull from the hull's surface (half a voxel in).
     depth = np.maximum(ndimage.distance_transform_edt(~hull) - 0.5, 0.0)
     out: dict[str, np.ndarray] = {}
@@ -200,8 +218,16 @@ def load_template(voxel_mm: float, head: bool = False) -> Template:
     to_world = lambda idx: affine[:3, :3] @ np.asarray(idx, float) + affine[:3, 3]  # noqa: E731
     lo, hi = to_world(inside.min(0)), to_world(inside.max(0))
     source = f"MNI152 2009 nonlinear symmetric template, GM/WM maps and brain mask (nilearn {nilearn.__version__})"
-    return Template(blur(raw["brain"]), blur(raw["gm"]), blur(raw["wm"]), origin=to_world(start), lo=lo, hi=hi,
-                    source=source, shells={k: blur(v) for k, v in shells.items()})
+    return Template(
+        blur(raw["brain"]),
+        blur(raw["gm"]),
+        blur(raw["wm"]),
+        origin=to_world(start),
+        lo=lo,
+        hi=hi,
+        source=source,
+        shells={k: blur(v) for k, v in shells.items()},
+    )
 
 
 # ---------------------------------------------------------------------------------------- grid
@@ -269,9 +295,9 @@ def bspline_matrix(n_out: int, knot_spacing_vox: float) -> np.ndarray:
 
 def bspline_field(coef: np.ndarray, mats: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     """Evaluate a separable tensor-product spline: field[i,j,k] = Σ K0[i,a]·K1[j,b]·K2[k,c]·coef[a,b,c]."""
-    out = np.tensordot(mats[0], coef, axes=(1, 0))      # (i, b, c)
-    out = np.tensordot(out, mats[1], axes=(1, 1))       # (i, c, j)
-    out = np.tensordot(out, mats[2], axes=(1, 1))       # (i, j, k)
+    out = np.tensordot(mats[0], coef, axes=(1, 0))  # (i, b, c)
+    out = np.tensordot(out, mats[1], axes=(1, 1))  # (i, c, j)
+    out = np.tensordot(out, mats[2], axes=(1, 1))  # (i, j, k)
     return out
 
 
@@ -327,13 +353,19 @@ def simulate_subject(params, index: int) -> dict:
     tissues = {}
     for name in TISSUES:
         base = sim.tissues[name]
-        tissues[name] = {k: _jitter(rng, getattr(base, k), sim.tissue_jitter)
-                         for k in ("pd", "t1_ms", "t2_ms", "t2s_ms")}
+        tissues[name] = {
+            k: _jitter(rng, getattr(base, k), sim.tissue_jitter) for k in ("pd", "t1_ms", "t2_ms", "t2s_ms")
+        }
     head_tissues = {}
     if sim.head:  # a stream of its own: the brain's draws are the same with or without a head
         hrng = np.random.default_rng(subject_seed(params.seed, index, _HEAD_STREAM))
-        head_tissues = {name: {k: _jitter(hrng, getattr(sim.head_tissues[name], k), sim.tissue_jitter)
-                               for k in ("pd", "t1_ms", "t2_ms", "t2s_ms")} for name in HEAD_TISSUES}
+        head_tissues = {
+            name: {
+                k: _jitter(hrng, getattr(sim.head_tissues[name], k), sim.tissue_jitter)
+                for k in ("pd", "t1_ms", "t2_ms", "t2s_ms")
+            }
+            for name in HEAD_TISSUES
+        }
 
     # Displacement u (mm) on the whole grid's knot lattice, evaluated on the kept planes only, so a
     # subject's anatomy does not depend on axial_planes. Knot values are scaled so each component
@@ -351,12 +383,19 @@ def simulate_subject(params, index: int) -> dict:
     axes[2] = axes[2][keep]
     coords = np.empty((3, shape[0], shape[1], len(axes[2])), dtype=np.float64)
     for a in range(3):
-        coords[a] = (tpl.centre[a] - tpl.origin[a]) + disp[a] \
-            + m[a, 0] * axes[0][:, None, None] + m[a, 1] * axes[1][None, :, None] + m[a, 2] * axes[2][None, None, :]
+        coords[a] = (
+            (tpl.centre[a] - tpl.origin[a])
+            + disp[a]
+            + m[a, 0] * axes[0][:, None, None]
+            + m[a, 1] * axes[1][None, :, None]
+            + m[a, 2] * axes[2][None, None, :]
+        )
     del disp
+
     def sample(arr, coords=coords):
-        return ndimage.map_coordinates(arr, coords, order=1, mode="constant", cval=0.0, prefilter=False,
-                                       output=np.float32)
+        return ndimage.map_coordinates(
+            arr, coords, order=1, mode="constant", cval=0.0, prefilter=False, output=np.float32
+        )
 
     brain = np.clip(sample(tpl.brain), 0, 1)
     gm = np.clip(sample(tpl.gm), 0, 1)
@@ -372,10 +411,12 @@ def simulate_subject(params, index: int) -> dict:
     images, facts = {}, {}
     for mod, seq in sim.sequences.items():
         mrng = np.random.default_rng(subject_seed(params.seed, index, _modality_key(mod)))
-        s = {"kind": seq.kind,
-             "tr_ms": _jitter(mrng, seq.tr_ms, sim.sequence_jitter),
-             "te_ms": _jitter(mrng, seq.te_ms, sim.sequence_jitter),
-             "flip_deg": min(_jitter(mrng, seq.flip_deg, sim.sequence_jitter), 180.0)}
+        s = {
+            "kind": seq.kind,
+            "tr_ms": _jitter(mrng, seq.tr_ms, sim.sequence_jitter),
+            "te_ms": _jitter(mrng, seq.te_ms, sim.sequence_jitter),
+            "flip_deg": min(_jitter(mrng, seq.flip_deg, sim.sequence_jitter), 180.0),
+        }
         if seq.kind == "spin_echo":
             del s["flip_deg"]  # drawn (keeps the stream's order) but a spin echo does not use it
         signal = {k: tissue_signal(s, tissues[k]) for k in TISSUES}
@@ -411,8 +452,9 @@ def simulate_subject(params, index: int) -> dict:
             "tissue_signal": signal,
             "noise_sigma": sigma * scale_to,
             "intensity_scale": scale_to,
-            "mean_intensity": {k: float(stored[label == LABELS[k]].mean()) if np.any(label == LABELS[k]) else None
-                               for k in TISSUES},
+            "mean_intensity": {
+                k: float(stored[label == LABELS[k]].mean()) if np.any(label == LABELS[k]) else None for k in TISSUES
+            },
         }
     return {
         "id": ixi_id(index, site, number),
@@ -448,8 +490,10 @@ def _check(params) -> None:
         wanted = [params.data.source_modality, params.data.target_modality, *params.data.extra_modalities]
         absent = [m for m in wanted if m not in sim.sequences]
         if absent:
-            raise ParamsError(f"simulate.sequences: no sequence for modalities {absent} that 'data' asks for; "
-                              f"has {sorted(sim.sequences)}")
+            raise ParamsError(
+                f"simulate.sequences: no sequence for modalities {absent} that 'data' asks for; "
+                f"has {sorted(sim.sequences)}"
+            )
 
 
 def generate(params, out_dir: Path, protocol: str = "main") -> dict:
@@ -504,8 +548,12 @@ def _generate_into(params, out_dir: Path, protocol: str) -> dict:
         "seed": params.seed,
         "simulate": sim.model_dump(mode="json"),
         "template": tpl.source,
-        "grid": {"shape": out_shape, "affine": out_affine.tolist(), "voxel_mm": float(sim.voxel_mm),
-                 "axes": "RAS+ (axis 2 is superior: axial planes are [:, :, k])"},
+        "grid": {
+            "shape": out_shape,
+            "affine": out_affine.tolist(),
+            "voxel_mm": float(sim.voxel_mm),
+            "axes": "RAS+ (axis 2 is superior: axial planes are [:, :, k])",
+        },
         "labels": LABELS,
         "physics": {
             "spin_echo": "S = PD*(1 - exp(-TR/T1))*exp(-TE/T2)",
@@ -515,9 +563,14 @@ def _generate_into(params, out_dir: Path, protocol: str) -> dict:
             "noise": "|I + sigma*(n1 + i*n2)|, sigma = mean(I over label > 0) / snr (Rician)",
             "storage": f"int16, scaled so the mean brain intensity is {TARGET_MEAN:g}; labels uint8",
             "geometry": "y = c + diag(1/scale) R^T (x - c) + u(x), u cubic B-spline, RMS deformation_mm per component",
-            **({"head": "shells (tissue, from mm, to mm) outward from the brain mask closed with a "
-                        f"{_HULL_CLOSING_MM} mm ball: {[list(x) for x in HEAD_SHELLS]}; the label is the brain's"}
-               if sim.head else {}),
+            **(
+                {
+                    "head": "shells (tissue, from mm, to mm) outward from the brain mask closed with a "
+                    f"{_HULL_CLOSING_MM} mm ball: {[list(x) for x in HEAD_SHELLS]}; the label is the brain's"
+                }
+                if sim.head
+                else {}
+            ),
         },
         "mean_intensity": mean_intensity,
         "subjects": subjects,
@@ -525,5 +578,11 @@ def _generate_into(params, out_dir: Path, protocol: str) -> dict:
     write_json(out_dir / "phantom.json", record)
     seconds = time.perf_counter() - t0
     log.info("generate: %d subjects, grid %s at %g mm, %.1f s", sim.n_subjects, out_shape, sim.voxel_mm, seconds)
-    return {"n_subjects": sim.n_subjects, "shape": out_shape, "voxel_mm": float(sim.voxel_mm),
-            "files": sorted(written), "mean_intensity": mean_intensity, "seconds": seconds}
+    return {
+        "n_subjects": sim.n_subjects,
+        "shape": out_shape,
+        "voxel_mm": float(sim.voxel_mm),
+        "files": sorted(written),
+        "mean_intensity": mean_intensity,
+        "seconds": seconds,
+    }

@@ -104,8 +104,11 @@ def _modalities(params: Params) -> Modalities:
     if d.source == "brats":
         from lmid.data.brats import MODALITIES
 
-        for key, value in [("data.source_modality", d.source_modality), ("data.target_modality", d.target_modality),
-                           *[("data.extra_modalities", m) for m in extras]]:
+        for key, value in [
+            ("data.source_modality", d.source_modality),
+            ("data.target_modality", d.target_modality),
+            *[("data.extra_modalities", m) for m in extras],
+        ]:
             if value.lower() not in MODALITIES:
                 raise ParamsError(f"{key}: {value!r} is not a BraTS modality (one of {', '.join(MODALITIES)})")
     return Modalities(d.source_modality, d.target_modality, tuple(extras), labels=d.source == "simulated")
@@ -113,8 +116,11 @@ def _modalities(params: Params) -> Modalities:
 
 def _scan(params: Params, raw_dir: Path) -> FolderScan:
     if params.data.source == "simulated" and Path(raw_dir).is_dir() and not (Path(raw_dir) / "phantom.json").is_file():
-        raise InputFileError(Path(raw_dir) / "phantom.json", "not found: 'lmid generate' writes it last, so a simulated "
-                                                              "folder without it is incomplete (generate it again)")
+        raise InputFileError(
+            Path(raw_dir) / "phantom.json",
+            "not found: 'lmid generate' writes it last, so a simulated "
+            "folder without it is incomplete (generate it again)",
+        )
     if params.data.source == "brats":
         from lmid.data.brats import scan_brats
 
@@ -145,8 +151,9 @@ def _select_subjects(params: Params, scan: FolderScan, mods: Modalities):
         detail = "; ".join(f"{n} subject(s) {r}" for r, n in _count(skipped.values()).items()) or "none found"
         site_note = f" ({len(excluded)} excluded by data.sites={params.data.sites})" if excluded else ""
         hint = " (set data.extra_modalities: [] if the extra modalities are not available)" if mods.extras else ""
-        raise LmidError(f"{scan.root}: no subject has every needed volume ({', '.join(needed)}): {detail}"
-                        f"{site_note}{hint}")
+        raise LmidError(
+            f"{scan.root}: no subject has every needed volume ({', '.join(needed)}): {detail}{site_note}{hint}"
+        )
     use_labels = mods.labels or (params.data.source == "ixi" and all(s.find(LABEL) for s in kept.values()))
     return kept, skipped, excluded, use_labels
 
@@ -167,8 +174,10 @@ def split_subjects(subjects: list[str], fractions: dict[str, float], seed: int) 
     n = len(subjects)
     need = [s for s in SPLITS if fractions[s] > 0]
     if n < len(need):
-        raise LmidError(f"{n} usable subject(s) cannot fill the {len(need)} splits {', '.join(need)} "
-                        f"(one subject at least each); add subjects or set prepare.split.val: 0")
+        raise LmidError(
+            f"{n} usable subject(s) cannot fill the {len(need)} splits {', '.join(need)} "
+            f"(one subject at least each); add subjects or set prepare.split.val: 0"
+        )
     exact = {s: fractions[s] * n for s in SPLITS}
     counts = {s: int(np.floor(exact[s])) for s in SPLITS}
     for s in sorted(SPLITS, key=lambda s: (counts[s] - exact[s], SPLITS.index(s)))[: n - sum(counts.values())]:
@@ -181,7 +190,7 @@ def split_subjects(subjects: list[str], fractions: dict[str, float], seed: int) 
     order = [subjects[i] for i in np.random.default_rng([seed, 0x5B117]).permutation(n)]
     out, start = {}, 0
     for s in SPLITS:
-        out[s] = order[start:start + counts[s]]
+        out[s] = order[start : start + counts[s]]
         start += counts[s]
     return out
 
@@ -259,10 +268,14 @@ class Square:
         ``skimage.transform.resize`` samples D at ``(p + 0.5)·n/size − 0.5``.
         """
         si, sj = self.n_i / self.size, self.n_j / self.size
-        return np.array([[0.0, si, 0.0, self.i0 + 0.5 * si - 0.5],
-                         [-sj, 0.0, 0.0, self.j0 + self.n_j - 0.5 - 0.5 * sj],
-                         [0.0, 0.0, 1.0, 0.0],
-                         [0.0, 0.0, 0.0, 1.0]])
+        return np.array(
+            [
+                [0.0, si, 0.0, self.i0 + 0.5 * si - 0.5],
+                [-sj, 0.0, 0.0, self.j0 + self.n_j - 0.5 - 0.5 * sj],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ]
+        )
 
     def crop(self, plane: np.ndarray) -> np.ndarray:
         """The window of one axial plane (zero outside the volume), anterior up."""
@@ -270,7 +283,7 @@ class Square:
         a0, b0 = max(0, self.i0), max(0, self.j0)
         a1, b1 = min(plane.shape[0], self.i0 + self.n_i), min(plane.shape[1], self.j0 + self.n_j)
         if a1 > a0 and b1 > b0:
-            out[a0 - self.i0:a1 - self.i0, b0 - self.j0:b1 - self.j0] = plane[a0:a1, b0:b1]
+            out[a0 - self.i0 : a1 - self.i0, b0 - self.j0 : b1 - self.j0] = plane[a0:a1, b0:b1]
         return out.T[::-1]
 
 
@@ -282,8 +295,9 @@ def bounding_square(mask: np.ndarray, planes: np.ndarray, affine: np.ndarray, si
     side_mm = max((ii[-1] - ii[0] + 1) * di, (jj[-1] - jj[0] + 1) * dj) * (1 + 2 * MARGIN)
     n_i, n_j = int(np.ceil(side_mm / di)), int(np.ceil(side_mm / dj))
     ci, cj = (ii[0] + ii[-1]) / 2.0, (jj[0] + jj[-1]) / 2.0
-    return Square(i0=int(np.floor(ci - (n_i - 1) / 2.0)), n_i=n_i, j0=int(np.floor(cj - (n_j - 1) / 2.0)), n_j=n_j,
-                  size=size)
+    return Square(
+        i0=int(np.floor(ci - (n_i - 1) / 2.0)), n_i=n_i, j0=int(np.floor(cj - (n_j - 1) / 2.0)), n_j=n_j, size=size
+    )
 
 
 def resize_image(plane: np.ndarray, size: int) -> np.ndarray:
@@ -296,7 +310,9 @@ def resize_image(plane: np.ndarray, size: int) -> np.ndarray:
 def resize_labels(plane: np.ndarray, size: int) -> np.ndarray:
     from skimage.transform import resize
 
-    return resize(plane, (size, size), order=0, anti_aliasing=False, preserve_range=True, mode="edge").astype(plane.dtype)
+    return resize(plane, (size, size), order=0, anti_aliasing=False, preserve_range=True, mode="edge").astype(
+        plane.dtype
+    )
 
 
 # --------------------------------------------------------------------------- per subject work
@@ -335,8 +351,10 @@ def mask_mode(params: Params, use_labels: bool) -> str:
         else:
             mode = "strip"
     if mode == "labels" and not use_labels:
-        raise ParamsError(f"prepare.brain_mask: 'labels' needs tissue maps, and the {params.data.source} data has "
-                          "none (use strip or head)")
+        raise ParamsError(
+            f"prepare.brain_mask: 'labels' needs tissue maps, and the {params.data.source} data has "
+            "none (use strip or head)"
+        )
     return mode
 
 
@@ -359,13 +377,24 @@ class SubjectReader:
         if self.use_labels:
             lab_path = subj.files[subj.find(LABEL)]
             lab, lab_aff = load_canonical(lab_path)
-            self._check_same_grid(subj, src_path, source.shape, affine, lab_path, lab.shape, lab_aff,
-                                  why="tissue maps are never registered")
+            self._check_same_grid(
+                subj,
+                src_path,
+                source.shape,
+                affine,
+                lab_path,
+                lab.shape,
+                lab_aff,
+                why="tissue maps are never registered",
+            )
             label = np.rint(lab)
             bad = np.setdiff1d(np.unique(label), [0, 1, 2, 3])
             if bad.size or np.abs(lab - label).max() > 1e-3:
-                raise InputFileError(lab_path, "tissue map must hold the integers 0 (background), 1 (CSF), 2 (GM), 3 (WM)"
-                                               f"; found {np.unique(lab)[:8].tolist()}")
+                raise InputFileError(
+                    lab_path,
+                    "tissue map must hold the integers 0 (background), 1 (CSF), 2 (GM), 3 (WM)"
+                    f"; found {np.unique(lab)[:8].tolist()}",
+                )
             label = label.astype(np.uint8)
         return src_path, source, affine, label
 
@@ -389,20 +418,29 @@ class SubjectReader:
             raise InputFileError(src_path, f"no brain voxels found (empty mask, prepare.brain_mask: {self.mode})")
         seconds = time.perf_counter() - t0
         log.info("%s: brain mask (%s) in %.1f s", subj.subject, self.mode, seconds)
-        return Geometry(shape=tuple(int(n) for n in mask.shape), packed_mask=np.packbits(mask.ravel()),
-                        n_planes=int(len(brain_planes(mask, self.params.prepare.min_brain_fraction))),
-                        registration=registration, mask_info=mask_info, seconds=seconds)
+        return Geometry(
+            shape=tuple(int(n) for n in mask.shape),
+            packed_mask=np.packbits(mask.ravel()),
+            n_planes=int(len(brain_planes(mask, self.params.prepare.min_brain_fraction))),
+            registration=registration,
+            mask_info=mask_info,
+            seconds=seconds,
+        )
 
-    def _check_same_grid(self, subj, path_a, shape_a, aff_a, path_b, shape_b, aff_b,
-                         why: str = "data.registration is false") -> bool:
+    def _check_same_grid(
+        self, subj, path_a, shape_a, aff_a, path_b, shape_b, aff_b, why: str = "data.registration is false"
+    ) -> bool:
         """True if the grids are identical; an error if the shapes differ (and nothing registers them)."""
         from lmid.data.registration import same_grid
 
         if same_grid(shape_a, aff_a, shape_b, aff_b):
             return True
         if tuple(shape_a) != tuple(shape_b):
-            raise InputFileError(path_b, f"shape {tuple(shape_b)} differs from {self._rel(path_a)} {tuple(shape_a)} "
-                                         f"(subject {subj.subject}) and they cannot be paired voxel by voxel ({why})")
+            raise InputFileError(
+                path_b,
+                f"shape {tuple(shape_b)} differs from {self._rel(path_a)} {tuple(shape_a)} "
+                f"(subject {subj.subject}) and they cannot be paired voxel by voxel ({why})",
+            )
         log.warning("%s: same shape as %s but another affine; paired voxel by voxel", path_b, path_a.name)
         return True
 
@@ -421,16 +459,24 @@ class SubjectReader:
         for mod in want[1:]:
             path = subj.files[subj.find(mod)]
             vol, aff = load_canonical(path)
-            volumes[mod] = (path, self._on_source_grid(subj, src_path, source, affine, path, vol, aff, registration, mod))
+            volumes[mod] = (
+                path,
+                self._on_source_grid(subj, src_path, source, affine, path, vol, aff, registration, mod),
+            )
         coverage: dict[str, float] = {}
         for mod, (path, vol) in list(volumes.items())[1:]:
             covered = coverage[mod] = float(np.mean(vol[mask] > 0))
             if covered < MIN_COVERAGE:
-                raise InputFileError(path, f"covers only {100 * covered:.0f} % of the brain mask of {self._rel(src_path)} "
-                                           f"(subject {subj.subject}; at least {100 * MIN_COVERAGE:.0f} % needed): "
-                                           + ("registration failed or the volumes do not show the same head"
-                                              if isinstance(registration.get(mod), dict)
-                                              else "the volumes do not show the same head"))
+                raise InputFileError(
+                    path,
+                    f"covers only {100 * covered:.0f} % of the brain mask of {self._rel(src_path)} "
+                    f"(subject {subj.subject}; at least {100 * MIN_COVERAGE:.0f} % needed): "
+                    + (
+                        "registration failed or the volumes do not show the same head"
+                        if isinstance(registration.get(mod), dict)
+                        else "the volumes do not show the same head"
+                    ),
+                )
         arrays: dict[str, np.ndarray] = {}
         norm: dict[str, dict] = {}
         bias: dict[str, dict] = {}
@@ -449,7 +495,9 @@ class SubjectReader:
                 if mod == self.mods.target and self.use_labels:  # for the with/without check
                     arrays["check_target"] = slices_of(raw if n4 else corrected, path)[0]
             arrays[mod], norm[mod] = slices_of(vol, path)
-        arrays["mask"] = np.stack([resize_labels(square.crop(mask[:, :, k].astype(np.uint8)), size) for k in chosen]) > 0
+        arrays["mask"] = (
+            np.stack([resize_labels(square.crop(mask[:, :, k].astype(np.uint8)), size) for k in chosen]) > 0
+        )
         if label is not None:
             arrays["label"] = np.stack([resize_labels(square.crop(label[:, :, k]), size) for k in chosen])
         else:
@@ -459,14 +507,21 @@ class SubjectReader:
         if label is not None:
             files[LABEL] = self._rel(subj.files[subj.find(LABEL)])
         entry = {
-            "split": split, "site": subj.site, "files": files,
-            "n_axial": int(source.shape[2]), "shape": [int(s) for s in source.shape],
-            "affine": affine.tolist(), "slice_affine": (affine @ square.matrix()).tolist(),
+            "split": split,
+            "site": subj.site,
+            "files": files,
+            "n_axial": int(source.shape[2]),
+            "shape": [int(s) for s in source.shape],
+            "affine": affine.tolist(),
+            "slice_affine": (affine @ square.matrix()).tolist(),
             "crop": {"i0": square.i0, "n_i": square.n_i, "j0": square.j0, "n_j": square.n_j},
             "brain_planes": {"count": int(len(planes)), "first": int(planes[0]), "last": int(planes[-1])},
             "slices": [int(k) for k in chosen],
-            "brain_mask": {**geometry.mask_info, "voxels": int(mask.sum()),
-                           "volume_ml": float(mask.sum() * abs(np.linalg.det(affine[:3, :3])) / 1000.0)},
+            "brain_mask": {
+                **geometry.mask_info,
+                "voxels": int(mask.sum()),
+                "volume_ml": float(mask.sum() * abs(np.linalg.det(affine[:3, :3])) / 1000.0),
+            },
             "brain_mask_coverage": coverage,
             "normalisation": norm,
             "bias_correction": bias if n4 else {},
@@ -501,8 +556,11 @@ class SubjectReader:
             result = register(source, affine, vol, aff, RegistrationSettings(seed=self.params.seed))
         except RuntimeError as err:  # ITK: e.g. "All samples map outside moving image buffer"
             first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            raise InputFileError(path, f"registration to {self._rel(src_path)} failed ({first}); do the two volumes "
-                                       "overlap in world coordinates? (check their headers)") from None
+            raise InputFileError(
+                path,
+                f"registration to {self._rel(src_path)} failed ({first}); do the two volumes "
+                "overlap in world coordinates? (check their headers)",
+            ) from None
         log.info("%s: %s registered to %s in %.1f s", subj.subject, mod, self.mods.source, time.perf_counter() - t0)
         registration[mod] = result.info
         return result.data
@@ -513,8 +571,9 @@ def _geometry_job(reader: SubjectReader, subj: SubjectFiles) -> Geometry:
     return reader.geometry(subj)
 
 
-def _extract_job(reader: SubjectReader, subj: SubjectFiles, split: str, quota: int, seed: int,
-                 geometry: Geometry) -> SubjectSlices:
+def _extract_job(
+    reader: SubjectReader, subj: SubjectFiles, split: str, quota: int, seed: int, geometry: Geometry
+) -> SubjectSlices:
     return reader.extract(subj, split, quota, seed, geometry)
 
 
@@ -545,8 +604,12 @@ class Workers:
             # OpenBLAS's threads can deadlock).
             root = logging.getLogger()
             fmt = root.handlers[0].formatter._fmt if root.handlers and root.handlers[0].formatter else None
-            self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(root.level, fmt))
+            self.pool = ProcessPoolExecutor(
+                self.n,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(root.level, fmt),
+            )
         return self
 
     def __exit__(self, *exc):
@@ -597,35 +660,51 @@ def prepare(params: Params, raw_dir: Path, out_dir: Path, workers: int = 1) -> d
         # Share out slices; a subject's brain range is read only when it is first offered a slice
         # (with several workers, that subject and the next ones of its split in the dealing order).
         with tqdm(desc="prepare: brain masks", unit="subject", disable=progress_disabled()) as bar:
+
             def capacity_in(order: list[str]):
                 def capacity(sid: str) -> int:
                     if sid not in geometry:
-                        batch = [s for s in order[order.index(sid):] if s not in geometry][:pool.n]
-                        for s, g in zip(batch, pool.map(_geometry_job, [(reader, kept[s]) for s in batch],
-                                                        bar.update)):
+                        batch = [s for s in order[order.index(sid) :] if s not in geometry][: pool.n]
+                        for s, g in zip(batch, pool.map(_geometry_job, [(reader, kept[s]) for s in batch], bar.update)):
                             geometry[s] = g
                     return geometry[sid].n_planes
+
                 return capacity
 
-            quotas = {split: deal_slices(requested[split], splits[split], capacity_in(splits[split]))
-                      for split in SPLITS}
+            quotas = {
+                split: deal_slices(requested[split], splits[split], capacity_in(splits[split])) for split in SPLITS
+            }
 
-        jobs = [(split, sid, quotas[split][sid]) for split in SPLITS for sid in sorted(splits[split])
-                if quotas[split][sid]]
+        jobs = [
+            (split, sid, quotas[split][sid]) for split in SPLITS for sid in sorted(splits[split]) if quotas[split][sid]
+        ]
         with tqdm(total=len(jobs), desc="prepare: slices", unit="subject", disable=progress_disabled()) as bar:
-            done = pool.map(_extract_job, [(reader, kept[sid], split, quota, params.seed, geometry[sid])
-                                           for split, sid, quota in jobs], bar.update)
+            done = pool.map(
+                _extract_job,
+                [(reader, kept[sid], split, quota, params.seed, geometry[sid]) for split, sid, quota in jobs],
+                bar.update,
+            )
     results: dict[str, SubjectSlices] = {sid: r for (_, sid, _), r in zip(jobs, done)}
 
     sets, counts = {}, {}
     for split in SPLITS:
         ids = [sid for sid in sorted(splits[split]) if sid in results]
         sets[split] = _assemble(split, ids, results, mods, use_labels, p.size)
-        counts[split] = {"slices": len(sets[split]), "requested_slices": requested[split],
-                         "subjects": len(splits[split]), "subjects_with_slices": len(ids)}
+        counts[split] = {
+            "slices": len(sets[split]),
+            "requested_slices": requested[split],
+            "subjects": len(splits[split]),
+            "subjects_with_slices": len(ids),
+        }
         if len(sets[split]) < requested[split]:
-            log.warning("%s split: %d slices instead of the %d requested (its %d subject(s) have no more planes in "
-                        "their brain range)", split, len(sets[split]), requested[split], len(splits[split]))
+            log.warning(
+                "%s split: %d slices instead of the %d requested (its %d subject(s) have no more planes in "
+                "their brain range)",
+                split,
+                len(sets[split]),
+                requested[split],
+                len(splits[split]),
+            )
     bias_check = _bias_check(params, splits, results, sets, reader.bias) if use_labels else None
     mask_seconds = float(np.mean([g.seconds for g in geometry.values()])) if geometry else 0.0
 
@@ -638,16 +717,20 @@ def prepare(params: Params, raw_dir: Path, out_dir: Path, workers: int = 1) -> d
         "labels": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"} if use_labels else {},
         "label_note": _label_note(params, use_labels),
         "brain_mask": _mask_note(params, reader.mode, mods),
-        "bias_correction": "N4 (SimpleITK) of every volume inside the brain mask dilated "
-                           f"{N4_DILATION_MM:g} mm" if reader.bias == "n4" else "none",
+        "bias_correction": f"N4 (SimpleITK) of every volume inside the brain mask dilated {N4_DILATION_MM:g} mm"
+        if reader.bias == "n4"
+        else "none",
         "bias_check": bias_check,
         "slice_size": [p.size, p.size],
         "slice_orientation": ORIENTATION,
         "slice_affine_maps": "(row, column, slice_index) -> world mm (RAS+)",
         "normalisation": f"clip to percentiles {list(p.percentiles)} inside the brain mask, map to [0, 1]; "
-                         "raw = lo + x * (hi - lo)",
-        "registration": {"enabled": params.data.registration, "software": _sitk_version(),
-                         "method": "rigid (Euler3D) then affine, Mattes mutual information, onto the source grid"},
+        "raw = lo + x * (hi - lo)",
+        "registration": {
+            "enabled": params.data.registration,
+            "software": _sitk_version(),
+            "method": "rigid (Euler3D) then affine, Mattes mutual information, onto the source grid",
+        },
         "counts": counts,
         "splits": {split: sorted(splits[split]) for split in SPLITS},
         "skipped": skipped,
@@ -655,14 +738,19 @@ def prepare(params: Params, raw_dir: Path, out_dir: Path, workers: int = 1) -> d
         "excluded_by_site": excluded,
         "unparsed_files": scan.unparsed,
         "subjects": {sid: results[sid].manifest for sid in sorted(results)},
-        "params": {"seed": params.seed, "data": params.data.model_dump(mode="json"),
-                   "prepare": params.prepare.model_dump(mode="json")},
+        "params": {
+            "seed": params.seed,
+            "data": params.data.model_dump(mode="json"),
+            "prepare": params.prepare.model_dump(mode="json"),
+        },
     }
 
     # Everything is in memory: only now touch the output folder, which the new splits and their
     # manifest replace together (an interrupted run leaves the old four files as they were).
-    overlap = {(a, b): sorted(set(splits[a]) & set(splits[b])) for a, b in (("train", "val"), ("train", "test"),
-                                                                         ("val", "test"))}
+    overlap = {
+        (a, b): sorted(set(splits[a]) & set(splits[b]))
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
+    }
     if any(overlap.values()):  # split_subjects never does this; a guard for whoever changes it
         raise LmidError(f"subjects in two splits: {overlap}")
     owned = {f"{split}.npz" for split in SPLITS} | {"manifest.json"}
@@ -671,26 +759,46 @@ def prepare(params: Params, raw_dir: Path, out_dir: Path, workers: int = 1) -> d
             sets[split].save(stage / f"{split}.npz")
         write_json(stage / "manifest.json", manifest)
     wall = time.perf_counter() - t_start
-    log.info("prepare: %s slices (train/val/test) from %s subjects in %.1f s; %d subject(s) skipped",
-             "/".join(str(counts[s]["slices"]) for s in SPLITS),
-             "/".join(str(counts[s]["subjects_with_slices"]) for s in SPLITS), wall, len(skipped))
+    log.info(
+        "prepare: %s slices (train/val/test) from %s subjects in %.1f s; %d subject(s) skipped",
+        "/".join(str(counts[s]["slices"]) for s in SPLITS),
+        "/".join(str(counts[s]["subjects_with_slices"]) for s in SPLITS),
+        wall,
+        len(skipped),
+    )
     log.info("prepare: brain mask (%s) %.1f s per subject, on %d worker(s)", reader.mode, mask_seconds, workers)
-    return {"counts": counts, "skipped": skipped, "has_label": bool(use_labels), "wall_s": wall,
-            "brain_mask_s_per_subject": mask_seconds}
+    return {
+        "counts": counts,
+        "skipped": skipped,
+        "has_label": bool(use_labels),
+        "wall_s": wall,
+        "brain_mask_s_per_subject": mask_seconds,
+    }
 
 
-def _assemble(split: str, ids: list[str], results: dict[str, SubjectSlices], mods: Modalities, use_labels: bool,
-              size: int) -> SliceSet:
+def _assemble(
+    split: str, ids: list[str], results: dict[str, SubjectSlices], mods: Modalities, use_labels: bool, size: int
+) -> SliceSet:
     def cat(key, dtype, shape=(size, size)):
         parts = [results[sid].arrays[key] for sid in ids]
         return np.concatenate(parts).astype(dtype) if parts else np.zeros((0, *shape), dtype)
 
     extras = {m: cat(m, np.float32) for m in mods.extras} if split != "train" else {}
-    subject = np.concatenate([np.full(len(results[sid].arrays["slice_index"]), sid) for sid in ids]) if ids else \
-        np.zeros(0, dtype=str)
-    return SliceSet(source=cat(mods.source, np.float32), target=cat(mods.target, np.float32),
-                    mask=cat("mask", bool), label=cat("label", np.uint8), subject=subject.astype(str),
-                    slice_index=cat("slice_index", np.int32, shape=()), has_label=use_labels, extra=extras)
+    subject = (
+        np.concatenate([np.full(len(results[sid].arrays["slice_index"]), sid) for sid in ids])
+        if ids
+        else np.zeros(0, dtype=str)
+    )
+    return SliceSet(
+        source=cat(mods.source, np.float32),
+        target=cat(mods.target, np.float32),
+        mask=cat("mask", bool),
+        label=cat("label", np.uint8),
+        subject=subject.astype(str),
+        slice_index=cat("slice_index", np.int32, shape=()),
+        has_label=use_labels,
+        extra=extras,
+    )
 
 
 def _bias_check(params: Params, splits: dict, results: dict[str, SubjectSlices], sets: dict, bias: str) -> dict | None:
@@ -708,28 +816,40 @@ def _bias_check(params: Params, splits: dict, results: dict[str, SubjectSlices],
         return np.concatenate([results[sid].arrays["check_target"] for sid in ids])
 
     def ceiling(train, test):
-        km = fit_segmenter(train, sets["train"].mask, seg.n_clusters, seg.max_voxels, params.seed + SEED_OFFSET,
-                           tuple(seg.tissue_order))
+        km = fit_segmenter(
+            train,
+            sets["train"].mask,
+            seg.n_clusters,
+            seg.max_voxels,
+            params.seed + SEED_OFFSET,
+            tuple(seg.tissue_order),
+        )
         t = sets["test"]
-        return float(np.mean([dice_per_class(km.predict(test[i], t.mask[i]), t.label[i])["mean"]
-                              for i in range(len(t))]))
+        return float(
+            np.mean([dice_per_class(km.predict(test[i], t.mask[i]), t.label[i])["mean"] for i in range(len(t))])
+        )
 
     applied = ceiling(sets["train"].target, sets["test"].target)
     alternative = ceiling(other("train"), other("test"))
     n4 = bias == "n4"
-    return {"dice_ceiling_with_n4": applied if n4 else alternative,
-            "dice_ceiling_without_n4": alternative if n4 else applied,
-            "applied": bias, "test_slices": len(sets["test"]),
-            "how": "3-cluster K-Means fitted on the real target's training slices, Dice (mean over CSF/GM/WM) of "
-                   "its test slices against the tissue maps, per slice, averaged"}
+    return {
+        "dice_ceiling_with_n4": applied if n4 else alternative,
+        "dice_ceiling_without_n4": alternative if n4 else applied,
+        "applied": bias,
+        "test_slices": len(sets["test"]),
+        "how": "3-cluster K-Means fitted on the real target's training slices, Dice (mean over CSF/GM/WM) of "
+        "its test slices against the tissue maps, per slice, averaged",
+    }
 
 
 def _mask_note(params: Params, mode: str, mods: Modalities) -> str:
     if mode == "labels":
         return "tissue map > 0"
     if mode == "strip":
-        return (f"BET skull stripping (brainextractor, f = {params.prepare.strip_threshold:g}) of the {mods.target} "
-                "volume on the source grid")
+        return (
+            f"BET skull stripping (brainextractor, f = {params.prepare.strip_threshold:g}) of the {mods.target} "
+            "volume on the source grid"
+        )
     return f"source > {FOREGROUND} x its 99th percentile, largest component, holes filled per axial plane"
 
 
@@ -737,8 +857,10 @@ def _label_note(params: Params, use_labels: bool) -> str:
     if use_labels:
         return "tissue maps from the -label volumes (0 background, 1 CSF, 2 GM, 3 WM)"
     if params.data.source == "brats":
-        return ("BraTS segmentations hold tumour labels, not tissue classes: not used as label (all 0); "
-                "subjects[...].tumour_segmentation names the file")
+        return (
+            "BraTS segmentations hold tumour labels, not tissue classes: not used as label (all 0); "
+            "subjects[...].tumour_segmentation names the file"
+        )
     return "no tissue maps: label is all 0"
 
 

@@ -150,8 +150,12 @@ def _method(fixed, settings: RegistrationSettings):
     # and the stage ends once it is below ``min_step`` (a plain gradient descent with a
     # convergence window stopped too early on the sampled metric in our tests).
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=settings.max_step, minStep=settings.min_step, numberOfIterations=settings.iterations,
-        relaxationFactor=settings.relaxation, gradientMagnitudeTolerance=1e-8)
+        learningRate=settings.max_step,
+        minStep=settings.min_step,
+        numberOfIterations=settings.iterations,
+        relaxationFactor=settings.relaxation,
+        gradientMagnitudeTolerance=1e-8,
+    )
     # Rotations, translations and affine entries on one footing: the displacement (mm) a unit
     # change of each parameter causes at the image's extent.
     reg.SetOptimizerScalesFromPhysicalShift()
@@ -162,8 +166,13 @@ def _method(fixed, settings: RegistrationSettings):
     return reg
 
 
-def register(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray,
-             settings: RegistrationSettings | None = None) -> Registration:
+def register(
+    fixed: np.ndarray,
+    fixed_affine: np.ndarray,
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    settings: RegistrationSettings | None = None,
+) -> Registration:
     """Rigid then affine registration of ``moving`` onto ``fixed``; returns ``moving`` on the fixed grid.
 
     Both arrays are 3-D with nibabel affines. Deterministic for a given ``settings.seed`` (one
@@ -220,8 +229,10 @@ def _register(fixed, fixed_affine, moving, moving_affine, settings: Registration
     resampled = sitk.Resample(moving_img, fixed_img, affine, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     info = {
         "method": "SimpleITK rigid (Euler3D) then affine, Mattes MI",
-        "rigid_metric": float(rigid_metric), "rigid_iterations": int(rigid_iters),
-        "affine_metric": float(reg.GetMetricValue()), "affine_iterations": int(reg.GetOptimizerIteration()),
+        "rigid_metric": float(rigid_metric),
+        "rigid_iterations": int(rigid_iters),
+        "affine_metric": float(reg.GetMetricValue()),
+        "affine_iterations": int(reg.GetOptimizerIteration()),
         "affine_matrix_lps": [float(v) for v in affine.GetMatrix()],
         "affine_translation_lps_mm": [float(v) for v in affine.GetTranslation()],
         "affine_center_lps_mm": [float(v) for v in affine.GetCenter()],
@@ -244,8 +255,9 @@ def resample_nearest(data: np.ndarray, affine: np.ndarray, ref_shape, ref_affine
     return from_sitk(out)
 
 
-def apply_registration(moving: np.ndarray, moving_affine: np.ndarray, fixed_shape, fixed_affine,
-                       info: dict) -> np.ndarray:
+def apply_registration(
+    moving: np.ndarray, moving_affine: np.ndarray, fixed_shape, fixed_affine, info: dict
+) -> np.ndarray:
     """``moving`` on the fixed grid through the affine transform recorded in ``info`` by
     :func:`register` (linear interpolation, 0 outside): the same array ``register`` returned."""
     import SimpleITK as sitk

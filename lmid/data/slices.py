@@ -60,21 +60,31 @@ class SliceSet:
             return self.target
         if name in self.extra:
             return self.extra[name]
-        raise KeyError(f"modality {name!r} not in this split (has {source_modality}, {target_modality}, {sorted(self.extra)})")
+        raise KeyError(
+            f"modality {name!r} not in this split (has {source_modality}, {target_modality}, {sorted(self.extra)})"
+        )
 
     def subset(self, index) -> "SliceSet":
         index = np.asarray(index)
         return SliceSet(
-            source=self.source[index], target=self.target[index], mask=self.mask[index],
-            label=self.label[index], subject=self.subject[index], slice_index=self.slice_index[index],
-            has_label=self.has_label, extra={k: v[index] for k, v in self.extra.items()},
+            source=self.source[index],
+            target=self.target[index],
+            mask=self.mask[index],
+            label=self.label[index],
+            subject=self.subject[index],
+            slice_index=self.slice_index[index],
+            has_label=self.has_label,
+            extra={k: v[index] for k, v in self.extra.items()},
         )
 
     def save(self, path: str | Path) -> None:
         arrays = dict(
-            source=self.source.astype(np.float32), target=self.target.astype(np.float32),
-            mask=self.mask.astype(bool), label=self.label.astype(np.uint8),
-            subject=np.asarray(self.subject, dtype=str), slice_index=self.slice_index.astype(np.int32),
+            source=self.source.astype(np.float32),
+            target=self.target.astype(np.float32),
+            mask=self.mask.astype(bool),
+            label=self.label.astype(np.uint8),
+            subject=np.asarray(self.subject, dtype=str),
+            slice_index=self.slice_index.astype(np.int32),
             has_label=np.asarray(bool(self.has_label)),
         )
         arrays.update({f"extra_{k}": v.astype(np.float32) for k, v in self.extra.items()})
@@ -112,8 +122,11 @@ def split_fingerprint(split: SliceSet) -> str:
 def check_translated_from(path: str | Path, arrays: dict, split: SliceSet, slices_path: str | Path) -> None:
     """Refuse translations (a shard or a gathered file) that were not made from this split."""
     if "split_fingerprint" not in arrays:
-        raise InputFileError(path, f"records no fingerprint of the split it was translated from, so it cannot be "
-                                   f"paired with {slices_path} (written by an older lmid or by hand): translate again")
+        raise InputFileError(
+            path,
+            f"records no fingerprint of the split it was translated from, so it cannot be "
+            f"paired with {slices_path} (written by an older lmid or by hand): translate again",
+        )
     if str(arrays["split_fingerprint"]) != split_fingerprint(split):
         raise InputFileError(path, f"was translated from another split than {slices_path} (their contents differ)")
 
@@ -154,19 +167,29 @@ def load_slices(path: str | Path, allow_empty: bool = False) -> SliceSet:
         lo, hi = (float(z[key].min()), float(z[key].max())) if n else (0.0, 1.0)
         if lo < -1e-4 or hi > 1 + 1e-4:
             raise InputFileError(path, f"'{key}' holds values in [{lo:.4g}, {hi:.4g}]; slices must lie in [0, 1]")
-    if n and z["label"].size and (np.min(z["label"]) < 0 or np.max(z["label"]) > 3
-                                  or not np.all(np.equal(np.mod(z["label"], 1), 0))):
-        raise InputFileError(path, "'label' must hold the tissue classes 0 (background), 1 CSF, 2 GM, 3 WM; found "
-                                   f"values in [{np.min(z['label'])}, {np.max(z['label'])}]")
+    if (
+        n
+        and z["label"].size
+        and (np.min(z["label"]) < 0 or np.max(z["label"]) > 3 or not np.all(np.equal(np.mod(z["label"], 1), 0)))
+    ):
+        raise InputFileError(
+            path,
+            "'label' must hold the tissue classes 0 (background), 1 CSF, 2 GM, 3 WM; found "
+            f"values in [{np.min(z['label'])}, {np.max(z['label'])}]",
+        )
     for key in ("subject", "slice_index"):
         if z[key].shape != (n,):
             raise InputFileError(path, f"'{key}' has shape {z[key].shape}, expected ({n},)")
     if n == 0 and not allow_empty:
         raise InputFileError(path, "split holds no slices (is the split empty? check prepare.slices and prepare.split)")
-    extra = {k[len("extra_"):]: z[k].astype(np.float32) for k in extra_keys}
+    extra = {k[len("extra_") :]: z[k].astype(np.float32) for k in extra_keys}
     return SliceSet(
-        source=src.astype(np.float32), target=z["target"].astype(np.float32), mask=z["mask"].astype(bool),
-        label=z["label"].astype(np.uint8), subject=z["subject"].astype(str),
+        source=src.astype(np.float32),
+        target=z["target"].astype(np.float32),
+        mask=z["mask"].astype(bool),
+        label=z["label"].astype(np.uint8),
+        subject=z["subject"].astype(str),
         slice_index=z["slice_index"].astype(np.int64),
-        has_label=bool(z["has_label"]) if "has_label" in z else False, extra=extra,
+        has_label=bool(z["has_label"]) if "has_label" in z else False,
+        extra=extra,
     )

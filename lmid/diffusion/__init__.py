@@ -13,5 +13,11 @@ from lmid.diffusion.schedule import NoiseSchedule
 from lmid.diffusion.trainer import DiffusionTrainer, LmiDiffusionTrainer
 from lmid.diffusion.unet import build_unet
 
-__all__ = ["DiffusionModel", "DiffusionTrainer", "LmiDiffusionTrainer", "NoiseSchedule", "build_unet",
-           "translate_batched"]
+__all__ = [
+    "DiffusionModel",
+    "DiffusionTrainer",
+    "LmiDiffusionTrainer",
+    "NoiseSchedule",
+    "build_unet",
+    "translate_batched",
+]

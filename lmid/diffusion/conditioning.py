@@ -23,8 +23,9 @@ from lmid.lmi import local_mutual_information
 def lmi_map(guide: torch.Tensor, image: torch.Tensor, lmi: LmiParams) -> torch.Tensor:
     """LMI(guide, image) for (B, 1, H, W) tensors, in float32 whatever the autocast state."""
     with torch.autocast(device_type=guide.device.type, enabled=False):
-        return local_mutual_information(guide.float(), image.float(), mode=lmi.mode, window=lmi.window,
-                                        bins=lmi.bins, sigma=lmi.sigma)
+        return local_mutual_information(
+            guide.float(), image.float(), mode=lmi.mode, window=lmi.window, bins=lmi.bins, sigma=lmi.sigma
+        )
 
 
 class LmiGuide:

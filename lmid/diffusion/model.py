@@ -59,11 +59,18 @@ class DiffusionModel:
     # ------------------------------------------------------------------------------- storage
     def save(self, path: Path) -> None:
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
-        save_checkpoint(path, {
-            "format": FORMAT, "method": self.method, "state_dict": state,
-            "unet": self.unet.model_dump(mode="json"), "schedule": self.schedule.state(),
-            "in_channels": int(self.in_channels), "meta": self.meta,
-        })
+        save_checkpoint(
+            path,
+            {
+                "format": FORMAT,
+                "method": self.method,
+                "state_dict": state,
+                "unet": self.unet.model_dump(mode="json"),
+                "schedule": self.schedule.state(),
+                "in_channels": int(self.in_channels),
+                "meta": self.meta,
+            },
+        )
 
     @classmethod
     def load(cls, path: Path, device: torch.device, method: str, mixed_precision: bool = True) -> "DiffusionModel":
@@ -82,12 +89,26 @@ class DiffusionModel:
         net.to(device).eval()
         if device.type == "cuda":
             net.to(memory_format=torch.channels_last)
-        return cls(net=net, schedule=schedule, unet=unet, in_channels=int(state["in_channels"]), method=method,
-                   meta=dict(state.get("meta", {})), mixed_precision=mixed_precision)
+        return cls(
+            net=net,
+            schedule=schedule,
+            unet=unet,
+            in_channels=int(state["in_channels"]),
+            method=method,
+            meta=dict(state.get("meta", {})),
+            mixed_precision=mixed_precision,
+        )
 
 
-def translate_batched(source: np.ndarray, seeds: np.ndarray, samples: int, batch_size: int, device: torch.device,
-                      one_batch: Callable[[torch.Tensor, ChainNoise], torch.Tensor], progress=None):
+def translate_batched(
+    source: np.ndarray,
+    seeds: np.ndarray,
+    samples: int,
+    batch_size: int,
+    device: torch.device,
+    one_batch: Callable[[torch.Tensor, ChainNoise], torch.Tensor],
+    progress=None,
+):
     """Run ``one_batch`` over all chains (slice × sample), ``batch_size`` chains at a time.
 
     Chain (i, k) — sample k of slice i — draws its noise from a generator seeded with
@@ -106,11 +127,11 @@ def translate_batched(source: np.ndarray, seeds: np.ndarray, samples: int, batch
     chains = [(i, k) for i in range(n) for k in range(samples)]
     out = np.empty((len(chains), h, w), np.float32)
     for start in range(0, len(chains), batch_size):
-        part = chains[start:start + batch_size]
+        part = chains[start : start + batch_size]
         src = torch.as_tensor(source[[i for i, _ in part]][:, None]).to(device)
         noise = ChainNoise([chain_seed(int(seeds[i]), k) for i, k in part], device)
         result = one_batch(src, noise)
-        out[start:start + len(part)] = result[:, 0].float().cpu().numpy()
+        out[start : start + len(part)] = result[:, 0].float().cpu().numpy()
         if progress is not None:
             progress(len(part))
     out = out.reshape(n, samples, h, w)

@@ -47,8 +47,9 @@ class ChainNoise:
         return len(self.generators)
 
     def randn(self, shape: Sequence[int], dtype=torch.float32) -> torch.Tensor:
-        return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype)
-                            for g in self.generators])
+        return torch.stack(
+            [torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        )
 
 
 def _to_device(values: Sequence[float], device) -> torch.Tensor:
@@ -73,15 +74,29 @@ def ancestral_coefficients(schedule: NoiseSchedule, seq: Sequence[int]) -> dict[
     var = beta.copy()
     # Last step: the posterior variance of the step before it (0 for a one-step chain).
     var[-1] = beta[-2] * (1.0 - abar[-1]) / (1.0 - abar[-2]) if len(seq) >= 2 else 0.0
-    return {"eps": beta / np.sqrt(1.0 - abar), "scale": 1.0 / np.sqrt(1.0 - beta), "var": var, "beta": beta,
-            # Clipped form (Ho et al. eq. 7): μ = c_x0 · clip(x̂_0) + c_xt · x_t, x̂_0 from ε̂.
-            "x0_x": 1.0 / np.sqrt(abar), "x0_eps": np.sqrt(1.0 - abar) / np.sqrt(abar),
-            "c_x0": np.sqrt(abar_prev) * beta / (1.0 - abar), "c_xt": np.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar)}
+    return {
+        "eps": beta / np.sqrt(1.0 - abar),
+        "scale": 1.0 / np.sqrt(1.0 - beta),
+        "var": var,
+        "beta": beta,
+        # Clipped form (Ho et al. eq. 7): μ = c_x0 · clip(x̂_0) + c_xt · x_t, x̂_0 from ε̂.
+        "x0_x": 1.0 / np.sqrt(abar),
+        "x0_eps": np.sqrt(1.0 - abar) / np.sqrt(abar),
+        "c_x0": np.sqrt(abar_prev) * beta / (1.0 - abar),
+        "c_xt": np.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar),
+    }
 
 
 @torch.no_grad()
-def ancestral(eps_fn: EpsFn, schedule: NoiseSchedule, x: torch.Tensor, seq: Sequence[int], noise: ChainNoise,
-              progress=None, clip_x0: bool = False) -> torch.Tensor:
+def ancestral(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    seq: Sequence[int],
+    noise: ChainNoise,
+    progress=None,
+    clip_x0: bool = False,
+) -> torch.Tensor:
     """DDPM ancestral sampling with the authors' "fixed large" variance; returns x_0 clamped to [0, 1].
 
     ``x`` is x_{seq[0]}. For each step (t → t_prev):
@@ -126,8 +141,15 @@ def ancestral(eps_fn: EpsFn, schedule: NoiseSchedule, x: torch.Tensor, seq: Sequ
 
 
 @torch.no_grad()
-def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x: torch.Tensor, seq: Sequence[int], noise: ChainNoise,
-         eta: float = 0.0, progress=None) -> torch.Tensor:
+def ddim(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    seq: Sequence[int],
+    noise: ChainNoise,
+    eta: float = 0.0,
+    progress=None,
+) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) over ``seq``; returns x_0 clamped to [0, 1].
 
     For each step (t → t_prev):
@@ -166,8 +188,17 @@ def ddim(eps_fn: EpsFn, schedule: NoiseSchedule, x: torch.Tensor, seq: Sequence[
     return x.clamp(0.0, 1.0)
 
 
-def run(kind: str, eps_fn: EpsFn, schedule: NoiseSchedule, x: torch.Tensor, seq: Sequence[int], noise: ChainNoise,
-        eta: float = 0.0, progress=None, clip_x0: bool = False) -> torch.Tensor:
+def run(
+    kind: str,
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    seq: Sequence[int],
+    noise: ChainNoise,
+    eta: float = 0.0,
+    progress=None,
+    clip_x0: bool = False,
+) -> torch.Tensor:
     if kind == "ancestral":
         return ancestral(eps_fn, schedule, x, seq, noise, progress=progress, clip_x0=clip_x0)
     if kind == "ddim":

@@ -39,8 +39,13 @@ class NoiseSchedule:
         self.T = int(params.timesteps)
         # Only a cross-check (module docstring); fixed_large and ε-prediction are the authors' choices.
         self.monai = DDPMScheduler(
-            num_train_timesteps=self.T, schedule="linear_beta", beta_start=params.beta_start,
-            beta_end=params.beta_end, variance_type="fixed_large", clip_sample=False, prediction_type="epsilon",
+            num_train_timesteps=self.T,
+            schedule="linear_beta",
+            beta_start=params.beta_start,
+            beta_end=params.beta_end,
+            variance_type="fixed_large",
+            clip_sample=False,
+            prediction_type="epsilon",
         )
         # Recompute β in float64 from the same definition (MONAI's float32 linspace differs by
         # < 1e-9); everything derived from it is exact to float64 precision.

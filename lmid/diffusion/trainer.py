@@ -112,9 +112,9 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Te
     pad_c = min(radius, x.shape[-1] - 1)
     y = x.reshape(1, b, *x.shape[-2:])
     y = F.pad(y, (pad_c, pad_c, 0, 0), mode="reflect")
-    y = F.conv2d(y, k[:, None, None, radius - pad_c: radius + pad_c + 1], groups=b)
+    y = F.conv2d(y, k[:, None, None, radius - pad_c : radius + pad_c + 1], groups=b)
     y = F.pad(y, (0, 0, pad_r, pad_r), mode="reflect")
-    y = F.conv2d(y, k[:, None, radius - pad_r: radius + pad_r + 1, None], groups=b)
+    y = F.conv2d(y, k[:, None, radius - pad_r : radius + pad_r + 1, None], groups=b)
     return y.reshape_as(x)
 
 
@@ -123,8 +123,7 @@ class DiffusionTrainer:
 
     in_channels: ClassVar[int] = 1
 
-    def __init__(self, params: DiffusionParams, seed: int, out_dir: Path, device: torch.device,
-                 method: str = "sdedit"):
+    def __init__(self, params: DiffusionParams, seed: int, out_dir: Path, device: torch.device, method: str = "sdedit"):
         self.params = params
         self.seed = int(seed)
         self.out_dir = Path(out_dir)
@@ -140,8 +139,14 @@ class DiffusionTrainer:
         self.steps_done: int | None = None
 
     # ------------------------------------------------------------------ variant hooks
-    def network_input(self, x0: torch.Tensor, x_t: torch.Tensor, x_next: torch.Tensor,
-                      idx: torch.Tensor | None = None, variant: torch.Tensor | None = None) -> torch.Tensor:
+    def network_input(
+        self,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        x_next: torch.Tensor,
+        idx: torch.Tensor | None = None,
+        variant: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """What ε_θ sees for a training pair; the unconditional DDPM sees x_t only.
 
         ``idx`` (training-slice index) and ``variant`` (from :meth:`_augment`) identify x_0 for
@@ -213,10 +218,16 @@ class DiffusionTrainer:
 
     def _save_checkpoint(self, step, opt, gen, rows, window=()) -> None:
         state = {
-            "format": CHECKPOINT_FORMAT, "method": self.method, "step": int(step),
-            "model": self.net.state_dict(), "ema": self.ema.shadow, "optimizer": opt.state_dict(),
-            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "log_steps": [int(s) for s, _ in rows], "log_losses": [float(v) for _, v in rows],
+            "format": CHECKPOINT_FORMAT,
+            "method": self.method,
+            "step": int(step),
+            "model": self.net.state_dict(),
+            "ema": self.ema.shadow,
+            "optimizer": opt.state_dict(),
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "log_steps": [int(s) for s, _ in rows],
+            "log_losses": [float(v) for _, v in rows],
             # The losses of the log row in progress, so a resumed run averages the same steps.
             "log_window": [float(v) for v in window],
             **self.clock.state(),  # training-loop wall and CPU seconds so far
@@ -229,9 +240,15 @@ class DiffusionTrainer:
         """The EMA weights at ``step`` as a loadable ``model.pt`` (for the convergence curve)."""
         net = build_unet(self.params.unet, in_channels=self.in_channels)
         net.load_state_dict({k: v.detach().cpu() for k, v in self.ema.shadow.items()})
-        model = DiffusionModel(net=net, schedule=self.schedule, unet=self.params.unet, in_channels=self.in_channels,
-                               method=self.method, meta={**self.meta(), "step": int(step), **self.clock.state()},
-                               mixed_precision=self.params.train.mixed_precision)
+        model = DiffusionModel(
+            net=net,
+            schedule=self.schedule,
+            unet=self.params.unet,
+            in_channels=self.in_channels,
+            method=self.method,
+            meta={**self.meta(), "step": int(step), **self.clock.state()},
+            mixed_precision=self.params.train.mixed_precision,
+        )
         model.save(self.out_dir / "snapshots" / f"step{int(step):07d}.pt")
 
     # ------------------------------------------------------------------ training
@@ -259,8 +276,11 @@ class DiffusionTrainer:
         step, rows, clock_state = 0, [], {}
 
         if self.checkpoint_path.exists():
-            ck = load_checkpoint(self.checkpoint_path, map_location=self.device,
-                                 required=("format", "step", "model", "ema", "optimizer", "generator", "torch_rng"))
+            ck = load_checkpoint(
+                self.checkpoint_path,
+                map_location=self.device,
+                required=("format", "step", "model", "ema", "optimizer", "generator", "torch_rng"),
+            )
             if ck["format"] != CHECKPOINT_FORMAT or ck.get("method") != self.method:
                 raise InputFileError(self.checkpoint_path, f"not a {self.method} training checkpoint")
             load_module_state(self.net, ck["model"], self.checkpoint_path)
@@ -288,8 +308,9 @@ class DiffusionTrainer:
             # of their own at the current step (a shorter window, which a longer run replaces).
             return list(rows) + ([(int(step), float(np.mean(window)))] if window else [])
 
-        bar = tqdm(total=total, initial=step, desc=f"train {self.method}", disable=progress_disabled(),
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=total, initial=step, desc=f"train {self.method}", disable=progress_disabled(), dynamic_ncols=True
+        )
         self.net.train()
         while step < end:
             # ---- data: a batch of target slices, augmented
@@ -346,11 +367,16 @@ class DiffusionTrainer:
         logged = logged_rows()
         self._write_log(logged)
         return {
-            "steps": int(step), "batch_size": int(tp.batch_size), "parameters": n_params,
+            "steps": int(step),
+            "batch_size": int(tp.batch_size),
+            "parameters": n_params,
             "train_loop_wall_s": round(wall, 3),
-            "train_loop_cpu_s": round(clock.cpu(), 3), "final_loss": logged[-1][1] if logged else None,
-            "image_size": list(images.shape[1:]), "training_slices": int(len(images)),
-            "in_channels": self.in_channels, "finished": bool(step >= total),
+            "train_loop_cpu_s": round(clock.cpu(), 3),
+            "final_loss": logged[-1][1] if logged else None,
+            "image_size": list(images.shape[1:]),
+            "training_slices": int(len(images)),
+            "in_channels": self.in_channels,
+            "finished": bool(step >= total),
         }
 
     def inference_model(self) -> DiffusionModel:
@@ -363,8 +389,15 @@ class DiffusionTrainer:
         if self.device.type == "cuda":
             net.to(memory_format=torch.channels_last)
         meta = {**self.meta(), "step": self.steps_done}
-        return DiffusionModel(net=net, schedule=self.schedule, unet=self.params.unet, in_channels=self.in_channels,
-                              method=self.method, meta=meta, mixed_precision=self.params.train.mixed_precision)
+        return DiffusionModel(
+            net=net,
+            schedule=self.schedule,
+            unet=self.params.unet,
+            in_channels=self.in_channels,
+            method=self.method,
+            meta=meta,
+            mixed_precision=self.params.train.mixed_precision,
+        )
 
 
 class LmiDiffusionTrainer(DiffusionTrainer):
@@ -372,8 +405,15 @@ class LmiDiffusionTrainer(DiffusionTrainer):
 
     in_channels: ClassVar[int] = 3
 
-    def __init__(self, params: DiffusionParams, lmi: LmiParams, seed: int, out_dir: Path, device: torch.device,
-                 method: str = "lmidiffusion"):
+    def __init__(
+        self,
+        params: DiffusionParams,
+        lmi: LmiParams,
+        seed: int,
+        out_dir: Path,
+        device: torch.device,
+        method: str = "lmidiffusion",
+    ):
         super().__init__(params, seed, out_dir, device, method=method)
         self.lmi = lmi
 
@@ -385,8 +425,7 @@ class LmiDiffusionTrainer(DiffusionTrainer):
         n_var = 2 * ((len(levels) if levels is not None else 0) + 1)
         self._self_cache = None
         if self.params.train.cache_self_lmi:
-            self._self_cache = torch.zeros((len(data), n_var, *data.shape[1:]), dtype=torch.float32,
-                                           device=self.device)
+            self._self_cache = torch.zeros((len(data), n_var, *data.shape[1:]), dtype=torch.float32, device=self.device)
             self._cached = torch.zeros((len(data), n_var), dtype=torch.bool, device=self.device)
 
     def self_lmi(self, x0: torch.Tensor, idx: torch.Tensor | None, variant: torch.Tensor | None) -> torch.Tensor:

@@ -56,8 +56,10 @@ def check_image_size(params: UNetParams, height: int, width: int) -> None:
     """The U-Net halves the resolution ``len(channels) − 1`` times."""
     factor = 2 ** (len(params.channels) - 1)
     if height % factor or width % factor:
-        raise ValueError(f"slice size {height}x{width} is not divisible by {factor} (2^(levels-1) for "
-                         f"diffusion.unet.channels={list(params.channels)})")
+        raise ValueError(
+            f"slice size {height}x{width} is not divisible by {factor} (2^(levels-1) for "
+            f"diffusion.unet.channels={list(params.channels)})"
+        )
 
 
 def unet_input_channels(net: DiffusionModelUNet) -> int:

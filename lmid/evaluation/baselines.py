@@ -78,8 +78,9 @@ def ddpm_samples(params: Params, model_path: Path, n: int, shape: tuple[int, int
     from lmid.diffusion import sampler as samplers
     from lmid.diffusion.model import DiffusionModel
 
-    model = DiffusionModel.load(model_path, device, method="sdedit",
-                                mixed_precision=params.diffusion.train.mixed_precision)
+    model = DiffusionModel.load(
+        model_path, device, method="sdedit", mixed_precision=params.diffusion.train.mixed_precision
+    )
     schedule = model.schedule
     noise = samplers.ChainNoise([samplers.chain_seed(params.seed + SEED_OFFSET + i, 0) for i in range(n)], device)
     x = noise.randn((1, *shape))  # (n, 1, H, W): one chain per sample
@@ -139,8 +140,11 @@ def _given_models(params: Params, models) -> dict[str, Path]:
         name = path.parent.name
         if name not in checked:
             kind = "is not a method" if name not in METHODS else "is a method check-baselines does not inspect"
-            raise InputFileError(path, f"the folder name {name!r} {kind}: --models takes <models>/<method>/model.pt "
-                                       f"with <method> one of {', '.join(checked)}")
+            raise InputFileError(
+                path,
+                f"the folder name {name!r} {kind}: --models takes <models>/<method>/model.pt "
+                f"with <method> one of {', '.join(checked)}",
+            )
         if name not in params.methods:
             raise InputFileError(path, f"{name} is not among the methods of params ({', '.join(params.methods)})")
         if name in given:
@@ -151,9 +155,18 @@ def _given_models(params: Params, models) -> dict[str, Path]:
     return given
 
 
-def check_baselines(params: Params, models, test_path: Path, out_json: Path, out_npz: Path,
-                    samples: int = 16, device: str = "auto", val_path: Path | None = None,
-                    segmenter_path: Path | None = None, published_curves: dict | None = None) -> dict:
+def check_baselines(
+    params: Params,
+    models,
+    test_path: Path,
+    out_json: Path,
+    out_npz: Path,
+    samples: int = 16,
+    device: str = "auto",
+    val_path: Path | None = None,
+    segmenter_path: Path | None = None,
+    published_curves: dict | None = None,
+) -> dict:
     """Write ``out_json`` (numbers for the report) and ``out_npz`` (the images it shows).
 
     ``models`` are ``<method>/model.pt`` files (the folder names the method); a checked method of
@@ -172,11 +185,17 @@ def check_baselines(params: Params, models, test_path: Path, out_json: Path, out
     real = test.target
     rng = np.random.default_rng(params.seed + SEED_OFFSET)
     pick = rng.choice(len(real), size=min(samples, len(real)), replace=False)
-    result: dict = {"foreground_threshold": FOREGROUND, "samples": samples, "n_real": int(len(real)),
-                    "real": foreground_stats(real, real),
-                    "floor": {**foreground_stats(real[pick], real),
-                              "what": f"{len(pick)} real slices drawn at random against all {len(real)}"},
-                    "methods": {}}
+    result: dict = {
+        "foreground_threshold": FOREGROUND,
+        "samples": samples,
+        "n_real": int(len(real)),
+        "real": foreground_stats(real, real),
+        "floor": {
+            **foreground_stats(real[pick], real),
+            "what": f"{len(pick)} real slices drawn at random against all {len(real)}",
+        },
+        "methods": {},
+    }
     arrays: dict[str, np.ndarray] = {"real": real[pick]}
 
     def model_of(name: str) -> Path | None:
@@ -191,16 +210,20 @@ def check_baselines(params: Params, models, test_path: Path, out_json: Path, out
 
     if (path := model_of("stylegan2")) is not None:
         imgs = stylegan2_samples(params, path, samples, device)
-        result["methods"]["stylegan2"] = {"status": "ok", "what": "random samples of the EMA generator",
-                                          **foreground_stats(imgs, real)}
+        result["methods"]["stylegan2"] = {
+            "status": "ok",
+            "what": "random samples of the EMA generator",
+            **foreground_stats(imgs, real),
+        }
         arrays["stylegan2_samples"] = imgs
     if (path := model_of("sdedit")) is not None:
         imgs = ddpm_samples(params, path, samples, real.shape[1:], device)
-        result["methods"]["sdedit"] = {"status": "ok",
-                                       "what": f"unconditional DDPM samples (DDIM, {DDPM_SAMPLE_STEPS} steps)",
-                                       **foreground_stats(imgs, real),
-                                       "snapshots": ddpm_snapshot_curve(params, path.parent / "snapshots", samples,
-                                                                        real, device)}
+        result["methods"]["sdedit"] = {
+            "status": "ok",
+            "what": f"unconditional DDPM samples (DDIM, {DDPM_SAMPLE_STEPS} steps)",
+            **foreground_stats(imgs, real),
+            "snapshots": ddpm_snapshot_curve(params, path.parent / "snapshots", samples, real, device),
+        }
         arrays["sdedit_samples"] = imgs
     if (path := model_of("cyclegan")) is not None:
         stats, imgs = cyclegan_directions(params, path, test, device)
@@ -218,8 +241,9 @@ def check_baselines(params: Params, models, test_path: Path, out_json: Path, out
     return result
 
 
-def snapshot_curves(params: Params, given: dict[str, Path], val_path: Path, segmenter_path: Path,
-                    device: torch.device) -> dict:
+def snapshot_curves(
+    params: Params, given: dict[str, Path], val_path: Path, segmenter_path: Path, device: torch.device
+) -> dict:
     """``{method: [snapshot entry, ...]}`` for every given model whose folder keeps snapshots."""
     from lmid.data.slices import load_slices, spread_indices
     from lmid.evaluation.segment import KMeansSegmenter
@@ -228,6 +252,19 @@ def snapshot_curves(params: Params, given: dict[str, Path], val_path: Path, segm
     val = load_slices(val_path)
     idx = spread_indices(len(val), params.evaluate.diagnostic_slices)
     seg = KMeansSegmenter.load(segmenter_path)
-    return {name: method_curve(params, name, path.parent / "snapshots", val, val_path, idx, seg, segmenter_path,
-                               params.seed, device, final_model=path)
-            for name, path in given.items()}
+    return {
+        name: method_curve(
+            params,
+            name,
+            path.parent / "snapshots",
+            val,
+            val_path,
+            idx,
+            seg,
+            segmenter_path,
+            params.seed,
+            device,
+            final_model=path,
+        )
+        for name, path in given.items()
+    }

@@ -46,8 +46,7 @@ def paired_difference(ref_df, other_df, column: str, n_boot: int, confidence: fl
     """Mean, subject-level CI and Wilcoxon p of ``ref − other`` on ``column`` (None if unpaired)."""
     if column not in ref_df.columns or column not in other_df.columns:
         return None
-    pairs = ref_df[["index", "subject", column]].merge(other_df[["index", column]], on="index",
-                                                        suffixes=("", "_other"))
+    pairs = ref_df[["index", "subject", column]].merge(other_df[["index", column]], on="index", suffixes=("", "_other"))
     a = pairs[column].to_numpy(dtype=float)
     b = pairs[f"{column}_other"].to_numpy(dtype=float)
     ok = np.isfinite(a) & np.isfinite(b)
@@ -55,8 +54,14 @@ def paired_difference(ref_df, other_df, column: str, n_boot: int, confidence: fl
         return None
     d = a[ok] - b[ok]
     lo, hi = bootstrap_ci(d, n_boot, confidence, seed, groups=pairs["subject"].astype(str).to_numpy()[ok])
-    return {"mean": float(d.mean()), "ci_low": lo, "ci_high": hi, "p": wilcoxon_p(a[ok], b[ok]),
-            "pairs": int(ok.sum()), "subjects": int(len(set(pairs["subject"].astype(str)[ok])))}
+    return {
+        "mean": float(d.mean()),
+        "ci_low": lo,
+        "ci_high": hi,
+        "p": wilcoxon_p(a[ok], b[ok]),
+        "pairs": int(ok.sum()),
+        "subjects": int(len(set(pairs["subject"].astype(str)[ok]))),
+    }
 
 
 def _column(summary_exp: dict, metric: str) -> str:
@@ -68,14 +73,24 @@ def _row(claim: str, experiment: str, metric: str, other: str | None, diff: dict
     if diff is None:
         row.update(difference=None, ci_low=None, ci_high=None, p=None, pairs=0, subjects=0, verdict="not tested")
     else:
-        row.update(difference=diff["mean"], ci_low=diff["ci_low"], ci_high=diff["ci_high"], p=diff["p"],
-                   pairs=diff["pairs"], subjects=diff["subjects"], verdict=verdict(diff["ci_low"], diff["ci_high"]))
+        row.update(
+            difference=diff["mean"],
+            ci_low=diff["ci_low"],
+            ci_high=diff["ci_high"],
+            p=diff["p"],
+            pairs=diff["pairs"],
+            subjects=diff["subjects"],
+            verdict=verdict(diff["ci_low"], diff["ci_high"]),
+        )
     return row
 
 
 def _strongest(summary_exp: dict, frames: dict, reference: str) -> str | None:
-    cands = [(summary_exp["methods"][m]["dice"]["mean"], m) for m in CLAIM_COMPETITORS
-             if m in frames and m != reference and np.isfinite(summary_exp["methods"][m]["dice"].get("mean", np.nan))]
+    cands = [
+        (summary_exp["methods"][m]["dice"]["mean"], m)
+        for m in CLAIM_COMPETITORS
+        if m in frames and m != reference and np.isfinite(summary_exp["methods"][m]["dice"].get("mean", np.nan))
+    ]
     return max(cands)[1] if cands else None
 
 
@@ -94,8 +109,9 @@ def paper_claims(summary: dict, frames_by_exp: dict, params, n_boot: int, confid
             claim = f"beats {METHODS[other].display} on {label}"
             diff = None
             if ref in frames and other in frames:
-                diff = paired_difference(frames[ref], frames[other], _column(exps[main], metric), n_boot, confidence,
-                                         seed)
+                diff = paired_difference(
+                    frames[ref], frames[other], _column(exps[main], metric), n_boot, confidence, seed
+                )
             rows.append(_row(claim, main, metric, other, diff))
 
     shift = summary.get("protocol_shift", {})
@@ -104,20 +120,36 @@ def paper_claims(summary: dict, frames_by_exp: dict, params, n_boot: int, confid
             continue
         unseen = is_unseen_experiment(exp, params)
         source = exps[exp].get("source_modality", exp)
-        what = f"a new protocol ({source} → {exps[exp].get('target_modality', '')})" if unseen \
+        what = (
+            f"a new protocol ({source} → {exps[exp].get('target_modality', '')})"
+            if unseen
             else f"a new source ({source})"
+        )
         fr = frames_by_exp.get(exp, {})
         strongest = _strongest(exps[exp], fr, ref) if ref in fr else None
-        diff = None if strongest is None else paired_difference(fr[ref], fr[strongest], _column(exps[exp], "dice"),
-                                                                n_boot, confidence, seed)
+        diff = (
+            None
+            if strongest is None
+            else paired_difference(fr[ref], fr[strongest], _column(exps[exp], "dice"), n_boot, confidence, seed)
+        )
         detail = ""
         for base, e in (shift.get("experiments") or {}).items():
             if e.get("unseen_experiment") == exp and ref in e.get("methods", {}):
                 ch = e["methods"][ref]["change"]
-                detail = (f"LMIDiffusion's Dice change from the training protocol ({base}): {ch['mean']:+.2f} "
-                          f"[{ch['ci_low']:+.2f}, {ch['ci_high']:+.2f}]")
-        rows.append(_row(f"adapts to {what} without retraining: beats the strongest competitor on Dice",
-                         exp, "dice", strongest, diff, detail))
+                detail = (
+                    f"LMIDiffusion's Dice change from the training protocol ({base}): {ch['mean']:+.2f} "
+                    f"[{ch['ci_low']:+.2f}, {ch['ci_high']:+.2f}]"
+                )
+        rows.append(
+            _row(
+                f"adapts to {what} without retraining: beats the strongest competitor on Dice",
+                exp,
+                "dice",
+                strongest,
+                diff,
+                detail,
+            )
+        )
     counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     return {"reference": ref, "confidence": confidence, "bootstrap": n_boot, "rows": rows, "counts": counts}
 
@@ -127,11 +159,16 @@ def claims_markdown(claims: dict, display) -> str:
     if not claims.get("rows"):
         return ""
     pct = round(100 * claims["confidence"])
-    lines = ["## The paper's claims on this data", "",
-             f"Difference = LMIDiffusion − other, per slice on the same test slices, mean [{pct} % subject-level "
-             f"bootstrap CI, {claims['bootstrap']} resamples]; p: two-sided paired Wilcoxon over slices. Verdict: "
-             "supported when the interval lies above 0, contradicted when below, not supported when it contains 0.",
-             "", "| Claim | Experiment | vs | Difference [CI] | p | Verdict |", "|---|---|---|---|---|---|"]
+    lines = [
+        "## The paper's claims on this data",
+        "",
+        f"Difference = LMIDiffusion − other, per slice on the same test slices, mean [{pct} % subject-level "
+        f"bootstrap CI, {claims['bootstrap']} resamples]; p: two-sided paired Wilcoxon over slices. Verdict: "
+        "supported when the interval lies above 0, contradicted when below, not supported when it contains 0.",
+        "",
+        "| Claim | Experiment | vs | Difference [CI] | p | Verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in claims["rows"]:
         if r["difference"] is None:
             diff, p = "—", "—"
@@ -142,12 +179,28 @@ def claims_markdown(claims: dict, display) -> str:
         claim = r["claim"] + (f" ({r['detail']})" if r["detail"] else "")
         lines.append(f"| {claim} | `{r['experiment']}` | {other} | {diff} | {p} | **{r['verdict']}** |")
     c = claims["counts"]
-    lines += ["", f"{c['supported']} supported, {c['not supported']} not supported, {c['contradicted']} contradicted, "
-                  f"{c['not tested']} not tested.", ""]
+    lines += [
+        "",
+        f"{c['supported']} supported, {c['not supported']} not supported, {c['contradicted']} contradicted, "
+        f"{c['not tested']} not tested.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def claims_csv_rows(claims: dict) -> list[dict]:
-    keys = ("claim", "experiment", "metric", "other", "difference", "ci_low", "ci_high", "p", "pairs", "subjects",
-            "verdict", "detail")
+    keys = (
+        "claim",
+        "experiment",
+        "metric",
+        "other",
+        "difference",
+        "ci_low",
+        "ci_high",
+        "p",
+        "pairs",
+        "subjects",
+        "verdict",
+        "detail",
+    )
     return [{k: r[k] for k in keys} for r in claims.get("rows", [])]

@@ -37,11 +37,27 @@ from lmid.io import file_sha256, write_json
 log = logging.getLogger(__name__)
 
 #: Scores of the convergence curve: thresholded (Dice with frozen centroids) and continuous ones.
-CURVE_SCORES = ("dice_gt_mean", "dice_km_mean", "ssim_mask", "psnr_mask", "contrast_wm_gm", "contrast_gm_csf",
-                "ssim", "psnr", "tissue_order")
+CURVE_SCORES = (
+    "dice_gt_mean",
+    "dice_km_mean",
+    "ssim_mask",
+    "psnr_mask",
+    "contrast_wm_gm",
+    "contrast_gm_csf",
+    "ssim",
+    "psnr",
+    "tissue_order",
+)
 #: Scores the verdict is given for.
-VERDICT_SCORES = ("dice_gt_mean", "dice_km_mean", "ssim_mask", "psnr_mask", "contrast_wm_gm", "contrast_gm_csf",
-                  "oracle_dice_gt_mean")
+VERDICT_SCORES = (
+    "dice_gt_mean",
+    "dice_km_mean",
+    "ssim_mask",
+    "psnr_mask",
+    "contrast_wm_gm",
+    "contrast_gm_csf",
+    "oracle_dice_gt_mean",
+)
 #: Low timesteps at which the sampled LMI(s, x_t) is compared with training's LMI(x_0, x_{t+1}).
 SHIFT_T = 50
 #: Quantiles of the in-brain LMI distributions.
@@ -50,8 +66,14 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 CACHE_VERSION = 1
 
 
-def scores_summary(rows: list[dict], subjects: np.ndarray, keys=CURVE_SCORES, n_boot: int = 1000,
-                   confidence: float = 0.95, seed: int = 0) -> dict:
+def scores_summary(
+    rows: list[dict],
+    subjects: np.ndarray,
+    keys=CURVE_SCORES,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
     """``{key: {"mean", "half_width"}}`` over per-slice score rows (subject-level bootstrap)."""
     out = {}
     for key in keys:
@@ -63,25 +85,51 @@ def scores_summary(rows: list[dict], subjects: np.ndarray, keys=CURVE_SCORES, n_
     return out
 
 
-def translate_rows(params: Params, model: DiffusionModel, source: np.ndarray, split: SliceSet, idx: np.ndarray,
-                   seg: KMeansSegmenter, seed: int) -> list[dict]:
+def translate_rows(
+    params: Params,
+    model: DiffusionModel,
+    source: np.ndarray,
+    split: SliceSet,
+    idx: np.ndarray,
+    seg: KMeansSegmenter,
+    seed: int,
+) -> list[dict]:
     """Per-slice scores of the LMI-conditioned translation of ``source`` (the run's sampler, one chain)."""
     from lmid.methods.lmidiffusion import lmi_translate
 
     seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=len(idx))
     out = lmi_translate(model, source, seeds, params.lmidiffusion.sampler, 1, model.device).image
-    return [score_slice(out[k], split.target[i], split.mask[i], seg, label=split.label[i] if split.has_label else None)
-            for k, i in enumerate(idx)]
+    return [
+        score_slice(out[k], split.target[i], split.mask[i], seg, label=split.label[i] if split.has_label else None)
+        for k, i in enumerate(idx)
+    ]
 
 
-def snapshot_scores(params: Params, snapshot: Path, split: SliceSet, split_path: Path, idx: np.ndarray,
-                    seg: KMeansSegmenter, segmenter_path: Path, seed: int, device: torch.device) -> dict:
+def snapshot_scores(
+    params: Params,
+    snapshot: Path,
+    split: SliceSet,
+    split_path: Path,
+    idx: np.ndarray,
+    seg: KMeansSegmenter,
+    segmenter_path: Path,
+    seed: int,
+    device: torch.device,
+) -> dict:
     """Source and oracle scores of one snapshot (cached beside it, see the module docstring)."""
     sp = params.lmidiffusion.sampler
-    key = {"version": CACHE_VERSION, "snapshot": file_sha256(snapshot), "split": file_sha256(split_path),
-           "segmenter": file_sha256(segmenter_path), "idx": [int(i) for i in idx], "seed": int(seed),
-           "sampler": sp.model_dump(mode="json"), "source": params.data.source_modality,
-           "bootstrap": params.evaluate.bootstrap, "confidence": params.evaluate.confidence}
+    key = {
+        "version": CACHE_VERSION,
+        "snapshot": file_sha256(snapshot),
+        "split": file_sha256(split_path),
+        "segmenter": file_sha256(segmenter_path),
+        "idx": [int(i) for i in idx],
+        "seed": int(seed),
+        "sampler": sp.model_dump(mode="json"),
+        "source": params.data.source_modality,
+        "bootstrap": params.evaluate.bootstrap,
+        "confidence": params.evaluate.confidence,
+    }
     tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = snapshot.with_name(f"{snapshot.stem}.curve-{tag}.json")
     if cache.is_file():
@@ -89,15 +137,26 @@ def snapshot_scores(params: Params, snapshot: Path, split: SliceSet, split_path:
             return json.loads(cache.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             log.warning("%s: unreadable cached scores; computing them again", cache)
-    model = DiffusionModel.load(snapshot, device, method="lmidiffusion",
-                                mixed_precision=params.diffusion.train.mixed_precision)
+    model = DiffusionModel.load(
+        snapshot, device, method="lmidiffusion", mixed_precision=params.diffusion.train.mixed_precision
+    )
     step = model.meta.get("step")
     subjects = split.subject[idx].astype(str)
     n_boot, conf = params.evaluate.bootstrap, params.evaluate.confidence
-    source = scores_summary(translate_rows(params, model, split.source[idx], split, idx, seg, seed), subjects,
-                            n_boot=n_boot, confidence=conf, seed=seed)
-    oracle = scores_summary(translate_rows(params, model, split.target[idx], split, idx, seg, seed), subjects,
-                            n_boot=n_boot, confidence=conf, seed=seed)
+    source = scores_summary(
+        translate_rows(params, model, split.source[idx], split, idx, seg, seed),
+        subjects,
+        n_boot=n_boot,
+        confidence=conf,
+        seed=seed,
+    )
+    oracle = scores_summary(
+        translate_rows(params, model, split.target[idx], split, idx, seg, seed),
+        subjects,
+        n_boot=n_boot,
+        confidence=conf,
+        seed=seed,
+    )
     result = {"step": None if step is None else int(step), "source": source, "oracle": oracle}
     from lmid.evaluation.tables import clean
 
@@ -142,8 +201,10 @@ def _in_brain_stats(maps: torch.Tensor, mask: np.ndarray) -> dict:
     values = maps[:, 0].cpu().numpy()[mask]
     if not values.size:
         return {"mean": None, "quantiles": {}}
-    return {"mean": float(values.mean()),
-            "quantiles": {f"q{int(q * 100):02d}": float(np.quantile(values, q)) for q in QUANTILES}}
+    return {
+        "mean": float(values.mean()),
+        "quantiles": {f"q{int(q * 100):02d}": float(np.quantile(values, q)) for q in QUANTILES},
+    }
 
 
 class _RecordingGuide(LmiGuide):
@@ -165,8 +226,14 @@ class _RecordingGuide(LmiGuide):
 
 
 @torch.no_grad()
-def conditioning_shift(params: Params, model: DiffusionModel, sources: dict[str, tuple[np.ndarray, np.ndarray]],
-                       target: np.ndarray, mask: np.ndarray, seed: int) -> dict:
+def conditioning_shift(
+    params: Params,
+    model: DiffusionModel,
+    sources: dict[str, tuple[np.ndarray, np.ndarray]],
+    target: np.ndarray,
+    mask: np.ndarray,
+    seed: int,
+) -> dict:
     """In-brain LMI distributions: training's maps of the target against each source's at translation.
 
     ``sources``: name → ((N, H, W) source slices, their (N, H, W) brain masks); the target itself
@@ -182,11 +249,18 @@ def conditioning_shift(params: Params, model: DiffusionModel, sources: dict[str,
     gen = torch.Generator().manual_seed(seed)
     eps = torch.randn(x0.shape, generator=gen).to(device)
     ts = [t for t in (5, 20, SHIFT_T) if t < model.schedule.T - 1]
-    train_low = torch.cat([lmi_map(x0, model.schedule.add_noise(x0, eps, torch.full((len(x0),), t + 1, device=device)),
-                                   lmi) for t in ts])
-    out = {"t_max": SHIFT_T, "slices": int(len(target)), "training": {"self": _in_brain_stats(lmi_map(x0, x0, lmi), mask),
-                                          "low_t": _in_brain_stats(train_low, np.concatenate([mask] * len(ts)))},
-           "sources": {}}
+    train_low = torch.cat(
+        [lmi_map(x0, model.schedule.add_noise(x0, eps, torch.full((len(x0),), t + 1, device=device)), lmi) for t in ts]
+    )
+    out = {
+        "t_max": SHIFT_T,
+        "slices": int(len(target)),
+        "training": {
+            "self": _in_brain_stats(lmi_map(x0, x0, lmi), mask),
+            "low_t": _in_brain_stats(train_low, np.concatenate([mask] * len(ts))),
+        },
+        "sources": {},
+    }
     sp = params.lmidiffusion.sampler
     start, seq = sampler_plan(model, sp)
     for name, (images, src_mask) in sources.items():

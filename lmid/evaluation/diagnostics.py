@@ -34,8 +34,14 @@ from lmid.data.slices import SliceSet, load_slices, spread_indices
 from lmid.diffusion.conditioning import lmi_map
 from lmid.diffusion.model import DiffusionModel
 from lmid.errors import InputFileError, LmidError
-from lmid.evaluation.convergence import (conditioning_shift, curve_row, snapshot_scores, source_contrast,
-                                         translate_rows, verdict)
+from lmid.evaluation.convergence import (
+    conditioning_shift,
+    curve_row,
+    snapshot_scores,
+    source_contrast,
+    translate_rows,
+    verdict,
+)
 from lmid.evaluation.segment import KMeansSegmenter
 from lmid.io import write_json
 
@@ -48,13 +54,21 @@ SEED_OFFSET = 5107
 #: Slices of the conditioning-shift measurement (one full sampling run per source).
 SHIFT_SLICES = 8
 #: Per-slice scores summarised in the oracle and source entries.
-SCORES = ("dice_gt_mean", "dice_km_mean", "psnr", "ssim", "psnr_mask", "ssim_mask", "contrast_wm_gm",
-          "contrast_gm_csf", "tissue_order")
+SCORES = (
+    "dice_gt_mean",
+    "dice_km_mean",
+    "psnr",
+    "ssim",
+    "psnr_mask",
+    "ssim_mask",
+    "contrast_wm_gm",
+    "contrast_gm_csf",
+    "tissue_order",
+)
 
 
 @torch.no_grad()
-def conditioning_ablation(model: DiffusionModel, target: np.ndarray, seed: int,
-                          timesteps=ABLATION_T) -> dict:
+def conditioning_ablation(model: DiffusionModel, target: np.ndarray, seed: int, timesteps=ABLATION_T) -> dict:
     """ε-MSE per timestep with the true LMI channels and with channels from another slice."""
     if model.in_channels != 3:
         raise LmidError("the conditioning ablation needs the 3-channel LMIDiffusion network")
@@ -77,16 +91,34 @@ def conditioning_ablation(model: DiffusionModel, target: np.ndarray, seed: int,
         true = F.mse_loss(eps_fn(torch.cat([x_t, cond], 1), tt), eps).item()
         # Another slice's maps, same x_t: the network's input differs only in the conditioning.
         shuffled = F.mse_loss(eps_fn(torch.cat([x_t, cond.roll(1, dims=0)], 1), tt), eps).item()
-        rows.append({"t": t, "loss_true": true, "loss_shuffled": shuffled,
-                     "ratio": shuffled / true if true > 0 else float("nan")})
+        rows.append(
+            {
+                "t": t,
+                "loss_true": true,
+                "loss_shuffled": shuffled,
+                "ratio": shuffled / true if true > 0 else float("nan"),
+            }
+        )
     true = float(np.mean([r["loss_true"] for r in rows]))
     shuffled = float(np.mean([r["loss_shuffled"] for r in rows]))
-    return {"slices": int(len(x0)), "timesteps": rows, "loss_true": true, "loss_shuffled": shuffled,
-            "ratio": shuffled / true if true > 0 else float("nan")}
+    return {
+        "slices": int(len(x0)),
+        "timesteps": rows,
+        "loss_true": true,
+        "loss_shuffled": shuffled,
+        "ratio": shuffled / true if true > 0 else float("nan"),
+    }
 
 
-def _translate_and_score(params: Params, model: DiffusionModel, source: np.ndarray, split: SliceSet,
-                         idx: np.ndarray, seg: KMeansSegmenter, seed: int) -> tuple[dict, list[dict]]:
+def _translate_and_score(
+    params: Params,
+    model: DiffusionModel,
+    source: np.ndarray,
+    split: SliceSet,
+    idx: np.ndarray,
+    seg: KMeansSegmenter,
+    seed: int,
+) -> tuple[dict, list[dict]]:
     """Mean scores of a translation of ``source`` (and its per-slice rows)."""
     rows = translate_rows(params, model, source, split, idx, seg, seed)
     summary = {}
@@ -97,9 +129,18 @@ def _translate_and_score(params: Params, model: DiffusionModel, source: np.ndarr
     return summary, rows
 
 
-def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: Path, segmenter_path: Path,
-             out_path: Path, slices: int | None = None, device: str = "auto",
-             unseen_val_path: Path | None = None, published_curves: dict | None = None) -> dict:
+def diagnose(
+    params: Params,
+    model_path: Path,
+    snapshots: list[Path],
+    val_path: Path,
+    segmenter_path: Path,
+    out_path: Path,
+    slices: int | None = None,
+    device: str = "auto",
+    unseen_val_path: Path | None = None,
+    published_curves: dict | None = None,
+) -> dict:
     """``lmid diagnose``: ablation, oracle, convergence curve with its verdict, and the
     conditioning shift; writes ``out_path`` (JSON). ``slices`` defaults to
     ``evaluate.diagnostic_slices``, spread over every validation subject. With
@@ -113,14 +154,19 @@ def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: 
     if len(val) < 2:
         raise InputFileError(val_path, f"needs at least 2 validation slices, has {len(val)}")
     seg = KMeansSegmenter.load(segmenter_path)
-    model = DiffusionModel.load(Path(model_path), dev, method="lmidiffusion",
-                                mixed_precision=params.diffusion.train.mixed_precision)
+    model = DiffusionModel.load(
+        Path(model_path), dev, method="lmidiffusion", mixed_precision=params.diffusion.train.mixed_precision
+    )
     idx = spread_indices(len(val), params.evaluate.diagnostic_slices if slices is None else slices)
     seed = params.seed + SEED_OFFSET
     sp = params.lmidiffusion.sampler
     src, tgt = params.data.source_modality, params.data.target_modality
-    result: dict = {"slices": int(len(idx)), "subjects": int(len(set(val.subject[idx].tolist()))),
-                    "split": str(val_path), "sampler": sp.model_dump(mode="json")}
+    result: dict = {
+        "slices": int(len(idx)),
+        "subjects": int(len(set(val.subject[idx].tolist()))),
+        "split": str(val_path),
+        "sampler": sp.model_dump(mode="json"),
+    }
     log.info("diagnose: conditioning ablation on %d validation slices", len(idx))
     result["ablation"] = conditioning_ablation(model, val.target[idx], seed)
     log.info("diagnose: oracle (real %s as the source)", tgt)
@@ -134,9 +180,13 @@ def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: 
         per_source[name] = (images[idx], _translate_and_score(params, model, images[idx], val, idx, seg, seed)[1])
     dice_key = "dice_gt_mean" if val.has_label else "dice_km_mean"
     result["contrast_vs_dice"] = {
-        name: {"source_contrast": source_contrast(images, val.label[idx], val.mask[idx]).tolist(),
-               "dice": [r[dice_key] for r in rws], "dice_key": dice_key}
-        for name, (images, rws) in per_source.items()}
+        name: {
+            "source_contrast": source_contrast(images, val.label[idx], val.mask[idx]).tolist(),
+            "dice": [r[dice_key] for r in rws],
+            "dice_key": dice_key,
+        }
+        for name, (images, rws) in per_source.items()
+    }
 
     # What the network sees at translation time against training (a subset keeps it quick).
     pick = spread_indices(len(idx), SHIFT_SLICES)
@@ -150,8 +200,9 @@ def diagnose(params: Params, model_path: Path, snapshots: list[Path], val_path: 
             images = unseen.source if name == src else unseen.extra[name]
             sources[f"{name} (unseen protocol)"] = (images[u_idx], unseen.mask[u_idx])
     log.info("diagnose: conditioning shift on %d slices", len(shift_idx))
-    result["conditioning_shift"] = conditioning_shift(params, model, sources, val.target[shift_idx],
-                                                      val.mask[shift_idx], seed)
+    result["conditioning_shift"] = conditioning_shift(
+        params, model, sources, val.target[shift_idx], val.mask[shift_idx], seed
+    )
 
     curve = []
     for path in sorted(snapshots):

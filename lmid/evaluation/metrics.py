@@ -41,11 +41,22 @@ CLASSES = ("csf", "gm", "wm")
 MSE_FLOOR = 1e-10
 #: Column order of a per-slice metrics CSV.
 COLUMNS = (
-    "method", "index", "subject", "slice_index",
+    "method",
+    "index",
+    "subject",
+    "slice_index",
     *(f"dice_gt_{c}" for c in (*CLASSES, "mean")),
     *(f"dice_km_{c}" for c in (*CLASSES, "mean")),
-    "psnr", "psnr_mask", "ssim", "ssim_mask",
-    "contrast_wm_gm", "contrast_gm_csf", "tissue_order", "dice_ceiling", "nfe", "wall_s",
+    "psnr",
+    "psnr_mask",
+    "ssim",
+    "ssim_mask",
+    "contrast_wm_gm",
+    "contrast_gm_csf",
+    "tissue_order",
+    "dice_ceiling",
+    "nfe",
+    "wall_s",
 )
 #: Smallest real tissue contrast a ratio is taken against.
 MIN_CONTRAST = 1e-3
@@ -114,8 +125,14 @@ def tissue_contrast(image: np.ndarray, target: np.ndarray, classes: np.ndarray) 
     return {"contrast_wm_gm": ratio("wm", "gm"), "contrast_gm_csf": ratio("gm", "csf"), "tissue_order": float(order)}
 
 
-def score_slice(translation: np.ndarray, target: np.ndarray, mask: np.ndarray, segmenter: KMeansSegmenter,
-                label: np.ndarray | None = None, target_labels: np.ndarray | None = None) -> dict[str, float]:
+def score_slice(
+    translation: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray,
+    segmenter: KMeansSegmenter,
+    label: np.ndarray | None = None,
+    target_labels: np.ndarray | None = None,
+) -> dict[str, float]:
     """Every per-slice score of one translated slice (see the module docstring)."""
     x = np.clip(np.asarray(translation, dtype=np.float64), 0.0, 1.0)
     y = np.clip(np.asarray(target, dtype=np.float64), 0.0, 1.0)
@@ -138,8 +155,13 @@ def score_slice(translation: np.ndarray, target: np.ndarray, mask: np.ndarray, s
 
 
 # ------------------------------------------------------------------------------------ command
-def evaluate_translations(method: str, translations_path: str | Path, slices_path: str | Path,
-                          segmenter_path: str | Path, out_path: str | Path) -> "pd.DataFrame":  # noqa: F821
+def evaluate_translations(
+    method: str,
+    translations_path: str | Path,
+    slices_path: str | Path,
+    segmenter_path: str | Path,
+    out_path: str | Path,
+) -> "pd.DataFrame":  # noqa: F821
     """``lmid evaluate``: score every translated slice and write one CSV row per slice."""
     import pandas as pd
 
@@ -161,14 +183,18 @@ def evaluate_translations(method: str, translations_path: str | Path, slices_pat
     # against another split's slice would give a number that looks fine and means nothing.
     for key, want in (("subject", split.subject), ("slice_index", split.slice_index)):
         if n and key in tr and not np.array_equal(np.asarray(tr[key]).astype(want.dtype), want[index]):
-            raise InputFileError(translations_path, f"was made from another split than {slices_path} "
-                                                    f"(its {key} values do not match)")
+            raise InputFileError(
+                translations_path, f"was made from another split than {slices_path} (its {key} values do not match)"
+            )
     # The same subjects and planes can come from another split file (the unseen protocol's twin,
     # another prepare): only the split's content, recorded by translate and gather, tells.
     check_translated_from(translations_path, tr, split, slices_path)
     if n and (float(image.min()) < -1e-4 or float(image.max()) > 1 + 1e-4):
-        raise InputFileError(translations_path, f"'image' holds values in [{float(image.min()):.4g}, "
-                                                f"{float(image.max()):.4g}]; translations must lie in [0, 1]")
+        raise InputFileError(
+            translations_path,
+            f"'image' holds values in [{float(image.min()):.4g}, "
+            f"{float(image.max()):.4g}]; translations must lie in [0, 1]",
+        )
     if not np.all(np.isfinite(image)):
         raise InputFileError(translations_path, "'image' contains NaN/Inf values")
     if "method" in tr and str(tr["method"]) not in ("", method):
@@ -179,10 +205,17 @@ def evaluate_translations(method: str, translations_path: str | Path, slices_pat
         wall = wall / n  # an un-gathered shard stores its total time
     rows = []
     for k, i in enumerate(index):
-        row = {"method": method, "index": int(i), "subject": str(split.subject[i]),
-               "slice_index": int(split.slice_index[i])}
-        row.update(score_slice(image[k], split.target[i], split.mask[i], seg,
-                               label=split.label[i] if split.has_label else None))
+        row = {
+            "method": method,
+            "index": int(i),
+            "subject": str(split.subject[i]),
+            "slice_index": int(split.slice_index[i]),
+        }
+        row.update(
+            score_slice(
+                image[k], split.target[i], split.mask[i], seg, label=split.label[i] if split.has_label else None
+            )
+        )
         row["nfe"] = int(nfe[k])
         row["wall_s"] = float(wall[k])
         rows.append(row)

@@ -103,10 +103,15 @@ class KMeansSegmenter:
             raise InputFileError(path, "centroids contain NaN/Inf")
         if any(m not in TISSUE_LABELS.values() for m in mapping):
             raise InputFileError(path, f"mapping must hold labels 1 (CSF), 2 (GM), 3 (WM); got {list(mapping)}")
-        return cls(centroids=centroids, mapping=mapping, tissue_order=order,  # type: ignore[arg-type]
-                   reference_centroids=tuple(float(c) for c in d.get("reference_centroids", ())),
-                   n_voxels=int(d.get("n_voxels", 0)), seed=int(d.get("seed", 0)),
-                   inertia=float(d.get("inertia", float("nan"))))
+        return cls(
+            centroids=centroids,
+            mapping=mapping,
+            tissue_order=order,  # type: ignore[arg-type]
+            reference_centroids=tuple(float(c) for c in d.get("reference_centroids", ())),
+            n_voxels=int(d.get("n_voxels", 0)),
+            seed=int(d.get("seed", 0)),
+            inertia=float(d.get("inertia", float("nan"))),
+        )
 
 
 def _name(label: int) -> str:
@@ -120,8 +125,14 @@ def _kmeans_1d(values: np.ndarray, k: int, seed: int):
     return km.cluster_centers_[:, 0].astype(np.float64), float(km.inertia_)
 
 
-def fit_segmenter(target: np.ndarray, mask: np.ndarray, n_clusters: int = 3, max_voxels: int = 200_000,
-                  seed: int = 0, tissue_order=("CSF", "GM", "WM")) -> KMeansSegmenter:
+def fit_segmenter(
+    target: np.ndarray,
+    mask: np.ndarray,
+    n_clusters: int = 3,
+    max_voxels: int = 200_000,
+    seed: int = 0,
+    tissue_order=("CSF", "GM", "WM"),
+) -> KMeansSegmenter:
     """Fit on the target training slices ``target`` (N, H, W) inside ``mask`` (N, H, W).
 
     Clusters are returned sorted by centroid intensity, so cluster 0 is the darkest.
@@ -144,9 +155,15 @@ def fit_segmenter(target: np.ndarray, mask: np.ndarray, n_clusters: int = 3, max
     else:
         reference = np.sort(_kmeans_1d(values, 3, seed)[0])
         mapping = order_labels[np.argmin(np.abs(centroids[:, None] - reference[None, :]), axis=1)]
-    return KMeansSegmenter(centroids=tuple(float(c) for c in centroids), mapping=tuple(int(m) for m in mapping),
-                           tissue_order=tuple(tissue_order), reference_centroids=tuple(float(c) for c in reference),
-                           n_voxels=int(values.size), seed=int(seed), inertia=inertia)
+    return KMeansSegmenter(
+        centroids=tuple(float(c) for c in centroids),
+        mapping=tuple(int(m) for m in mapping),
+        tissue_order=tuple(tissue_order),
+        reference_centroids=tuple(float(c) for c in reference),
+        n_voxels=int(values.size),
+        seed=int(seed),
+        inertia=inertia,
+    )
 
 
 #: Offset added to ``params.seed`` for the segmenter's generators (keeps streams apart).
@@ -160,8 +177,14 @@ def fit_segmenter_cmd(params, train_path: str | Path, out_path: str | Path) -> K
     train = load_slices(train_path)
     seg = params.segment
     try:
-        model = fit_segmenter(train.target, train.mask, n_clusters=seg.n_clusters, max_voxels=seg.max_voxels,
-                              seed=params.seed + SEED_OFFSET, tissue_order=seg.tissue_order)
+        model = fit_segmenter(
+            train.target,
+            train.mask,
+            n_clusters=seg.n_clusters,
+            max_voxels=seg.max_voxels,
+            seed=params.seed + SEED_OFFSET,
+            tissue_order=seg.tissue_order,
+        )
     except ValueError as err:
         raise InputFileError(train_path, str(err)) from None
     model.save(out_path)

@@ -61,22 +61,38 @@ def saturated_fraction(images: np.ndarray, mask: np.ndarray | None = None, foreg
     return float(np.mean(images[sel] >= SATURATED)) if sel.any() else float("nan")
 
 
-def translation_scores(params: Params, method: str, model, split: SliceSet, idx: np.ndarray,
-                       seg: KMeansSegmenter, seed: int, device: torch.device) -> tuple[dict, np.ndarray]:
+def translation_scores(
+    params: Params,
+    method: str,
+    model,
+    split: SliceSet,
+    idx: np.ndarray,
+    seg: KMeansSegmenter,
+    seed: int,
+    device: torch.device,
+) -> tuple[dict, np.ndarray]:
     """Scores of ``method``'s translation of ``split.source[idx]`` (sample 0) and the images."""
     from lmid.methods import get_method
 
     seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=len(idx))
     out = get_method(method).translate(params, model, split.source[idx], seeds, device).image
-    rows = [score_slice(out[k], split.target[i], split.mask[i], seg, label=split.label[i] if split.has_label else None)
-            for k, i in enumerate(idx)]
-    summary = scores_summary(rows, split.subject[idx].astype(str), n_boot=params.evaluate.bootstrap,
-                             confidence=params.evaluate.confidence, seed=seed)
+    rows = [
+        score_slice(out[k], split.target[i], split.mask[i], seg, label=split.label[i] if split.has_label else None)
+        for k, i in enumerate(idx)
+    ]
+    summary = scores_summary(
+        rows,
+        split.subject[idx].astype(str),
+        n_boot=params.evaluate.bootstrap,
+        confidence=params.evaluate.confidence,
+        seed=seed,
+    )
     return summary, out
 
 
-def cyclegan_checks(params: Params, path: Path, split: SliceSet, idx: np.ndarray, fake_target: np.ndarray,
-                    device: torch.device) -> dict:
+def cyclegan_checks(
+    params: Params, path: Path, split: SliceSet, idx: np.ndarray, fake_target: np.ndarray, device: torch.device
+) -> dict:
     from lmid.evaluation.baselines import _psnr_in_mask
     from lmid.methods.cyclegan import CycleGan
 
@@ -87,36 +103,60 @@ def cyclegan_checks(params: Params, path: Path, split: SliceSet, idx: np.ndarray
     rec_source = method.translate(params, g_ba, fake_target, zeros, device).image
     rec_target = method.translate(params, g_ab, fake_source, zeros, device).image
     mask = split.mask[idx]
-    return {"psnr_mask_cycle_source": _psnr_in_mask(rec_source, split.source[idx], mask),
-            "psnr_mask_cycle_target": _psnr_in_mask(rec_target, split.target[idx], mask),
-            "psnr_mask_target_to_source": _psnr_in_mask(fake_source, split.source[idx], mask)}
+    return {
+        "psnr_mask_cycle_source": _psnr_in_mask(rec_source, split.source[idx], mask),
+        "psnr_mask_cycle_target": _psnr_in_mask(rec_target, split.target[idx], mask),
+        "psnr_mask_target_to_source": _psnr_in_mask(fake_source, split.source[idx], mask),
+    }
 
 
-def stylegan2_checks(params: Params, path: Path, split: SliceSet, idx: np.ndarray, inverted: np.ndarray,
-                     device: torch.device) -> dict:
+def stylegan2_checks(
+    params: Params, path: Path, split: SliceSet, idx: np.ndarray, inverted: np.ndarray, device: torch.device
+) -> dict:
     from lmid.evaluation.baselines import foreground_stats, stylegan2_samples
 
     samples = stylegan2_samples(params, path, GAN_SAMPLES, device)
     mask = split.mask[idx]
-    return {"samples_w1": foreground_stats(samples, split.target)["w1_to_real"],
-            "inversion_saturated": saturated_fraction(inverted, mask),
-            "real_saturated": saturated_fraction(split.target[idx], mask)}
+    return {
+        "samples_w1": foreground_stats(samples, split.target)["w1_to_real"],
+        "inversion_saturated": saturated_fraction(inverted, mask),
+        "real_saturated": saturated_fraction(split.target[idx], mask),
+    }
 
 
 CHECKS = {"cyclegan": cyclegan_checks, "stylegan2": stylegan2_checks}
 
 
-def snapshot_entry(params: Params, method: str, path: Path, split: SliceSet, split_path: Path, idx: np.ndarray,
-                   seg: KMeansSegmenter, segmenter_path: Path, seed: int, device: torch.device,
-                   t0: float | None = None) -> dict:
+def snapshot_entry(
+    params: Params,
+    method: str,
+    path: Path,
+    split: SliceSet,
+    split_path: Path,
+    idx: np.ndarray,
+    seg: KMeansSegmenter,
+    segmenter_path: Path,
+    seed: int,
+    device: torch.device,
+    t0: float | None = None,
+) -> dict:
     """One snapshot's scores and checks (cached beside it)."""
     from lmid.methods import get_method
 
     section = getattr(params, method, None)
-    key = {"version": CACHE_VERSION, "method": method, "snapshot": file_sha256(path),
-           "split": file_sha256(split_path), "segmenter": file_sha256(segmenter_path), "idx": [int(i) for i in idx],
-           "seed": int(seed), "section": section.model_dump(mode="json") if section is not None else None,
-           "bootstrap": params.evaluate.bootstrap, "confidence": params.evaluate.confidence, "t0": t0}
+    key = {
+        "version": CACHE_VERSION,
+        "method": method,
+        "snapshot": file_sha256(path),
+        "split": file_sha256(split_path),
+        "segmenter": file_sha256(segmenter_path),
+        "idx": [int(i) for i in idx],
+        "seed": int(seed),
+        "section": section.model_dump(mode="json") if section is not None else None,
+        "bootstrap": params.evaluate.bootstrap,
+        "confidence": params.evaluate.confidence,
+        "t0": t0,
+    }
     tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = path.with_name(f"{path.stem}.scores-{tag}.json")
     if cache.is_file():
@@ -129,8 +169,9 @@ def snapshot_entry(params: Params, method: str, path: Path, split: SliceSet, spl
         # A snapshot of the DDPM carries no t0: it is scored at the t0 the finished training chose.
         from lmid.diffusion.model import DiffusionModel
 
-        model = DiffusionModel.load(path, device, method="sdedit",
-                                    mixed_precision=params.diffusion.train.mixed_precision)
+        model = DiffusionModel.load(
+            path, device, method="sdedit", mixed_precision=params.diffusion.train.mixed_precision
+        )
         model.meta["t0"] = t0
     else:
         model = get_method(method).load(params, path, device)
@@ -145,9 +186,19 @@ def snapshot_entry(params: Params, method: str, path: Path, split: SliceSet, spl
     return json.loads(cache.read_text(encoding="utf-8"))
 
 
-def method_curve(params: Params, method: str, folder: Path, split: SliceSet, split_path: Path, idx: np.ndarray,
-                 seg: KMeansSegmenter, segmenter_path: Path, seed: int, device: torch.device,
-                 final_model: Path | None = None) -> list[dict]:
+def method_curve(
+    params: Params,
+    method: str,
+    folder: Path,
+    split: SliceSet,
+    split_path: Path,
+    idx: np.ndarray,
+    seg: KMeansSegmenter,
+    segmenter_path: Path,
+    seed: int,
+    device: torch.device,
+    final_model: Path | None = None,
+) -> list[dict]:
     """Every snapshot of ``method`` under ``folder``, in step order (SDEdit's at the t0 stored in
     ``final_model``)."""
     t0 = None
@@ -158,5 +209,7 @@ def method_curve(params: Params, method: str, folder: Path, split: SliceSet, spl
         if t0 is None:
             raise LmidError(f"{final_model}: no chosen t0 stored (train sdedit again)")
         t0 = float(t0)
-    return [snapshot_entry(params, method, p, split, split_path, idx, seg, segmenter_path, seed, device, t0=t0)
-            for p in snapshots_of(folder)]
+    return [
+        snapshot_entry(params, method, p, split, split_path, idx, seg, segmenter_path, seed, device, t0=t0)
+        for p in snapshots_of(folder)
+    ]

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 
-def bootstrap_ci(values, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
-                 groups=None) -> tuple[float, float]:
+def bootstrap_ci(
+    values, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0, groups=None
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (NaNs dropped).
 
     ``groups`` (one label per value, e.g. the subject) switches to the cluster bootstrap: groups are

@@ -26,11 +26,21 @@ log = logging.getLogger(__name__)
 
 #: Every per-slice column summarised (summary key → CSV column).
 SUMMARY_COLUMNS = {
-    "dice_gt": "dice_gt_mean", "dice_km": "dice_km_mean", "psnr": "psnr", "ssim": "ssim",
-    "psnr_mask": "psnr_mask", "ssim_mask": "ssim_mask",
-    "dice_gt_csf": "dice_gt_csf", "dice_gt_gm": "dice_gt_gm", "dice_gt_wm": "dice_gt_wm",
-    "dice_km_csf": "dice_km_csf", "dice_km_gm": "dice_km_gm", "dice_km_wm": "dice_km_wm",
-    "contrast_wm_gm": "contrast_wm_gm", "contrast_gm_csf": "contrast_gm_csf", "tissue_order": "tissue_order",
+    "dice_gt": "dice_gt_mean",
+    "dice_km": "dice_km_mean",
+    "psnr": "psnr",
+    "ssim": "ssim",
+    "psnr_mask": "psnr_mask",
+    "ssim_mask": "ssim_mask",
+    "dice_gt_csf": "dice_gt_csf",
+    "dice_gt_gm": "dice_gt_gm",
+    "dice_gt_wm": "dice_gt_wm",
+    "dice_km_csf": "dice_km_csf",
+    "dice_km_gm": "dice_km_gm",
+    "dice_km_wm": "dice_km_wm",
+    "contrast_wm_gm": "contrast_wm_gm",
+    "contrast_gm_csf": "contrast_gm_csf",
+    "tissue_order": "tissue_order",
     "dice_ceiling": "dice_ceiling",
 }
 #: What the sampler table summarises per setting (Dice against the split's best reference).
@@ -51,13 +61,15 @@ def summarise_experiment(frames: dict, reference: str, n_boot: int, confidence: 
     """Per method: every metric's mean/std/CI and the paired Wilcoxon p against ``reference``."""
     dice_key = _dice_key(frames)
     ref = frames.get(reference)
-    out = {"dice_reference": "ground truth" if dice_key == "dice_gt" else "K-Means of the real target",
-           "dice_key": dice_key, "methods": {}}
+    out = {
+        "dice_reference": "ground truth" if dice_key == "dice_gt" else "K-Means of the real target",
+        "dice_key": dice_key,
+        "methods": {},
+    }
     for method, df in frames.items():
         # Subject-level bootstrap: slices of one subject are not independent (lmid/evaluation/stats.py).
         subjects = df["subject"].astype(str).to_numpy() if "subject" in df.columns else None
-        entry: dict = {"n": int(len(df)),
-                       "n_subjects": int(len(set(subjects))) if subjects is not None else None}
+        entry: dict = {"n": int(len(df)), "n_subjects": int(len(set(subjects))) if subjects is not None else None}
         for key, col in SUMMARY_COLUMNS.items():
             if col in df.columns:
                 entry[key] = summarise(df[col].to_numpy(dtype=float), n_boot, confidence, seed, groups=subjects)
@@ -106,14 +118,30 @@ def summarise_sampler(files, n_boot: int, confidence: float, seed: int, order: l
         spec = parse_sampler_setting(csv.stem)
         # Subject-level intervals: a sweep's slices (and its chains of one slice) are not independent.
         groups = df["subject"].astype(str).to_numpy()
-        row = {"setting": csv.stem, "kind": spec["kind"], "steps": spec["steps"], "spacing": spec["spacing"],
-               "eta": spec["eta"], "clip_x0": spec["clip_x0"], "n": int(len(df)),
-               "chains": int(df["chain"].nunique()) if "chain" in df.columns else 1,
-               "dice_key": dice_key,
-               **{key: summarise(df[SUMMARY_COLUMNS[dice_key] if key == "dice" else SUMMARY_COLUMNS[key]]
-                                 .to_numpy(dtype=float), n_boot, confidence, seed, groups=groups)
-                  for key in SAMPLER_SCORES if key == "dice" or SUMMARY_COLUMNS[key] in df.columns},
-               "nfe_per_slice": _mean(df, "nfe"), "wall_s_per_slice": _mean(df, "wall_s")}
+        row = {
+            "setting": csv.stem,
+            "kind": spec["kind"],
+            "steps": spec["steps"],
+            "spacing": spec["spacing"],
+            "eta": spec["eta"],
+            "clip_x0": spec["clip_x0"],
+            "n": int(len(df)),
+            "chains": int(df["chain"].nunique()) if "chain" in df.columns else 1,
+            "dice_key": dice_key,
+            **{
+                key: summarise(
+                    df[SUMMARY_COLUMNS[dice_key] if key == "dice" else SUMMARY_COLUMNS[key]].to_numpy(dtype=float),
+                    n_boot,
+                    confidence,
+                    seed,
+                    groups=groups,
+                )
+                for key in SAMPLER_SCORES
+                if key == "dice" or SUMMARY_COLUMNS[key] in df.columns
+            },
+            "nfe_per_slice": _mean(df, "nfe"),
+            "wall_s_per_slice": _mean(df, "wall_s"),
+        }
         settings.append(row)
     if not settings:
         return {"status": "not run"}
@@ -125,17 +153,26 @@ def summarise_sampler(files, n_boot: int, confidence: float, seed: int, order: l
 def smallest_nfe_within_ci(settings: list[dict], key: str = "dice") -> dict | None:
     """The setting with the fewest network evaluations whose mean lies inside the confidence
     interval of the best setting's mean (by ``key``): the cheapest sampler that is as good."""
-    scored = [r for r in settings if r[key].get("mean") is not None and math.isfinite(r[key]["mean"])
-              and r.get("nfe_per_slice") is not None]
+    scored = [
+        r
+        for r in settings
+        if r[key].get("mean") is not None and math.isfinite(r[key]["mean"]) and r.get("nfe_per_slice") is not None
+    ]
     if not scored:
         return None
     best = max(scored, key=lambda r: r[key]["mean"])
     lo = best[key].get("ci_low")
     lo = best[key]["mean"] if lo is None or not math.isfinite(lo) else lo
     cheapest = min((r for r in scored if r[key]["mean"] >= lo), key=lambda r: (r["nfe_per_slice"], r["setting"]))
-    return {"metric": key, "best": best["setting"], "best_mean": best[key]["mean"], "ci_low": lo,
-            "setting": cheapest["setting"], "nfe_per_slice": cheapest["nfe_per_slice"],
-            "mean": cheapest[key]["mean"]}
+    return {
+        "metric": key,
+        "best": best["setting"],
+        "best_mean": best[key]["mean"],
+        "ci_low": lo,
+        "setting": cheapest["setting"],
+        "nfe_per_slice": cheapest["nfe_per_slice"],
+        "mean": cheapest[key]["mean"],
+    }
 
 
 #: Keys tried, in order, for SDEdit's validation sweep and its chosen t0 in train_info.json.
@@ -192,7 +229,8 @@ def protocol_shift(summary: dict, frames_by_exp: dict, params, n_boot: int, conf
             if other is None or key not in other.columns:
                 continue
             pairs = df[["subject", "slice_index", key]].merge(
-                other[["subject", "slice_index", key]], on=["subject", "slice_index"], suffixes=("", "_unseen"))
+                other[["subject", "slice_index", key]], on=["subject", "slice_index"], suffixes=("", "_unseen")
+            )
             delta = pairs[f"{key}_unseen"].to_numpy(dtype=float) - pairs[key].to_numpy(dtype=float)
             rows[method] = {
                 "main": float(np.nanmean(df[key].to_numpy(dtype=float))),
@@ -201,8 +239,11 @@ def protocol_shift(summary: dict, frames_by_exp: dict, params, n_boot: int, conf
                 "pairs": int(len(pairs)),
             }
         out[exp] = {"unseen_experiment": twin, "dice_key": e["dice_key"], "methods": rows}
-    return {"status": "ok", "protocol": params.unseen_protocol.model_dump(mode="json"), "experiments": out} if out \
+    return (
+        {"status": "ok", "protocol": params.unseen_protocol.model_dump(mode="json"), "experiments": out}
+        if out
         else {"status": "not run"}
+    )
 
 
 def best_method(summary: dict, key: str, methods: list[str]) -> str | None:
@@ -228,20 +269,27 @@ def timings(summary: dict, infos: dict) -> dict:
     out = {}
     for m in sorted(set(main) | set(infos)):
         info = infos.get(m, {})
-        out[m] = {"train_wall_s": info.get("train_wall_s"),
-                  "translate_wall_s_per_slice": main.get(m, {}).get("wall_s_per_slice"),
-                  "nfe_per_slice": main.get(m, {}).get("nfe_per_slice"),
-                  "device": info.get("device")}
+        out[m] = {
+            "train_wall_s": info.get("train_wall_s"),
+            "translate_wall_s_per_slice": main.get(m, {}).get("wall_s_per_slice"),
+            "nfe_per_slice": main.get(m, {}).get("nfe_per_slice"),
+            "device": info.get("device"),
+        }
     return out
 
 
 def dvc_metrics(summary: dict) -> dict:
     """``metrics.json``: per experiment and method the headline means, plus the sampler settings'."""
-    metrics = {exp: {m: {k: e[k]["mean"] for k in ("dice", "dice_km", "psnr", "ssim", "psnr_mask", "ssim_mask")
-                         if k in e} for m, e in s["methods"].items()}
-               for exp, s in summary["experiments"].items()}
+    metrics = {
+        exp: {
+            m: {k: e[k]["mean"] for k in ("dice", "dice_km", "psnr", "ssim", "psnr_mask", "ssim_mask") if k in e}
+            for m, e in s["methods"].items()
+        }
+        for exp, s in summary["experiments"].items()
+    }
     sampler = summary["sampler"]
     if sampler.get("status") == "ok":
-        metrics["sampler"] = {r["setting"]: {k: r[k]["mean"] for k in ("dice", "psnr", "ssim")}
-                              for r in sampler["settings"]}
+        metrics["sampler"] = {
+            r["setting"]: {k: r[k]["mean"] for k in ("dice", "psnr", "ssim")} for r in sampler["settings"]
+        }
     return metrics

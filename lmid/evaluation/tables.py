@@ -90,56 +90,109 @@ def table_rows(summary: dict, methods: list[str], with_paper: bool, reference: s
         if key != "dice" or summary["dice_key"] != "dice_gt":
             paper_row(key, label)
         if key == "dice" and summary["dice_key"] == "dice_gt":
-            rows.append(("Dice vs K-Means of real target",
-                         [_cell(method_stats(summary, m, "dice_km"), 2) for m in methods], "ours"))
+            rows.append(
+                (
+                    "Dice vs K-Means of real target",
+                    [_cell(method_stats(summary, m, "dice_km"), 2) for m in methods],
+                    "ours",
+                )
+            )
             paper_row("dice", "Dice")
-            rows.append(("Dice ceiling: K-Means on the real target",
-                         [_cell(method_stats(summary, m, "dice_ceiling"), 2, ci=False) for m in methods], "ours"))
-    rows.append(("Tissue contrast WM−GM (× real)",
-                 [_cell(method_stats(summary, m, "contrast_wm_gm"), 2) for m in methods], "ours"))
-    rows.append(("Tissue contrast GM−CSF (× real)",
-                 [_cell(method_stats(summary, m, "contrast_gm_csf"), 2) for m in methods], "ours"))
-    rows.append(("WM > GM > CSF (fraction of slices)",
-                 [_cell(method_stats(summary, m, "tissue_order"), 2, ci=False) for m in methods], "ours"))
+            rows.append(
+                (
+                    "Dice ceiling: K-Means on the real target",
+                    [_cell(method_stats(summary, m, "dice_ceiling"), 2, ci=False) for m in methods],
+                    "ours",
+                )
+            )
+    rows.append(
+        (
+            "Tissue contrast WM−GM (× real)",
+            [_cell(method_stats(summary, m, "contrast_wm_gm"), 2) for m in methods],
+            "ours",
+        )
+    )
+    rows.append(
+        (
+            "Tissue contrast GM−CSF (× real)",
+            [_cell(method_stats(summary, m, "contrast_gm_csf"), 2) for m in methods],
+            "ours",
+        )
+    )
+    rows.append(
+        (
+            "WM > GM > CSF (fraction of slices)",
+            [_cell(method_stats(summary, m, "tissue_order"), 2, ci=False) for m in methods],
+            "ours",
+        )
+    )
     rows.append(("PSNR in brain (dB)", [_cell(method_stats(summary, m, "psnr_mask"), 2) for m in methods], "ours"))
     rows.append(("SSIM in brain", [_cell(method_stats(summary, m, "ssim_mask"), 2) for m in methods], "ours"))
     ref_name = DISPLAY.get(reference, reference)
     for key, label, _ in ROWS:
-        rows.append((f"p {label.split()[0]} (Wilcoxon vs {ref_name})",
-                     ["ref." if m == reference else "—" if method_stats(summary, m, key) is None
-                      else fmt_p(method_stats(summary, m, key).get("p_vs_reference")) for m in methods], "p"))
-    rows.append(("subjects (n)", [str(summary["methods"][m].get("n_subjects") or "—") if m in summary["methods"]
-                                  else "0" for m in methods], "n"))
-    rows.append(("slices (n)", [str(summary["methods"][m]["n"]) if m in summary["methods"] else "0"
-                                for m in methods], "n"))
+        rows.append(
+            (
+                f"p {label.split()[0]} (Wilcoxon vs {ref_name})",
+                [
+                    "ref."
+                    if m == reference
+                    else "—"
+                    if method_stats(summary, m, key) is None
+                    else fmt_p(method_stats(summary, m, key).get("p_vs_reference"))
+                    for m in methods
+                ],
+                "p",
+            )
+        )
+    rows.append(
+        (
+            "subjects (n)",
+            [str(summary["methods"][m].get("n_subjects") or "—") if m in summary["methods"] else "0" for m in methods],
+            "n",
+        )
+    )
+    rows.append(
+        ("slices (n)", [str(summary["methods"][m]["n"]) if m in summary["methods"] else "0" for m in methods], "n")
+    )
     return rows
 
 
-def caption(summary: dict, source: str, target: str, confidence: float, n_boot: int, reference: str,
-            with_paper: bool) -> str:
-    dice = ("Dice against the ground-truth labels" if summary["dice_key"] == "dice_gt"
-            else f"Dice against K-Means of the real {target} slice (no ground-truth labels)")
-    text = (f"{source} → {target}. {dice}: per slice the unweighted mean over CSF, GM and WM, then mean ± std over "
-            f"test slices, [{100 * confidence:g} % percentile bootstrap CI of the mean, {n_boot} resamples of whole "
-            f"subjects, since slices of one subject are not independent]. PSNR/SSIM "
-            f"against the real {target} slice on [0, 1] (data range 1), whole slice; 'in brain' rows use the brain "
-            f"mask only. p: two-sided paired Wilcoxon signed-rank test over slices against "
-            f"{DISPLAY.get(reference, reference)}. "
-            f"Bold: best of the paper's four methods.")
+def caption(
+    summary: dict, source: str, target: str, confidence: float, n_boot: int, reference: str, with_paper: bool
+) -> str:
+    dice = (
+        "Dice against the ground-truth labels"
+        if summary["dice_key"] == "dice_gt"
+        else f"Dice against K-Means of the real {target} slice (no ground-truth labels)"
+    )
+    text = (
+        f"{source} → {target}. {dice}: per slice the unweighted mean over CSF, GM and WM, then mean ± std over "
+        f"test slices, [{100 * confidence:g} % percentile bootstrap CI of the mean, {n_boot} resamples of whole "
+        f"subjects, since slices of one subject are not independent]. PSNR/SSIM "
+        f"against the real {target} slice on [0, 1] (data range 1), whole slice; 'in brain' rows use the brain "
+        f"mask only. p: two-sided paired Wilcoxon signed-rank test over slices against "
+        f"{DISPLAY.get(reference, reference)}. "
+        f"Bold: best of the paper's four methods."
+    )
     n_subjects = [e.get("n_subjects") for e in summary["methods"].values() if e.get("n_subjects")]
     if n_subjects and min(n_subjects) < 10:
-        text += (f" Only {min(n_subjects)} test subjects: an interval from resampling so few subjects is rough "
-                 "(with 2 it can collapse onto the subject means).")
+        text += (
+            f" Only {min(n_subjects)} test subjects: an interval from resampling so few subjects is rough "
+            "(with 2 it can collapse onto the subject means)."
+        )
     if with_paper:
-        text += (" Rows marked 'paper' are the published numbers on IXI (300 training / 75 test slices), "
-                 "not computed on our data: compare trends, not values.")
+        text += (
+            " Rows marked 'paper' are the published numbers on IXI (300 training / 75 test slices), "
+            "not computed on our data: compare trends, not values."
+        )
     return text
 
 
 def experiment_title(exp: str, first: str, with_paper: bool, unseen: bool) -> str:
     """The heading of one experiment's Markdown table (``first``: "source → target")."""
-    return f"{first} (experiment `{exp}`)" + ("" if with_paper else ": unseen protocol, no retraining"
-                                              if unseen else ": zero-shot second source")
+    return f"{first} (experiment `{exp}`)" + (
+        "" if with_paper else ": unseen protocol, no retraining" if unseen else ": zero-shot second source"
+    )
 
 
 def markdown_table(title: str, cap: str, rows, methods: list[str], params, first: str) -> str:
@@ -150,8 +203,17 @@ def markdown_table(title: str, cap: str, rows, methods: list[str], params, first
 
 
 def latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("→", r"$\rightarrow$"), ("±", r"$\pm$"), ("—", "--"), ("<", r"$<$")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("→", r"$\rightarrow$"),
+        ("±", r"$\pm$"),
+        ("—", "--"),
+        ("<", r"$<$"),
+    ):
         text = text.replace(a, b)
     return re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", text)
 
@@ -160,9 +222,13 @@ def latex_table(cap: str, rows, methods: list[str], params, first: str, label: s
     cols = "l" + "c" * len(methods)
     lines = [
         "% Generated by `lmid aggregate`; needs \\usepackage{booktabs}.",
-        "\\begin{table}[t]", "\\centering", "\\scriptsize",
-        f"\\caption{{{latex_escape(cap)}}}", f"\\label{{{label}}}",
-        f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\scriptsize",
+        f"\\caption{{{latex_escape(cap)}}}",
+        f"\\label{{{label}}}",
+        f"\\begin{{tabular}}{{{cols}}}",
+        "\\toprule",
         " & ".join(latex_escape(c) for c in [first] + [column_title(m, params) for m in methods]) + " \\\\",
         "\\midrule",
     ]
@@ -180,20 +246,54 @@ def tidy_rows(experiment: str, summary: dict, methods: list[str], with_paper: bo
     out = []
     for m in methods:
         entry = summary["methods"].get(m, {})
-        for key in ("dice", "dice_km", "dice_gt", "psnr", "ssim", "psnr_mask", "ssim_mask", "contrast_wm_gm",
-                    "contrast_gm_csf", "tissue_order", "dice_ceiling"):
+        for key in (
+            "dice",
+            "dice_km",
+            "dice_gt",
+            "psnr",
+            "ssim",
+            "psnr_mask",
+            "ssim_mask",
+            "contrast_wm_gm",
+            "contrast_gm_csf",
+            "tissue_order",
+            "dice_ceiling",
+        ):
             st = entry.get(key)
             if not st or not st["n"]:
                 continue
-            out.append({"experiment": experiment, "source": "ours", "method": m, "metric": key,
-                        "dice_reference": summary["dice_reference"] if key == "dice" else "",
-                        "n": st["n"], "mean": st["mean"], "std": st["std"], "ci_low": st["ci_low"],
-                        "ci_high": st["ci_high"], "p_vs_reference": st.get("p_vs_reference")})
+            out.append(
+                {
+                    "experiment": experiment,
+                    "source": "ours",
+                    "method": m,
+                    "metric": key,
+                    "dice_reference": summary["dice_reference"] if key == "dice" else "",
+                    "n": st["n"],
+                    "mean": st["mean"],
+                    "std": st["std"],
+                    "ci_low": st["ci_low"],
+                    "ci_high": st["ci_high"],
+                    "p_vs_reference": st.get("p_vs_reference"),
+                }
+            )
         if with_paper and m in PAPER:
             for key, (mean, std) in PAPER[m].items():
-                out.append({"experiment": experiment, "source": PAPER_LABEL, "method": m, "metric": key,
-                            "dice_reference": "ground truth" if key == "dice" else "", "n": 75, "mean": mean,
-                            "std": std, "ci_low": None, "ci_high": None, "p_vs_reference": None})
+                out.append(
+                    {
+                        "experiment": experiment,
+                        "source": PAPER_LABEL,
+                        "method": m,
+                        "metric": key,
+                        "dice_reference": "ground truth" if key == "dice" else "",
+                        "n": 75,
+                        "mean": mean,
+                        "std": std,
+                        "ci_low": None,
+                        "ci_high": None,
+                        "p_vs_reference": None,
+                    }
+                )
     return out
 
 
@@ -209,45 +309,73 @@ def protocol_description(params) -> str:
     u = params.unseen_protocol
     seqs = ", ".join(f"{m} TR {q.tr_ms:g} / TE {q.te_ms:g} ms" for m, q in u.sequences.items())
     snr = u.snr if u.snr is not None else params.simulate.snr
-    return (f"The test subjects simulated again on a protocol no model was trained on ({seqs}; tissue T1/T2 of "
-            f"another field strength; SNR {snr:g}), translated by the models trained on the main protocol as they "
-            "are. Change = unseen − main, paired over the same slices, [subject-level bootstrap CI].")
+    return (
+        f"The test subjects simulated again on a protocol no model was trained on ({seqs}; tissue T1/T2 of "
+        f"another field strength; SNR {snr:g}), translated by the models trained on the main protocol as they "
+        "are. Change = unseen − main, paired over the same slices, [subject-level bootstrap CI]."
+    )
 
 
 def protocol_shift_markdown(shift: dict, params) -> str:
     if shift.get("status") != "ok":
         return ""
-    lines = [f"## Unseen protocol `{params.unseen_protocol.name}`: Dice without retraining", "",
-             protocol_description(params), ""]
+    lines = [
+        f"## Unseen protocol `{params.unseen_protocol.name}`: Dice without retraining",
+        "",
+        protocol_description(params),
+        "",
+    ]
     for exp, e in shift["experiments"].items():
         methods = method_order(list(e["methods"]), params)
-        lines += [f"### `{exp}` → `{e['unseen_experiment']}`", "",
-                  "| Dice | " + " | ".join(column_title(m, params) for m in methods) + " |",
-                  "|---|" + "---|" * len(methods)]
+        lines += [
+            f"### `{exp}` → `{e['unseen_experiment']}`",
+            "",
+            "| Dice | " + " | ".join(column_title(m, params) for m in methods) + " |",
+            "|---|" + "---|" * len(methods),
+        ]
         lines.append("| main protocol | " + " | ".join(fmt(e["methods"][m]["main"]) for m in methods) + " |")
         lines.append("| unseen protocol | " + " | ".join(fmt(e["methods"][m]["unseen"]) for m in methods) + " |")
-        lines.append("| change | " + " | ".join(
-            f"{e['methods'][m]['change']['mean']:+.2f} [{e['methods'][m]['change']['ci_low']:+.2f}, "
-            f"{e['methods'][m]['change']['ci_high']:+.2f}]" for m in methods) + " |")
+        lines.append(
+            "| change | "
+            + " | ".join(
+                f"{e['methods'][m]['change']['mean']:+.2f} [{e['methods'][m]['change']['ci_low']:+.2f}, "
+                f"{e['methods'][m]['change']['ci_high']:+.2f}]"
+                for m in methods
+            )
+            + " |"
+        )
         lines.append("")
     return "\n".join(lines)
 
 
 def protocol_shift_rows(shift: dict) -> list[dict]:
     """``tables/protocol_shift.csv``: one row per experiment and method."""
-    return [{"experiment": exp, "unseen_experiment": e["unseen_experiment"], "method": m, "dice_main": r["main"],
-             "dice_unseen": r["unseen"], "change": r["change"]["mean"], "change_ci_low": r["change"]["ci_low"],
-             "change_ci_high": r["change"]["ci_high"], "pairs": r["pairs"]}
-            for exp, e in shift["experiments"].items() for m, r in e["methods"].items()]
+    return [
+        {
+            "experiment": exp,
+            "unseen_experiment": e["unseen_experiment"],
+            "method": m,
+            "dice_main": r["main"],
+            "dice_unseen": r["unseen"],
+            "change": r["change"]["mean"],
+            "change_ci_low": r["change"]["ci_low"],
+            "change_ci_high": r["change"]["ci_high"],
+            "pairs": r["pairs"],
+        }
+        for exp, e in shift["experiments"].items()
+        for m, r in e["methods"].items()
+    ]
 
 
 # -------------------------------------------------------------------------- sampler and SDEdit t0
 def smallest_nfe_sentence(entry: dict | None, test: dict | None = None) -> str:
     if not entry:
         return ""
-    text = (f"Best mean Dice: {entry['best']} ({fmt(entry['best_mean'], 3)}, CI from {fmt(entry['ci_low'], 3)}). "
-            f"Fewest network evaluations with a mean inside that interval: {entry['setting']} "
-            f"({fmt(entry['nfe_per_slice'], 0)} per slice, Dice {fmt(entry['mean'], 3)}).")
+    text = (
+        f"Best mean Dice: {entry['best']} ({fmt(entry['best_mean'], 3)}, CI from {fmt(entry['ci_low'], 3)}). "
+        f"Fewest network evaluations with a mean inside that interval: {entry['setting']} "
+        f"({fmt(entry['nfe_per_slice'], 0)} per slice, Dice {fmt(entry['mean'], 3)})."
+    )
     if test:
         if not test["in_sweep"]:
             verdict = "was not in this sweep: it is a guess, not the sweep's choice"
@@ -266,14 +394,19 @@ def sampler_markdown(sampler: dict, t0: dict) -> str:
     if sampler.get("status") != "ok":
         lines += ["Not run (no `data/metrics/sampler/*.csv`).", ""]
     else:
-        lines += ["LMIDiffusion with several samplers on the same validation slices (one sample each). "
-                  "Time per slice is wall-clock on the machine that translated.", "",
-                  "| setting | sampler | steps | NFE / slice | time / slice (s) | Dice | PSNR (dB) | SSIM | n |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "LMIDiffusion with several samplers on the same validation slices (one sample each). "
+            "Time per slice is wall-clock on the machine that translated.",
+            "",
+            "| setting | sampler | steps | NFE / slice | time / slice (s) | Dice | PSNR (dB) | SSIM | n |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in sampler["settings"]:
-            lines.append(f"| {r['setting']} | {r['kind']} | {r['steps']} | {fmt(r['nfe_per_slice'], 0)} | "
-                         f"{fmt(r['wall_s_per_slice'], 3)} | {_cell(r['dice'], 3, ci=False)} | "
-                         f"{_cell(r['psnr'], 2, ci=False)} | {_cell(r['ssim'], 3, ci=False)} | {r['n']} |")
+            lines.append(
+                f"| {r['setting']} | {r['kind']} | {r['steps']} | {fmt(r['nfe_per_slice'], 0)} | "
+                f"{fmt(r['wall_s_per_slice'], 3)} | {_cell(r['dice'], 3, ci=False)} | "
+                f"{_cell(r['psnr'], 2, ci=False)} | {_cell(r['ssim'], 3, ci=False)} | {r['n']} |"
+            )
         lines.append("")
         lines += [smallest_nfe_sentence(sampler.get("smallest_nfe"), sampler.get("test_sampler")), ""]
     lines += ["## SDEdit: t0 chosen on validation slices", ""]
@@ -281,8 +414,12 @@ def sampler_markdown(sampler: dict, t0: dict) -> str:
         lines += ["Not run (no validation sweep in `data/models/sdedit/train_info.json`).", ""]
     else:
         cols = t0["columns"]
-        lines += [f"Chosen t0: {t0['chosen_t0']}" if t0.get("chosen_t0") is not None else "", "",
-                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += [
+            f"Chosen t0: {t0['chosen_t0']}" if t0.get("chosen_t0") is not None else "",
+            "",
+            "| " + " | ".join(cols) + " |",
+            "|" + "---|" * len(cols),
+        ]
         for r in t0["rows"]:
             lines.append("| " + " | ".join(plain(r.get(c)) for c in cols) + " |")
         lines.append("")
@@ -290,21 +427,46 @@ def sampler_markdown(sampler: dict, t0: dict) -> str:
 
 
 def sampler_latex(sampler: dict) -> str:
-    lines = ["% Generated by `lmid aggregate`; needs \\usepackage{booktabs}.", "\\begin{tabular}{lrrrrccc}",
-             "\\toprule", "setting & steps & NFE & s/slice & Dice & PSNR (dB) & SSIM & n \\\\", "\\midrule"]
+    lines = [
+        "% Generated by `lmid aggregate`; needs \\usepackage{booktabs}.",
+        "\\begin{tabular}{lrrrrccc}",
+        "\\toprule",
+        "setting & steps & NFE & s/slice & Dice & PSNR (dB) & SSIM & n \\\\",
+        "\\midrule",
+    ]
     for r in sampler["settings"]:
-        lines.append(" & ".join(latex_escape(c) for c in (
-            r["setting"], str(r["steps"]), fmt(r["nfe_per_slice"], 0), fmt(r["wall_s_per_slice"], 3),
-            _cell(r["dice"], 3, ci=False), _cell(r["psnr"], 2, ci=False), _cell(r["ssim"], 3, ci=False),
-            str(r["n"]))) + " \\\\")
+        lines.append(
+            " & ".join(
+                latex_escape(c)
+                for c in (
+                    r["setting"],
+                    str(r["steps"]),
+                    fmt(r["nfe_per_slice"], 0),
+                    fmt(r["wall_s_per_slice"], 3),
+                    _cell(r["dice"], 3, ci=False),
+                    _cell(r["psnr"], 2, ci=False),
+                    _cell(r["ssim"], 3, ci=False),
+                    str(r["n"]),
+                )
+            )
+            + " \\\\"
+        )
     lines += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(lines)
 
 
 def sampler_rows(sampler: dict) -> list[dict]:
     """``tables/sampler.csv``: one row per sampler setting, mean/std/CI of each metric."""
-    return [{"setting": r["setting"], "kind": r["kind"], "steps": r["steps"], "n": r["n"],
-             "nfe_per_slice": r["nfe_per_slice"], "wall_s_per_slice": r["wall_s_per_slice"],
-             "dice_reference": r["dice_key"], **{f"{k}_{q}": r[k][q] for k in ("dice", "psnr", "ssim")
-                                                 for q in ("mean", "std", "ci_low", "ci_high")}}
-            for r in sampler["settings"]]
+    return [
+        {
+            "setting": r["setting"],
+            "kind": r["kind"],
+            "steps": r["steps"],
+            "n": r["n"],
+            "nfe_per_slice": r["nfe_per_slice"],
+            "wall_s_per_slice": r["wall_s_per_slice"],
+            "dice_reference": r["dice_key"],
+            **{f"{k}_{q}": r[k][q] for k in ("dice", "psnr", "ssim") for q in ("mean", "std", "ci_low", "ci_high")},
+        }
+        for r in sampler["settings"]
+    ]

@@ -64,12 +64,22 @@ class Method:
         if self.access is Access.NONE:
             return TrainingData(target=None, source=None, paired=False)
         if self.access in (Access.TARGET_ONLY, Access.TARGET_HISTOGRAM):
-            return TrainingData(target=train.target.copy(), source=None, paired=False,
-                                target_subjects=np.unique(train.subject), target_mask=train.mask.copy())
+            return TrainingData(
+                target=train.target.copy(),
+                source=None,
+                paired=False,
+                target_subjects=np.unique(train.subject),
+                target_mask=train.mask.copy(),
+            )
         if self.access is Access.PAIRED:
-            return TrainingData(target=train.target.copy(), source=train.source.copy(), paired=True,
-                                target_subjects=np.unique(train.subject), source_subjects=np.unique(train.subject),
-                                target_mask=train.mask.copy())
+            return TrainingData(
+                target=train.target.copy(),
+                source=train.source.copy(),
+                paired=True,
+                target_subjects=np.unique(train.subject),
+                source_subjects=np.unique(train.subject),
+                target_mask=train.mask.copy(),
+            )
         if self.access is Access.TARGET_AND_SOURCE_FRACTION:
             fraction = params.cyclegan.source_fraction
             rng = np.random.default_rng(seed + 17)
@@ -78,9 +88,14 @@ class Method:
             src_idx = np.sort(rng.choice(n, size=k, replace=False))
             # Unpaired: the source slices are shuffled independently of the target slices.
             src = train.source[rng.permutation(src_idx)].copy()
-            return TrainingData(target=train.target.copy(), source=src, paired=False,
-                                target_subjects=np.unique(train.subject),
-                                source_subjects=np.unique(train.subject[src_idx]), target_mask=train.mask.copy())
+            return TrainingData(
+                target=train.target.copy(),
+                source=src,
+                paired=False,
+                target_subjects=np.unique(train.subject),
+                source_subjects=np.unique(train.subject[src_idx]),
+                target_mask=train.mask.copy(),
+            )
         raise AssertionError(self.access)
 
     # ----------------------------------------------------------------------- the two verbs
@@ -95,8 +110,9 @@ class Method:
         """Load what :meth:`translate` needs from ``model_path`` (``weights_only=True``)."""
         raise NotImplementedError
 
-    def translate(self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device,
-                  samples: int = 1) -> Translation:
+    def translate(
+        self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device, samples: int = 1
+    ) -> Translation:
         """Translate source slices (N, H, W) in [0, 1] into target-looking slices.
 
         ``seeds`` holds one integer per slice; a stochastic method draws each slice's noise from a

@@ -34,8 +34,14 @@ from lmid.errors import LmidError, ParamsError
 from lmid.io import write_text
 from lmid.methods.base import Method, TrainingData, Translation
 from lmid.networks import autocast, count_parameters
-from lmid.networks.cdm import (ConditionalUNet, MaskedAutoencoder, VectorDenoiser, VectorDiffusion, masked_l2,
-                               random_patch_mask)
+from lmid.networks.cdm import (
+    ConditionalUNet,
+    MaskedAutoencoder,
+    VectorDenoiser,
+    VectorDiffusion,
+    masked_l2,
+    random_patch_mask,
+)
 from lmid.progress import progress_disabled
 
 log = logging.getLogger(__name__)
@@ -49,9 +55,15 @@ LOG_COLUMNS = ("stage", "step", "loss")
 def architecture(params: Params, image_size: int) -> dict:
     """The values that define the networks' shapes (stored in model.pt)."""
     p = params.cdm
-    return {"vector_dim": p.vector_dim, "mrm_channels": list(p.mrm_channels), "unet_channels": list(p.unet_channels),
-            "mdn_blocks": p.mdn_blocks, "mdn_hidden": p.mdn_hidden, "mdn_timesteps": p.mdn_timesteps,
-            "image_size": int(image_size)}
+    return {
+        "vector_dim": p.vector_dim,
+        "mrm_channels": list(p.mrm_channels),
+        "unet_channels": list(p.unet_channels),
+        "mdn_blocks": p.mdn_blocks,
+        "mdn_hidden": p.mdn_hidden,
+        "mdn_timesteps": p.mdn_timesteps,
+        "image_size": int(image_size),
+    }
 
 
 def build_networks(arch: dict) -> dict[str, torch.nn.Module]:
@@ -68,8 +80,10 @@ def check_sizes(params: Params, height: int, width: int) -> None:
     unet_div = 2 ** (len(p.unet_channels) - 1)
     for key, div in (("cdm.mrm_channels", mrm_div), ("cdm.unet_channels", unet_div)):
         if height % div or width % div:
-            raise ParamsError(f"{key}: {height}×{width} slices are not divisible by {div} "
-                              f"(one halving per level); use fewer levels or another prepare.size")
+            raise ParamsError(
+                f"{key}: {height}×{width} slices are not divisible by {div} "
+                f"(one halving per level); use fewer levels or another prepare.size"
+            )
     if p.patch > min(height, width):
         raise ParamsError(f"cdm.patch: {p.patch} is larger than the {height}×{width} slices")
 
@@ -87,7 +101,7 @@ def _csv(rows: list[list]) -> str:
 def mrm_vectors(mrm: MaskedAutoencoder, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """z₀ = MRM(y) for a stack of target slices (N, 1, H, W) → (N, vector_dim)."""
     mrm.eval()
-    out = [mrm.vector(images[i:i + batch]).float() for i in range(0, len(images), batch)]
+    out = [mrm.vector(images[i : i + batch]).float() for i in range(0, len(images), batch)]
     return torch.cat(out) if out else torch.zeros(0, mrm.to_vector[-1].out_channels)
 
 
@@ -121,8 +135,10 @@ class _Trainer:
             return
         ck = load_checkpoint(self.ckpt_path, required=("method", "arch", "stage", "step", "nets"))
         if ck["method"] != "cdm" or ck["arch"] != self.arch:
-            raise LmidError(f"{self.ckpt_path}: checkpoint of another CDM architecture ({ck['arch']}); "
-                            f"delete it or use the parameters it was made with")
+            raise LmidError(
+                f"{self.ckpt_path}: checkpoint of another CDM architecture ({ck['arch']}); "
+                f"delete it or use the parameters it was made with"
+            )
         for name, net in self.nets.items():
             load_module_state(net, ck["nets"][name], self.ckpt_path, f"cdm {name}")
         self.stage, self.step = ck["stage"], int(ck["step"])
@@ -135,13 +151,22 @@ class _Trainer:
         log.info("cdm: resuming at stage %s, step %d", self.stage, self.step)
 
     def _save(self, opt, gen) -> None:
-        save_checkpoint(self.ckpt_path, {
-            "method": "cdm", "arch": self.arch, "stage": self.stage, "step": self.step,
-            "nets": {k: v.state_dict() for k, v in self.nets.items()},
-            "opt": opt.state_dict() if opt is not None else None,
-            "gen": gen.get_state() if gen is not None else None,
-            "torch_rng": torch.get_rng_state(), "log": self.rows, "walls": self.walls, "acc": self.acc,
-        })
+        save_checkpoint(
+            self.ckpt_path,
+            {
+                "method": "cdm",
+                "arch": self.arch,
+                "stage": self.stage,
+                "step": self.step,
+                "nets": {k: v.state_dict() for k, v in self.nets.items()},
+                "opt": opt.state_dict() if opt is not None else None,
+                "gen": gen.get_state() if gen is not None else None,
+                "torch_rng": torch.get_rng_state(),
+                "log": self.rows,
+                "walls": self.walls,
+                "acc": self.acc,
+            },
+        )
         write_text(self.out_dir / "train_log.csv", _csv(self.rows))
 
     # ------------------------------------------------------------------ one step per stage
@@ -199,8 +224,9 @@ class _Trainer:
         net.train()
         t0 = time.perf_counter()
         wall0 = self.walls[stage]
-        bar = tqdm(total=tp.steps, initial=self.step, desc=f"cdm {stage}", disable=progress_disabled(),
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=tp.steps, initial=self.step, desc=f"cdm {stage}", disable=progress_disabled(), dynamic_ncols=True
+        )
         while self.step < tp.steps:
             loss = self._loss(stage, gen, tp.batch_size, vectors)
             opt.zero_grad(set_to_none=True)
@@ -232,8 +258,10 @@ class _Trainer:
         for stage in STAGES:
             losses = [r[2] for r in self.rows if r[0] == stage]
             if losses:
-                final[stage] = {"first_logged_loss": round(float(losses[0]), 6),
-                                "last_logged_loss": round(float(losses[-1]), 6)}
+                final[stage] = {
+                    "first_logged_loss": round(float(losses[0]), 6),
+                    "last_logged_loss": round(float(losses[-1]), 6),
+                }
         return {
             "supervised": True,
             "steps": {s: getattr(self.p, s).steps for s in STAGES},
@@ -245,9 +273,11 @@ class _Trainer:
 
 class Cdm(Method):
     name = "cdm"
-    description = ("CDM (Xing et al., MICCAI 2024): supervised upper bound trained on paired slices — "
-                   "masked-autoencoder target vector, vector diffusion (MDN), FiLM-conditioned U-Net; "
-                   "one U-Net pass per slice")
+    description = (
+        "CDM (Xing et al., MICCAI 2024): supervised upper bound trained on paired slices — "
+        "masked-autoencoder target vector, vector diffusion (MDN), FiLM-conditioned U-Net; "
+        "one U-Net pass per slice"
+    )
 
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:
         if not data.paired or data.source is None or data.target is None:
@@ -257,8 +287,11 @@ class Cdm(Method):
         trainer = _Trainer(params, data, out_dir, device)
         info = trainer.run()
         arch = trainer.arch
-        model = {"method": "cdm", "arch": arch,
-                 **{k: {n_: t.detach().cpu() for n_, t in v.state_dict().items()} for k, v in trainer.nets.items()}}
+        model = {
+            "method": "cdm",
+            "arch": arch,
+            **{k: {n_: t.detach().cpu() for n_, t in v.state_dict().items()} for k, v in trainer.nets.items()},
+        }
         save_checkpoint(Path(out_dir) / "model.pt", model)
         ddim = len(trainer.diffusion.ddim_timesteps(params.cdm.mdn_ddim_steps))
         info["nfe_per_slice"] = {"unet": 1, "mdn": ddim}
@@ -277,9 +310,11 @@ class Cdm(Method):
             z = mrm_vectors(trainer.nets["mrm"], y)
             trainer.nets["unet"].eval()
             oracle = trainer.nets["unet"](x, z).clamp(0, 1).cpu().numpy()[:, 0]
-        return {"mse_sampled_vector": float(np.mean((out - val.target) ** 2)),
-                "mse_true_target_vector": float(np.mean((oracle - val.target) ** 2)),
-                "mse_identity": float(np.mean((val.source - val.target) ** 2))}
+        return {
+            "mse_sampled_vector": float(np.mean((out - val.target) ** 2)),
+            "mse_true_target_vector": float(np.mean((oracle - val.target) ** 2)),
+            "mse_identity": float(np.mean((val.source - val.target) ** 2)),
+        }
 
     def load(self, params: Params, model_path: Path, device: torch.device):
         if model_path is None:
@@ -295,8 +330,9 @@ class Cdm(Method):
         return {"arch": ck["arch"], **nets, "diffusion": VectorDiffusion(ck["arch"]["mdn_timesteps"])}
 
     @torch.no_grad()
-    def sample_vectors(self, params: Params, model: dict, seeds: np.ndarray, device: torch.device,
-                       samples: int = 1) -> torch.Tensor:
+    def sample_vectors(
+        self, params: Params, model: dict, seeds: np.ndarray, device: torch.device, samples: int = 1
+    ) -> torch.Tensor:
         """(N, samples, vector_dim) vectors from the MDN; slice i's noise comes from seed i alone."""
         dim = model["arch"]["vector_dim"]
         noise = [torch.randn(samples, dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
@@ -307,8 +343,9 @@ class Cdm(Method):
         return z.reshape(len(seeds), samples, dim)
 
     @torch.no_grad()
-    def translate(self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device,
-                  samples: int = 1) -> Translation:
+    def translate(
+        self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device, samples: int = 1
+    ) -> Translation:
         n, h, w = source.shape
         arch = model["arch"]
         unet = model["unet"].eval()
@@ -320,7 +357,7 @@ class Cdm(Method):
         bs = params.cdm.translate_batch_size
         for i in range(0, n * samples, bs):
             with autocast(device):
-                out[i:i + bs] = unet(x[i:i + bs].to(device), zf[i:i + bs]).float().clamp(0, 1).cpu()
+                out[i : i + bs] = unet(x[i : i + bs].to(device), zf[i : i + bs]).float().clamp(0, 1).cpu()
         out = out.view(n, samples, h, w).numpy()
         ddim = len(model["diffusion"].ddim_timesteps(params.cdm.mdn_ddim_steps))
         return Translation(

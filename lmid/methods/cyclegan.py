@@ -64,8 +64,10 @@ def lr_factor(step: int, total: int, constant_fraction: float) -> float:
 # ------------------------------------------------------------------------------------- method
 class CycleGan(Method):
     name = "cyclegan"
-    description = ("CycleGAN (ResNet generators, 70×70 PatchGAN, LSGAN, cycle 10, identity 5) on unpaired "
-                   "target slices plus a fraction of the training subjects' source slices")
+    description = (
+        "CycleGAN (ResNet generators, 70×70 PatchGAN, LSGAN, cycle 10, identity 5) on unpaired "
+        "target slices plus a fraction of the training subjects' source slices"
+    )
 
     @staticmethod
     def arch(params: Params) -> dict:
@@ -77,7 +79,8 @@ class CycleGan(Method):
         p = params.cyclegan
         arch = CycleGan.arch(params)
         nets = {
-            "g_ab": ResnetGenerator(**arch), "g_ba": ResnetGenerator(**arch),
+            "g_ab": ResnetGenerator(**arch),
+            "g_ba": ResnetGenerator(**arch),
             "d_a": PatchDiscriminator(1, p.disc_filters, p.disc_layers),
             "d_b": PatchDiscriminator(1, p.disc_filters, p.disc_layers),
         }
@@ -96,8 +99,10 @@ class CycleGan(Method):
         h, w = data.target.shape[1:]
         min_side = 2 ** (p.disc_layers + 2)
         if min(h, w) < min_side:
-            raise ParamsError(f"cyclegan.disc_layers: {p.disc_layers} layers need slices of at least "
-                              f"{min_side}×{min_side} pixels, got {h}×{w}")
+            raise ParamsError(
+                f"cyclegan.disc_layers: {p.disc_layers} layers need slices of at least "
+                f"{min_side}×{min_side} pixels, got {h}×{w}"
+            )
         if h % 4 or w % 4:
             raise ParamsError(f"cyclegan: slice size {h}×{w} must be a multiple of 4 (two stride-2 levels)")
 
@@ -132,24 +137,39 @@ class CycleGan(Method):
 
         def model_state() -> dict:
             # G_BA travels along only for the cycle checks (target → source); translate uses G_AB.
-            return {"method": self.name, "arch": self.arch(params), "generator": nets["g_ab"].state_dict(),
-                    "generator_ba": nets["g_ba"].state_dict()}
+            return {
+                "method": self.name,
+                "arch": self.arch(params),
+                "generator": nets["g_ab"].state_dict(),
+                "generator_ba": nets["g_ba"].state_dict(),
+            }
 
         def save(step: int) -> None:
-            save_checkpoint(ckpt_path, {
-                "method": self.name,  # whose folder this is (lmid train refuses another method's)
-                "nets": {k: n.state_dict() for k, n in nets.items()}, "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(), "pool_a": pool_a.state_dict(), "pool_b": pool_b.state_dict(),
-                "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
-                "log_rows": rows, "log_window": window, **clock.state(),
-            })
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "method": self.name,  # whose folder this is (lmid train refuses another method's)
+                    "nets": {k: n.state_dict() for k, n in nets.items()},
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "pool_a": pool_a.state_dict(),
+                    "pool_b": pool_b.state_dict(),
+                    "gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                    "log_rows": rows,
+                    "log_window": window,
+                    **clock.state(),
+                },
+            )
 
         source = to_signed(data.source, device)
         target = to_signed(data.target, device)
         bs = cfg.batch_size
         lam_c, lam_i = p.lambda_cycle, p.lambda_cycle * p.lambda_identity
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="cyclegan",
-                   disable=progress_disabled())
+        bar = tqdm(
+            range(start, cfg.steps), initial=start, total=cfg.steps, desc="cyclegan", disable=progress_disabled()
+        )
         for step in bar:
             lr = cfg.lr * lr_factor(step, cfg.steps, p.constant_fraction)
             for opt in (opt_g, opt_d):
@@ -170,8 +190,9 @@ class CycleGan(Method):
                 fake_a = nets["g_ba"](b)
                 rec_b = nets["g_ab"](fake_a)
                 pred_b, pred_a = nets["d_b"](fake_b), nets["d_a"](fake_a)
-                g_gan = F.mse_loss(pred_b.float(), torch.ones_like(pred_b, dtype=torch.float32)) + \
-                    F.mse_loss(pred_a.float(), torch.ones_like(pred_a, dtype=torch.float32))
+                g_gan = F.mse_loss(pred_b.float(), torch.ones_like(pred_b, dtype=torch.float32)) + F.mse_loss(
+                    pred_a.float(), torch.ones_like(pred_a, dtype=torch.float32)
+                )
                 cycle = F.l1_loss(rec_a.float(), a) + F.l1_loss(rec_b.float(), b)
                 if lam_i > 0:
                     identity = F.l1_loss(nets["g_ab"](b).float(), b) + F.l1_loss(nets["g_ba"](a).float(), a)
@@ -217,12 +238,18 @@ class CycleGan(Method):
         nets["g_ba"].eval()
         save_checkpoint(out_dir / "model.pt", model_state())
         info = {
-            "steps": cfg.steps, "steps_this_run": cfg.steps - start, "train_loop_s": round(wall, 3),
-            "train_loop_cpu_s_total": round(clock.cpu(), 3), "images_seen": cfg.steps * cfg.batch_size,
+            "steps": cfg.steps,
+            "steps_this_run": cfg.steps - start,
+            "train_loop_s": round(wall, 3),
+            "train_loop_cpu_s_total": round(clock.cpu(), 3),
+            "images_seen": cfg.steps * cfg.batch_size,
             "s_per_step": round(wall / max(1, cfg.steps - start), 4),
-            "generator_params": count_parameters(g_ab), "discriminator_params": count_parameters(nets["d_b"]),
-            "source_slices_seen": int(len(data.source)), "target_slices_seen": int(len(data.target)),
-            "source_fraction": p.source_fraction, "nfe_per_slice": 1,
+            "generator_params": count_parameters(g_ab),
+            "discriminator_params": count_parameters(nets["d_b"]),
+            "source_slices_seen": int(len(data.source)),
+            "target_slices_seen": int(len(data.target)),
+            "source_fraction": p.source_fraction,
+            "nfe_per_slice": 1,
         }
         if rows:
             info["final_losses"] = dict(zip(columns[2:], [round(v, 5) for v in rows[-1][2:]]))
@@ -252,19 +279,20 @@ class CycleGan(Method):
         return net.to(device).eval()
 
     @torch.no_grad()
-    def translate(self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device,
-                  samples: int = 1) -> Translation:
+    def translate(
+        self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device, samples: int = 1
+    ) -> Translation:
         # Deterministic: seeds and samples > 1 change nothing (std = 0).
         model.eval()
         n, h, w = source.shape
         ph, pw = (-h) % 4, (-w) % 4
         out = np.empty((n, h, w), np.float32)
         for i in range(0, n, 32):
-            x = to_signed(source[i:i + 32], device)
+            x = to_signed(source[i : i + 32], device)
             if ph or pw:
                 x = F.pad(x, (0, pw, 0, ph), mode="reflect")
             with autocast(device):
                 y = model(x).float()[:, 0, :h, :w]
-            out[i:i + 32] = ((y + 1.0) / 2.0).clamp(0, 1).cpu().numpy()
+            out[i : i + 32] = ((y + 1.0) / 2.0).clamp(0, 1).cpu().numpy()
         std = np.zeros_like(out) if samples > 1 else None
         return Translation(image=out, std=std, nfe=1, info={"generator": "G_AB (source → target)"})

@@ -48,8 +48,15 @@ def sampler_plan(model: DiffusionModel, sp: SamplerParams) -> tuple[int, list[in
     return start, schedule.timesteps(start, steps, sp.spacing)
 
 
-def lmi_translate(model: DiffusionModel, source: np.ndarray, seeds: np.ndarray, sp: SamplerParams,
-                  samples: int, device: torch.device, progress=None) -> Translation:
+def lmi_translate(
+    model: DiffusionModel,
+    source: np.ndarray,
+    seeds: np.ndarray,
+    sp: SamplerParams,
+    samples: int,
+    device: torch.device,
+    progress=None,
+) -> Translation:
     """LMI-conditioned translation of (N, H, W) source slices with a loaded model."""
     if model.in_channels != 3:
         raise LmidError(f"LMIDiffusion needs a 3-channel model, this one has {model.in_channels} input channel(s)")
@@ -66,8 +73,17 @@ def lmi_translate(model: DiffusionModel, source: np.ndarray, seeds: np.ndarray, 
         return samplers.run(sp.kind, model.eps_fn(guide), schedule, x, seq, noise, eta=sp.eta, clip_x0=sp.clip_x0)
 
     image, mean, std = translate_batched(source, seeds, samples, sp.batch_size, device, one_batch, progress=progress)
-    info = {"sampler": sp.kind, "steps": len(seq), "spacing": sp.spacing, "start": sp.start, "start_index": start, "eta": sp.eta,
-            "clip_x0": sp.clip_x0, "samples": samples, "lmi_mode": lmi.mode}
+    info = {
+        "sampler": sp.kind,
+        "steps": len(seq),
+        "spacing": sp.spacing,
+        "start": sp.start,
+        "start_index": start,
+        "eta": sp.eta,
+        "clip_x0": sp.clip_x0,
+        "samples": samples,
+        "lmi_mode": lmi.mode,
+    }
     return Translation(image=image, std=std, mean=mean, nfe=len(seq) * samples, info=info)
 
 
@@ -78,8 +94,9 @@ class LmiDiffusion(Method):
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:
         if data.target is None:
             raise LmidError("lmidiffusion needs the target training slices")
-        trainer = LmiDiffusionTrainer(params.diffusion, params.lmi, seed=params.seed + SEED_OFFSET,
-                                      out_dir=Path(out_dir), device=device)
+        trainer = LmiDiffusionTrainer(
+            params.diffusion, params.lmi, seed=params.seed + SEED_OFFSET, out_dir=Path(out_dir), device=device
+        )
         info = trainer.fit(data.target)
         model = trainer.inference_model()
         model.save(Path(out_dir) / "model.pt")
@@ -90,9 +107,17 @@ class LmiDiffusion(Method):
     def load(self, params: Params, model_path: Path, device: torch.device) -> DiffusionModel:
         if model_path is None:
             raise LmidError("lmidiffusion: translate needs --model (the trained model.pt)")
-        return DiffusionModel.load(Path(model_path), device, method=self.name,
-                                   mixed_precision=params.diffusion.train.mixed_precision)
+        return DiffusionModel.load(
+            Path(model_path), device, method=self.name, mixed_precision=params.diffusion.train.mixed_precision
+        )
 
-    def translate(self, params: Params, model: DiffusionModel, source: np.ndarray, seeds: np.ndarray,
-                  device: torch.device, samples: int = 1) -> Translation:
+    def translate(
+        self,
+        params: Params,
+        model: DiffusionModel,
+        source: np.ndarray,
+        seeds: np.ndarray,
+        device: torch.device,
+        samples: int = 1,
+    ) -> Translation:
         return lmi_translate(model, source, seeds, params.lmidiffusion.sampler, samples, device)

@@ -38,8 +38,9 @@ class Identity(Method):
                 raise LmidError(f"{model_path}: a model of method {ck['method']!r}, not identity")
         return None
 
-    def translate(self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device,
-                  samples: int = 1) -> Translation:
+    def translate(
+        self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device, samples: int = 1
+    ) -> Translation:
         image = np.array(source, dtype=np.float32, copy=True)
         return Translation(image=image, std=np.zeros_like(image) if samples > 1 else None, nfe=0)
 
@@ -78,9 +79,15 @@ class HistMatch(Method):
             raise LmidError("histmatch: the training brain masks are empty; nothing to build a histogram from")
         n_q = params.histmatch.n_quantiles
         levels, quantiles = reference_quantiles(values, n_q)
-        save_checkpoint(Path(out_dir) / "model.pt", {
-            "method": "histmatch", "n_quantiles": n_q,
-            "levels": torch.from_numpy(levels), "quantiles": torch.from_numpy(quantiles)})
+        save_checkpoint(
+            Path(out_dir) / "model.pt",
+            {
+                "method": "histmatch",
+                "n_quantiles": n_q,
+                "levels": torch.from_numpy(levels),
+                "quantiles": torch.from_numpy(quantiles),
+            },
+        )
         return {"parameters": n_q, "nfe_per_slice": 0, "brain_voxels": int(values.size)}
 
     def load(self, params: Params, model_path: Path | None, device: torch.device):
@@ -91,13 +98,15 @@ class HistMatch(Method):
             raise LmidError(f"{model_path}: a model of method {ck['method']!r}, not histmatch")
         return {"levels": ck["levels"].numpy(), "quantiles": ck["quantiles"].numpy()}
 
-    def translate(self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device,
-                  samples: int = 1) -> Translation:
+    def translate(
+        self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device, samples: int = 1
+    ) -> Translation:
         threshold = params.histmatch.mask_threshold
         out = np.zeros(source.shape, np.float32)
         for i, s in enumerate(source):
             brain = s > threshold  # translate sees only the source, so its brain is its non-background
             out[i][brain] = match_to_quantiles(s[brain], model["levels"], model["quantiles"])
         out = np.clip(out, 0.0, 1.0)
-        return Translation(image=out, std=np.zeros_like(out) if samples > 1 else None, nfe=0,
-                           info={"mask_threshold": threshold})
+        return Translation(
+            image=out, std=np.zeros_like(out) if samples > 1 else None, nfe=0, info={"mask_threshold": threshold}
+        )

@@ -26,8 +26,9 @@ from lmid.registry import key_values, spec
 log = logging.getLogger(__name__)
 
 
-def train_method(params: Params, method: str, train_path: Path, val_path: Path, out_dir: Path,
-                 device: str = "auto") -> dict:
+def train_method(
+    params: Params, method: str, train_path: Path, val_path: Path, out_dir: Path, device: str = "auto"
+) -> dict:
     """Train ``method`` on what it may see; writes ``model.pt`` and ``train_info.json``."""
     dev = device_from_arg(device)  # a bad --device stops here, before the folder is touched
     _refuse_another_methods_folder(method, Path(out_dir))
@@ -36,15 +37,23 @@ def train_method(params: Params, method: str, train_path: Path, val_path: Path, 
     val = load_slices(val_path, allow_empty=True)
     shared = sorted(set(map(str, train.subject)) & set(map(str, val.subject)))
     if shared:
-        raise InputFileError(val_path, f"shares subject(s) {', '.join(shared[:5])} with {train_path}: the splits "
-                                       "must come from one 'lmid prepare' run (prepare again)")
+        raise InputFileError(
+            val_path,
+            f"shares subject(s) {', '.join(shared[:5])} with {train_path}: the splits "
+            "must come from one 'lmid prepare' run (prepare again)",
+        )
     data = m.training_data(params, train)
     out_dir = ensure_dir(out_dir)
     _set_aside_stale_checkpoint(params, method, train_path, out_dir)
     t0 = time.perf_counter()
     info = m.train(params, data, val, out_dir, dev) or {}
-    info = {"method": method, "access": m.access.value, "device": _device_name(dev),
-            "train_wall_s": round(time.perf_counter() - t0, 3), **info}
+    info = {
+        "method": method,
+        "access": m.access.value,
+        "device": _device_name(dev),
+        "train_wall_s": round(time.perf_counter() - t0, 3),
+        **info,
+    }
     if not (out_dir / "model.pt").is_file():
         raise LmidError(f"{method}: training finished without writing {out_dir / 'model.pt'}")
     _record_training_slices(out_dir / "model.pt", train, params)
@@ -60,9 +69,12 @@ def _record_training_slices(model_path: Path, train, params: Params) -> None:
     from lmid.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(model_path)
-    state["trained_on"] = {"height": int(train.shape[0]), "width": int(train.shape[1]),
-                           "source_modality": params.data.source_modality,
-                           "target_modality": params.data.target_modality}
+    state["trained_on"] = {
+        "height": int(train.shape[0]),
+        "width": int(train.shape[1]),
+        "source_modality": params.data.source_modality,
+        "target_modality": params.data.target_modality,
+    }
     save_checkpoint(model_path, state)
 
 
@@ -71,9 +83,12 @@ def _check_trained_on(model_path: Path, split, slices_path: Path) -> None:
 
     trained = load_checkpoint(model_path).get("trained_on")
     if isinstance(trained, dict) and (trained["height"], trained["width"]) != tuple(split.shape):
-        raise InputFileError(model_path, f"was trained on {trained['height']}x{trained['width']} slices, but "
-                                         f"{slices_path} holds {split.shape[0]}x{split.shape[1]} (prepare.size must be "
-                                         "the same for training and translation)")
+        raise InputFileError(
+            model_path,
+            f"was trained on {trained['height']}x{trained['width']} slices, but "
+            f"{slices_path} holds {split.shape[0]}x{split.shape[1]} (prepare.size must be "
+            "the same for training and translation)",
+        )
 
 
 def _device_name(dev) -> str:
@@ -127,8 +142,11 @@ def _refuse_another_methods_folder(method: str, out_dir: Path) -> None:
     for name in _OWNED_FILES:
         other = _named_method(out_dir / name)
         if other is not None and other != method:
-            raise InputFileError(out_dir, f"holds a model of {other!r} ({name} names it); refusing to train "
-                                          f"{method!r} there: give {method} a folder of its own")
+            raise InputFileError(
+                out_dir,
+                f"holds a model of {other!r} ({name} names it); refusing to train "
+                f"{method!r} there: give {method} a folder of its own",
+            )
 
 
 def _set_aside_stale_checkpoint(params: Params, method: str, train_path: Path, out_dir: Path) -> None:
@@ -146,8 +164,9 @@ def _set_aside_stale_checkpoint(params: Params, method: str, train_path: Path, o
         while aside.exists():
             aside, k = out_dir / f"checkpoint.stale-{tag}-{k}.pt", k + 1
         os.replace(ckpt, aside)
-        log.warning("%s: %s was made with other parameters or data; set aside as %s, starting afresh",
-                    method, ckpt, aside)
+        log.warning(
+            "%s: %s was made with other parameters or data; set aside as %s, starting afresh", method, ckpt, aside
+        )
     elif ckpt.exists():
         from lmid.checkpoint import load_checkpoint
 
@@ -169,9 +188,19 @@ def slice_seeds(seed: int, n: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 2**31 - 1, size=n)
 
 
-def translate_shard(params: Params, method: str, model_path: Path | None, slices_path: Path, out_path: Path,
-                    source_modality: str | None = None, shard: int = 0, num_shards: int = 1,
-                    samples: int | None = None, device: str = "auto", limit: int = 0) -> dict:
+def translate_shard(
+    params: Params,
+    method: str,
+    model_path: Path | None,
+    slices_path: Path,
+    out_path: Path,
+    source_modality: str | None = None,
+    shard: int = 0,
+    num_shards: int = 1,
+    samples: int | None = None,
+    device: str = "auto",
+    limit: int = 0,
+) -> dict:
     """Translate one shard of a split and write ``out_path`` (.npz)."""
     split = load_slices(slices_path)
     m = get_method(method)
@@ -203,17 +232,28 @@ def translate_shard(params: Params, method: str, model_path: Path | None, slices
         bad = ~np.isfinite(np.asarray(array, dtype=np.float32))
         if bad.any():  # clipping keeps NaN; evaluate would be the first to notice
             slices = sorted({int(idx[i]) for i in np.nonzero(bad.reshape(len(bad), -1).any(axis=1))[0]})
-            raise LmidError(f"{method}: the {what} of slice(s) {slices[:10]} of {slices_path} holds "
-                            f"{int(bad.sum())} NaN/Inf pixels; nothing written to {out_path} (a diverged model? "
-                            "check its train_log.csv)")
+            raise LmidError(
+                f"{method}: the {what} of slice(s) {slices[:10]} of {slices_path} holds "
+                f"{int(bad.sum())} NaN/Inf pixels; nothing written to {out_path} (a diverged model? "
+                "check its train_log.csv)"
+            )
     info = dict(result.info) if result else {}
-    save_npz(out_path, image=np.clip(image, 0.0, 1.0), std=std.astype(np.float32),
-             mean=np.clip(mean, 0.0, 1.0).astype(np.float32), index=idx.astype(np.int64),
-             nfe=np.asarray(result.nfe if result else 0), wall_s=np.asarray(wall),
-             source_modality=np.asarray(src_name), method=np.asarray(method),
-             # What gather and evaluate check: which part of which split (by content) this is.
-             shard=np.asarray(shard), num_shards=np.asarray(num_shards), n_slices=np.asarray(n),
-             split_fingerprint=np.asarray(split_fingerprint(split)))
+    save_npz(
+        out_path,
+        image=np.clip(image, 0.0, 1.0),
+        std=std.astype(np.float32),
+        mean=np.clip(mean, 0.0, 1.0).astype(np.float32),
+        index=idx.astype(np.int64),
+        nfe=np.asarray(result.nfe if result else 0),
+        wall_s=np.asarray(wall),
+        source_modality=np.asarray(src_name),
+        method=np.asarray(method),
+        # What gather and evaluate check: which part of which split (by content) this is.
+        shard=np.asarray(shard),
+        num_shards=np.asarray(num_shards),
+        n_slices=np.asarray(n),
+        split_fingerprint=np.asarray(split_fingerprint(split)),
+    )
     return {"slices": len(idx), "wall_s": wall, **info}
 
 
@@ -226,16 +266,18 @@ def _check_shards(method: str, parts: list[dict], shard_paths: list[Path], split
         if got != method:
             raise InputFileError(path, f"is a shard of {got!r}, not of {method!r}")
         if part["image"].shape[1:] != (h, w):
-            raise InputFileError(path, f"holds {part['image'].shape[1]}x{part['image'].shape[2]} slices; "
-                                       f"{slices_path} has {h}x{w}")
+            raise InputFileError(
+                path, f"holds {part['image'].shape[1]}x{part['image'].shape[2]} slices; {slices_path} has {h}x{w}"
+            )
         check_translated_from(path, part, split, slices_path)
     if not parts:
         raise LmidError(f"{method}: no shard files given")
     sources = [str(p.get("source_modality", "")) for p in parts]
     for path, src in zip(shard_paths, sources):
         if src != sources[0]:
-            raise InputFileError(path, f"translates {src!r}, but {shard_paths[0]} translates {sources[0]!r}: "
-                                       "shards of two experiments")
+            raise InputFileError(
+                path, f"translates {src!r}, but {shard_paths[0]} translates {sources[0]!r}: shards of two experiments"
+            )
     if all("num_shards" in p for p in parts):
         total = {int(p["num_shards"]) for p in parts}
         n = {int(p["n_slices"]) for p in parts}
@@ -245,15 +287,24 @@ def _check_shards(method: str, parts: list[dict], shard_paths: list[Path], split
         have = sorted(int(p["shard"]) for p in parts)
         if have != list(range(total)):
             missing = sorted(set(range(total)) - set(have))
-            raise LmidError(f"{method}: {len(parts)} shard file(s) of {total}; missing shard(s) {missing}"
-                            if missing else f"{method}: shard(s) given twice: {have}")
+            raise LmidError(
+                f"{method}: {len(parts)} shard file(s) of {total}; missing shard(s) {missing}"
+                if missing
+                else f"{method}: shard(s) given twice: {have}"
+            )
         index = np.sort(np.concatenate([p["index"] for p in parts]))
         if not np.array_equal(index, np.arange(n)):
             raise LmidError(f"{method}: the shards do not cover slices 0..{n - 1} exactly once")
 
 
-def gather(method: str, shard_paths: list[Path], slices_path: Path, manifest_path: Path, out_path: Path,
-           nifti_dir: Path | None = None) -> dict:
+def gather(
+    method: str,
+    shard_paths: list[Path],
+    slices_path: Path,
+    manifest_path: Path,
+    out_path: Path,
+    nifti_dir: Path | None = None,
+) -> dict:
     """Join shard files in slice order; write translations and per-subject NIfTI volumes."""
     split = load_slices(slices_path)
     parts = [load_npz(p, ("image", "std", "index", "nfe", "wall_s")) for p in shard_paths]
@@ -267,23 +318,46 @@ def gather(method: str, shard_paths: list[Path], slices_path: Path, manifest_pat
     std = np.concatenate([p["std"] for p in parts])[order]
     # Shards written before the mean was stored carry only the scored image.
     mean = np.concatenate([p["mean"] if "mean" in p else p["image"] for p in parts])[order]
-    wall = np.concatenate([np.full(len(p["index"]), float(p["wall_s"]) / max(1, len(p["index"]))) for p in parts])[order]
+    wall = np.concatenate([np.full(len(p["index"]), float(p["wall_s"]) / max(1, len(p["index"]))) for p in parts])[
+        order
+    ]
     nfe = np.concatenate([np.full(len(p["index"]), int(p["nfe"])) for p in parts])[order]
     src_mod = str(parts[0]["source_modality"]) if parts and "source_modality" in parts[0] else ""
     subjects, planes = split.subject[index], split.slice_index[index]
     # Every check before the first write: a manifest that cannot place the volumes leaves nothing.
     geometry = nifti_geometry(manifest_path, image.shape[1:], subjects, planes) if nifti_dir is not None else None
-    save_npz(out_path, image=image, std=std, mean=mean, index=index, subject=subjects, slice_index=planes,
-             nfe=nfe, wall_s=wall, source_modality=np.asarray(src_mod), method=np.asarray(method),
-             split_fingerprint=np.asarray(split_fingerprint(split)))
+    save_npz(
+        out_path,
+        image=image,
+        std=std,
+        mean=mean,
+        index=index,
+        subject=subjects,
+        slice_index=planes,
+        nfe=nfe,
+        wall_s=wall,
+        source_modality=np.asarray(src_mod),
+        method=np.asarray(method),
+        split_fingerprint=np.asarray(split_fingerprint(split)),
+    )
     if nifti_dir is not None:
         write_nifti(method, image, std, subjects, planes, manifest_path, Path(nifti_dir), geometry=geometry)
     return {"slices": int(len(index)), "wall_s_total": float(wall.sum())}
 
 
-def sweep_sampler(params: Params, model_path: Path, slices_path: Path, manifest_path: Path, segmenter_path: Path,
-                  shard_path: Path, translations_path: Path, metrics_path: Path, limit: int = 0,
-                  device: str = "auto", chains: int = 1) -> dict:
+def sweep_sampler(
+    params: Params,
+    model_path: Path,
+    slices_path: Path,
+    manifest_path: Path,
+    segmenter_path: Path,
+    shard_path: Path,
+    translations_path: Path,
+    metrics_path: Path,
+    limit: int = 0,
+    device: str = "auto",
+    chains: int = 1,
+) -> dict:
     """``lmid sampler-sweep``: LMIDiffusion with ``params``' sampler on validation slices.
 
     The protocol every setting shares: ``limit`` slices spread evenly over the split (so every
@@ -312,11 +386,11 @@ def sweep_sampler(params: Params, model_path: Path, slices_path: Path, manifest_
             run_params = params if chain == 0 else params.model_copy(update={"seed": params.seed + chain})
             shard = shard_path if chain == 0 else Path(tmp) / f"shard-chain{chain}.npz"
             joined = translations_path if chain == 0 else Path(tmp) / f"translations-chain{chain}.npz"
-            part = translate_shard(run_params, "lmidiffusion", model_path, subset_path, shard, samples=1,
-                                   device=device)
+            part = translate_shard(run_params, "lmidiffusion", model_path, subset_path, shard, samples=1, device=device)
             gather("lmidiffusion", [shard], subset_path, manifest_path, joined)
-            df = evaluate_translations("lmidiffusion", joined, subset_path, segmenter_path,
-                                       Path(tmp) / f"metrics-chain{chain}.csv")
+            df = evaluate_translations(
+                "lmidiffusion", joined, subset_path, segmenter_path, Path(tmp) / f"metrics-chain{chain}.csv"
+            )
             df["index"] = picked[df["index"].to_numpy(dtype=int)]  # back to the full split's indices
             df.insert(0, "chain", chain)
             frames.append(df)
@@ -331,8 +405,11 @@ def nifti_geometry(manifest_path: Path, size, subjects: np.ndarray, slice_index:
     manifest = read_json(manifest_path)
     recorded = manifest.get("slice_size") if isinstance(manifest, dict) else None
     if recorded is not None and tuple(recorded) != tuple(size):
-        raise InputFileError(manifest_path, f"describes {recorded[0]}x{recorded[1]} slices, but the translations are "
-                                            f"{size[0]}x{size[1]}: the affines would place them wrongly")
+        raise InputFileError(
+            manifest_path,
+            f"describes {recorded[0]}x{recorded[1]} slices, but the translations are "
+            f"{size[0]}x{size[1]}: the affines would place them wrongly",
+        )
     known = manifest.get("subjects", {}) if isinstance(manifest, dict) else {}
     out = {}
     for sid in np.unique(subjects):
@@ -341,14 +418,25 @@ def nifti_geometry(manifest_path: Path, size, subjects: np.ndarray, slice_index:
             raise InputFileError(manifest_path, f"no geometry recorded for subject {sid}")
         depth, deepest = int(g["n_axial"]), int(np.max(slice_index[subjects == sid]))
         if not 0 <= deepest < depth:
-            raise InputFileError(manifest_path, f"gives subject {sid} {depth} axial planes, but its slices reach "
-                                                f"plane {deepest}: from another prepare run?")
+            raise InputFileError(
+                manifest_path,
+                f"gives subject {sid} {depth} axial planes, but its slices reach "
+                f"plane {deepest}: from another prepare run?",
+            )
         out[str(sid)] = {"n_axial": depth, "slice_affine": np.asarray(g["slice_affine"], dtype=np.float64)}
     return out
 
 
-def write_nifti(method: str, image: np.ndarray, std: np.ndarray, subjects: np.ndarray, slice_index: np.ndarray,
-                manifest_path: Path, out_dir: Path, geometry: dict | None = None) -> None:
+def write_nifti(
+    method: str,
+    image: np.ndarray,
+    std: np.ndarray,
+    subjects: np.ndarray,
+    slice_index: np.ndarray,
+    manifest_path: Path,
+    out_dir: Path,
+    geometry: dict | None = None,
+) -> None:
     """One NIfTI per subject on the prepared slice grid, with the affine recorded by ``prepare``.
 
     Axial slices that were not selected are left at 0; a viewer shows the volume in world

@@ -43,8 +43,15 @@ VAL_SEED_OFFSET = 4243
 DEFAULT_T0 = 0.4
 
 
-def sdedit_translate(model: DiffusionModel, source: np.ndarray, seeds: np.ndarray, sp: SdeditParams, t0: float,
-                     samples: int, device: torch.device) -> Translation:
+def sdedit_translate(
+    model: DiffusionModel,
+    source: np.ndarray,
+    seeds: np.ndarray,
+    sp: SdeditParams,
+    t0: float,
+    samples: int,
+    device: torch.device,
+) -> Translation:
     if model.in_channels != 1:
         raise LmidError(f"SDEdit needs an unconditional 1-channel model, this one has {model.in_channels} channels")
     schedule = model.schedule
@@ -64,7 +71,9 @@ def sdedit_translate(model: DiffusionModel, source: np.ndarray, seeds: np.ndarra
     return Translation(image=image, std=std, mean=mean, nfe=len(seq) * sp.repeats * samples, info=info)
 
 
-def choose_t0(model: DiffusionModel, val: SliceSet, sp: SdeditParams, seed: int, device: torch.device) -> tuple[float, list[dict]]:
+def choose_t0(
+    model: DiffusionModel, val: SliceSet, sp: SdeditParams, seed: int, device: torch.device
+) -> tuple[float, list[dict]]:
     """Sweep ``sp.t0_grid`` on validation slices; return (best t0 by SSIM, the sweep)."""
     if val is None or len(val) == 0:
         t0 = DEFAULT_T0 if DEFAULT_T0 in sp.t0_grid else sorted(sp.t0_grid)[len(sp.t0_grid) // 2]
@@ -80,15 +89,22 @@ def choose_t0(model: DiffusionModel, val: SliceSet, sp: SdeditParams, seed: int,
         out = sdedit_translate(model, source, seeds, sp, float(t0), 1, device).image
         ssim = [structural_similarity(t, o, data_range=1.0) for t, o in zip(target, out)]
         psnr = [peak_signal_noise_ratio(t, o, data_range=1.0) for t, o in zip(target, out)]
-        sweep.append({"t0": float(t0), "ssim": float(np.mean(ssim)), "psnr": float(np.mean(psnr)),
-                      "slices": int(len(idx))})
-        log.info("sdedit: t0 = %g  SSIM %.4f  PSNR %.2f dB on %d validation slices", t0, sweep[-1]["ssim"],
-                 sweep[-1]["psnr"], len(idx))
+        sweep.append(
+            {"t0": float(t0), "ssim": float(np.mean(ssim)), "psnr": float(np.mean(psnr)), "slices": int(len(idx))}
+        )
+        log.info(
+            "sdedit: t0 = %g  SSIM %.4f  PSNR %.2f dB on %d validation slices",
+            t0,
+            sweep[-1]["ssim"],
+            sweep[-1]["psnr"],
+            len(idx),
+        )
     best = max(sweep, key=lambda r: r["ssim"])
     if len(sweep) > 2 and best["t0"] in (min(sp.t0_grid), max(sp.t0_grid)):
         # The grid does not bracket the optimum: the best level may lie outside it.
-        log.warning("sdedit: the best t0 (%g) is at the edge of sdedit.t0_grid %s; widen the grid",
-                    best["t0"], list(sp.t0_grid))
+        log.warning(
+            "sdedit: the best t0 (%g) is at the edge of sdedit.t0_grid %s; widen the grid", best["t0"], list(sp.t0_grid)
+        )
     return best["t0"], sweep
 
 
@@ -99,8 +115,9 @@ class SDEdit(Method):
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:
         if data.target is None:
             raise LmidError("sdedit needs the target training slices")
-        trainer = DiffusionTrainer(params.diffusion, seed=params.seed + SEED_OFFSET, out_dir=Path(out_dir),
-                                   device=device, method=self.name)
+        trainer = DiffusionTrainer(
+            params.diffusion, seed=params.seed + SEED_OFFSET, out_dir=Path(out_dir), device=device, method=self.name
+        )
         info = trainer.fit(data.target)
         model = trainer.inference_model()
         sp = params.sdedit
@@ -110,20 +127,35 @@ class SDEdit(Method):
         start = model.schedule.index_of_fraction(t0)
         steps = len(model.schedule.timesteps(start, sp.steps if sp.kind == "ddim" else start + 1))
         grid = sorted(float(g) for g in sp.t0_grid)
-        info.update({"t0": t0, "t0_sweep": sweep, "nfe_per_slice": steps * sp.repeats, "sampler": sp.kind,
-                     # Whether the chosen level lies inside the grid, i.e. the sweep brackets its optimum.
-                     "t0_bracketed": bool(sweep) and len(grid) > 2 and grid[0] < t0 < grid[-1]})
+        info.update(
+            {
+                "t0": t0,
+                "t0_sweep": sweep,
+                "nfe_per_slice": steps * sp.repeats,
+                "sampler": sp.kind,
+                # Whether the chosen level lies inside the grid, i.e. the sweep brackets its optimum.
+                "t0_bracketed": bool(sweep) and len(grid) > 2 and grid[0] < t0 < grid[-1],
+            }
+        )
         return info
 
     def load(self, params: Params, model_path: Path, device: torch.device) -> DiffusionModel:
         if model_path is None:
             raise LmidError("sdedit: translate needs --model (the trained model.pt)")
-        model = DiffusionModel.load(Path(model_path), device, method=self.name,
-                                    mixed_precision=params.diffusion.train.mixed_precision)
+        model = DiffusionModel.load(
+            Path(model_path), device, method=self.name, mixed_precision=params.diffusion.train.mixed_precision
+        )
         if "t0" not in model.meta:
             raise LmidError(f"{model_path}: no chosen t0 stored (train sdedit again)")
         return model
 
-    def translate(self, params: Params, model: DiffusionModel, source: np.ndarray, seeds: np.ndarray,
-                  device: torch.device, samples: int = 1) -> Translation:
+    def translate(
+        self,
+        params: Params,
+        model: DiffusionModel,
+        source: np.ndarray,
+        seeds: np.ndarray,
+        device: torch.device,
+        samples: int = 1,
+    ) -> Translation:
         return sdedit_translate(model, source, seeds, params.sdedit, float(model.meta["t0"]), samples, device)

@@ -79,8 +79,13 @@ from lmid.clock import TrainClock
 from lmid.methods.base import Method, TrainingData, Translation
 from lmid.methods.gan_common import save_snapshot, to_signed, write_train_log
 from lmid.methods.stylegan2_ada import AdaController, AugmentPipe
-from lmid.methods.stylegan2_projector import (INVERSION_LOSS_TEXT, INVERT_BATCH, project, reference_histogram,
-                                              w_statistics)
+from lmid.methods.stylegan2_projector import (
+    INVERSION_LOSS_TEXT,
+    INVERT_BATCH,
+    project,
+    reference_histogram,
+    w_statistics,
+)
 from lmid.networks import autocast, count_parameters
 from lmid.networks.stylegan2 import Discriminator, Generator, init_stylegan
 from lmid.progress import progress_disabled
@@ -95,14 +100,22 @@ MBSTD_GROUP = 4
 # ------------------------------------------------------------------------------------- method
 class StyleGan2(Method):
     name = "stylegan2"
-    description = ("StyleGAN2-ADA trained on target slices only; source slices GAN-inverted (projector with a "
-                   "cross-modal NMI + MIND distance)")
+    description = (
+        "StyleGAN2-ADA trained on target slices only; source slices GAN-inverted (projector with a "
+        "cross-modal NMI + MIND distance)"
+    )
 
     @staticmethod
     def arch(params: Params, resolution: int) -> dict:
         p = params.stylegan2
-        return {"z_dim": p.z_dim, "w_dim": p.w_dim, "mapping_layers": p.mapping_layers, "resolution": resolution,
-                "channels": p.channels, "channel_base": p.channel_base}
+        return {
+            "z_dim": p.z_dim,
+            "w_dim": p.w_dim,
+            "mapping_layers": p.mapping_layers,
+            "resolution": resolution,
+            "channels": p.channels,
+            "channel_base": p.channel_base,
+        }
 
     # ------------------------------------------------------------------------------- train
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:
@@ -114,8 +127,9 @@ class StyleGan2(Method):
             raise LmidError("stylegan2: no target training slices")
         h, w = data.target.shape[1:]
         if h != w or h < 8 or 2 ** int(round(math.log2(h))) != h:
-            raise ParamsError(f"stylegan2: slices must be square with a power-of-two side >= 8, got {h}×{w} "
-                              "(prepare.size)")
+            raise ParamsError(
+                f"stylegan2: slices must be square with a power-of-two side >= 8, got {h}×{w} (prepare.size)"
+            )
         arch = self.arch(params, h)
         seed = params.seed + SEED_OFFSET
         init_gen = torch.Generator().manual_seed(seed)
@@ -128,7 +142,7 @@ class StyleGan2(Method):
         g_ema = copy.deepcopy(g).eval().requires_grad_(False)
         c = p.r1_every / (p.r1_every + 1.0)  # lazy-regularisation correction of D's Adam
         opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.0, 0.99), eps=1e-8)
-        opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
+        opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr * c, betas=(0.0, 0.99**c), eps=1e-8)
         ada = AdaController(p.ada_target, p.ada_interval, p.ada_kimg, cfg.batch_size)
         augment = AugmentPipe()
         gen = torch.Generator().manual_seed(seed + 1)  # batches, z, noise, mixing, augmentation
@@ -155,17 +169,34 @@ class StyleGan2(Method):
         target_histogram = reference_histogram(data.target)
 
         def model_state() -> dict:
-            return {"method": self.name, "arch": arch, "g_ema": g_ema.state_dict(),
-                    "target_histogram": target_histogram}
+            return {
+                "method": self.name,
+                "arch": arch,
+                "g_ema": g_ema.state_dict(),
+                "target_histogram": target_histogram,
+            }
 
         def save(step: int) -> None:
-            save_checkpoint(ckpt_path, {
-                "method": self.name,  # whose folder this is (lmid train refuses another method's)
-                "g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(), "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(), "ada": ada.state_dict(), "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "step": step, "log_rows": rows, "log_window": window,
-                "last_r1": last_r1, "arch": arch, **clock.state(),
-            })
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "method": self.name,  # whose folder this is (lmid train refuses another method's)
+                    "g": g.state_dict(),
+                    "d": d.state_dict(),
+                    "g_ema": g_ema.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "ada": ada.state_dict(),
+                    "gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                    "log_rows": rows,
+                    "log_window": window,
+                    "last_r1": last_r1,
+                    "arch": arch,
+                    **clock.state(),
+                },
+            )
 
         reals = to_signed(data.target, device)
         bs = cfg.batch_size
@@ -180,8 +211,9 @@ class StyleGan2(Method):
                 ws[:, cutoff:] = g.mapping(z2)[:, None]
             return ws
 
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="stylegan2",
-                   disable=progress_disabled())
+        bar = tqdm(
+            range(start, cfg.steps), initial=start, total=cfg.steps, desc="stylegan2", disable=progress_disabled()
+        )
         for step in bar:
             real = reals[torch.randint(len(reals), (bs,), generator=gen).to(device)]
             # 1. Generator: non-saturating loss through the augmentations.
@@ -226,8 +258,13 @@ class StyleGan2(Method):
             # 5. ADA.
             ada.step()
 
-            losses = [float(loss_g.detach()), float(loss_d.detach()), last_r1,
-                      float(logit_r.detach().mean()), float(logit_f.detach().mean())]
+            losses = [
+                float(loss_g.detach()),
+                float(loss_d.detach()),
+                last_r1,
+                float(logit_r.detach().mean()),
+                float(logit_f.detach().mean()),
+            ]
             if not all(math.isfinite(v) for v in losses[:2]):
                 raise LmidError(f"stylegan2: loss is not finite at step {done}: {losses}")
             window.append(losses)
@@ -247,12 +284,19 @@ class StyleGan2(Method):
 
         save_checkpoint(out_dir / "model.pt", model_state())
         info = {
-            "steps": cfg.steps, "steps_this_run": cfg.steps - start, "train_loop_s": round(wall, 3),
-            "s_per_step": round(wall / max(1, cfg.steps - start), 4), "kimg": round(cfg.steps * bs / 1000, 3),
-            "train_loop_cpu_s_total": round(clock.cpu(), 3), "images_seen": cfg.steps * bs,
-            "generator_params": count_parameters(g_ema), "discriminator_params": count_parameters(d),
-            "ada_p_final": round(ada.p, 4), "target_slices_seen": int(len(data.target)),
-            "nfe_per_slice": p.invert_steps, "inversion_loss": INVERSION_LOSS_TEXT[p.invert_loss],
+            "steps": cfg.steps,
+            "steps_this_run": cfg.steps - start,
+            "train_loop_s": round(wall, 3),
+            "s_per_step": round(wall / max(1, cfg.steps - start), 4),
+            "kimg": round(cfg.steps * bs / 1000, 3),
+            "train_loop_cpu_s_total": round(clock.cpu(), 3),
+            "images_seen": cfg.steps * bs,
+            "generator_params": count_parameters(g_ema),
+            "discriminator_params": count_parameters(d),
+            "ada_p_final": round(ada.p, 4),
+            "target_slices_seen": int(len(data.target)),
+            "nfe_per_slice": p.invert_steps,
+            "inversion_loss": INVERSION_LOSS_TEXT[p.invert_loss],
         }
         if rows:
             info["final_losses"] = dict(zip(columns[1:], [round(v, 5) for v in rows[-1][1:]]))
@@ -272,8 +316,9 @@ class StyleGan2(Method):
         g.target_histogram = hist  # None in a model trained before it was stored
         return g
 
-    def translate(self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device,
-                  samples: int = 1) -> Translation:
+    def translate(
+        self, params: Params, model, source: np.ndarray, seeds: np.ndarray, device: torch.device, samples: int = 1
+    ) -> Translation:
         p = params.stylegan2
         n, h, w = source.shape
         if (h, w) != (model.synthesis.resolution,) * 2:
@@ -285,11 +330,19 @@ class StyleGan2(Method):
         for k in range(samples):
             out = np.empty((n, h, w), np.float32)
             for i in range(0, n, INVERT_BATCH):
-                src = torch.as_tensor(np.asarray(source[i:i + INVERT_BATCH], np.float32))[:, None].to(device)
+                src = torch.as_tensor(np.asarray(source[i : i + INVERT_BATCH], np.float32))[:, None].to(device)
                 # Sample k of a slice uses a seed derived from the slice's seed.
-                img, dist, trace = project(model, src, seeds[i:i + INVERT_BATCH] + 1_000_003 * k, params, w_avg, w_std,
-                                           progress=True, target_histogram=getattr(model, "target_histogram", None))
-                out[i:i + INVERT_BATCH] = img[:, 0].cpu().numpy()
+                img, dist, trace = project(
+                    model,
+                    src,
+                    seeds[i : i + INVERT_BATCH] + 1_000_003 * k,
+                    params,
+                    w_avg,
+                    w_std,
+                    progress=True,
+                    target_histogram=getattr(model, "target_histogram", None),
+                )
+                out[i : i + INVERT_BATCH] = img[:, 0].cpu().numpy()
                 losses.append(dist.cpu().numpy())
                 traces.append(np.asarray(trace) * len(src))
             images.append(out)
@@ -297,10 +350,18 @@ class StyleGan2(Method):
         # Mean distance over all slices at ~10 points of the optimisation (for the report).
         trace = np.sum(traces, axis=0) / (n * samples)
         marks = sorted({int(round(x)) for x in np.linspace(0, len(trace) - 1, 11)})
-        info = {"inversion_loss": INVERSION_LOSS_TEXT[p.invert_loss], "inversion_steps": p.invert_steps,
-                "inversion_final_distance_mean": round(float(np.mean(np.concatenate(losses))), 5),
-                "w_samples": p.invert_w_samples,
-                "inversion_distance_trace": {int(k): round(float(trace[k]), 5) for k in marks}}
+        info = {
+            "inversion_loss": INVERSION_LOSS_TEXT[p.invert_loss],
+            "inversion_steps": p.invert_steps,
+            "inversion_final_distance_mean": round(float(np.mean(np.concatenate(losses))), 5),
+            "w_samples": p.invert_w_samples,
+            "inversion_distance_trace": {int(k): round(float(trace[k]), 5) for k in marks},
+        }
         # Inversion 0 is scored; the mean and spread over inversions are the uncertainty product.
-        return Translation(image=stack[0], mean=stack.mean(0) if samples > 1 else None,
-                           std=stack.std(0) if samples > 1 else None, nfe=p.invert_steps * samples, info=info)
+        return Translation(
+            image=stack[0],
+            mean=stack.mean(0) if samples > 1 else None,
+            std=stack.std(0) if samples > 1 else None,
+            nfe=p.invert_steps * samples,
+            info=info,
+        )

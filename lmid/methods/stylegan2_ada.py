@@ -23,8 +23,9 @@ class AdaController:
     ``sign(r_t − target) · batch_size · interval / (kimg · 1000)`` and is clamped to [0, 1].
     """
 
-    def __init__(self, target: float = 0.6, interval: int = 4, kimg: float = 500.0, batch_size: int = 32,
-                 p: float = 0.0):
+    def __init__(
+        self, target: float = 0.6, interval: int = 4, kimg: float = 500.0, batch_size: int = 32, p: float = 0.0
+    ):
         self.target, self.interval, self.kimg, self.batch_size = target, interval, kimg, batch_size
         self.p = float(p)
         self.rt = float("nan")  # last r_t

@@ -46,8 +46,7 @@ def _bspline_weights(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Te
     base = torch.floor(u).detach() - 1.0
     idx = base[..., None] + torch.arange(4, device=x.device, dtype=x.dtype)  # (N, P, 4)
     r = (u[..., None] - idx).abs()
-    w = torch.where(r < 1, (4 - 6 * r ** 2 + 3 * r ** 3) / 6,
-                    torch.where(r < 2, (2 - r) ** 3 / 6, torch.zeros_like(r)))
+    w = torch.where(r < 1, (4 - 6 * r**2 + 3 * r**3) / 6, torch.where(r < 2, (2 - r) ** 3 / 6, torch.zeros_like(r)))
     return idx.long().clamp(0, bins + 2), w
 
 
@@ -81,7 +80,7 @@ def mind(x: torch.Tensor) -> torch.Tensor:
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
     dists = []
     for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-        shifted = padded[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        shifted = padded[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
         dists.append(F.avg_pool2d((x - shifted) ** 2, 3, stride=1, padding=1, count_include_pad=False))
     d = torch.cat(dists, 1)
     v = d.mean(1, keepdim=True)
@@ -96,8 +95,14 @@ def mind_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (mind(a) - mind(b)).abs().mean(dim=(1, 2, 3))
 
 
-def inversion_distance(source: torch.Tensor, image: torch.Tensor, kind: str, params: Params,
-                       lmi_ss: torch.Tensor | None = None, target_histogram: torch.Tensor | None = None) -> torch.Tensor:
+def inversion_distance(
+    source: torch.Tensor,
+    image: torch.Tensor,
+    kind: str,
+    params: Params,
+    lmi_ss: torch.Tensor | None = None,
+    target_histogram: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-slice distance (N,) between source and generated slices, both (N, 1, H, W) in ~[0, 1]."""
     if kind in ("nmi_mind", "nmi_mind_hist"):
         mi_term = 1.0 - parzen_nmi(source, image)
@@ -112,21 +117,23 @@ def inversion_distance(source: torch.Tensor, image: torch.Tensor, kind: str, par
     dist = mi_term + mind_distance(source, image)
     if kind == "nmi_mind_hist":
         if target_histogram is None:
-            raise LmidError("stylegan2: invert_loss nmi_mind_hist needs the target histogram that training stores "
-                            "in model.pt (this model was trained without it; train stylegan2 again)")
+            raise LmidError(
+                "stylegan2: invert_loss nmi_mind_hist needs the target histogram that training stores "
+                "in model.pt (this model was trained without it; train stylegan2 again)"
+            )
         dist = dist + params.stylegan2.invert_hist_weight * histogram_w1(image, source > FOREGROUND, target_histogram)
     return dist
 
 
 INVERSION_LOSS_TEXT = {
     "nmi_mind": "(1 - NMI(source, G(w))) + MIND L1: global normalised mutual information from a differentiable "
-                "32-bin B-spline Parzen histogram plus the modality-independent neighbourhood descriptor distance "
-                "(LPIPS-VGG weights unavailable)",
+    "32-bin B-spline Parzen histogram plus the modality-independent neighbourhood descriptor distance "
+    "(LPIPS-VGG weights unavailable)",
     "nmi_mind_hist": "(1 - NMI(source, G(w))) + MIND L1 + w_h * W1(intensities of G(w) inside the source's "
-                     "foreground, the target training slices' foreground intensities) (a named variant: NMI and MIND "
-                     "ignore absolute intensity, the histogram term does not)",
+    "foreground, the target training slices' foreground intensities) (a named variant: NMI and MIND "
+    "ignore absolute intensity, the histogram term does not)",
     "lmi_mind": "(1 - mean LMI_exact(source, G(w)) / mean LMI_exact(source, source)) + MIND L1 "
-                "(LPIPS-VGG weights unavailable)",
+    "(LPIPS-VGG weights unavailable)",
 }
 
 
@@ -164,9 +171,16 @@ def w_statistics(g: Generator, samples: int, seed: int, device: torch.device) ->
     return w_avg, w_std
 
 
-def project(g: Generator, source: torch.Tensor, seeds: np.ndarray, params: Params, w_avg: torch.Tensor, w_std: float,
-            progress: bool = False, target_histogram: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+def project(
+    g: Generator,
+    source: torch.Tensor,
+    seeds: np.ndarray,
+    params: Params,
+    w_avg: torch.Tensor,
+    w_std: float,
+    progress: bool = False,
+    target_histogram: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Invert a batch of source slices (N, 1, H, W) in [0, 1].
 
     Returns the images in [0, 1], the final distances (N,) and the mean distance at every step.
@@ -186,8 +200,11 @@ def project(g: Generator, source: torch.Tensor, seeds: np.ndarray, params: Param
 
         with torch.no_grad():
             lp = params.lmi
-            lmi_ss = local_mutual_information(source, source, mode="exact", window=lp.window, bins=lp.bins,
-                                              sigma=lp.sigma).mean(dim=(1, 2, 3)).clamp_min(1e-6)
+            lmi_ss = (
+                local_mutual_information(source, source, mode="exact", window=lp.window, bins=lp.bins, sigma=lp.sigma)
+                .mean(dim=(1, 2, 3))
+                .clamp_min(1e-6)
+            )
 
     steps = p.invert_steps
     trace = []

@@ -86,8 +86,9 @@ class _Up(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- MRM
-def random_patch_mask(batch: int, height: int, width: int, patch: int, ratio: float,
-                      generator: torch.Generator) -> torch.Tensor:
+def random_patch_mask(
+    batch: int, height: int, width: int, patch: int, ratio: float, generator: torch.Generator
+) -> torch.Tensor:
     """(B, 1, H, W) float mask, 1 on masked pixels: exactly round(ratio·P) of the P patches per sample.
 
     Drawn on the CPU from ``generator`` so that a run is the same on any device.
@@ -284,4 +285,3 @@ class ConditionalUNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), e)
             h = up(h)
         return self.head(h)
-

@@ -28,8 +28,13 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +50,10 @@ class ResnetGenerator(nn.Module):
     def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 6):
         super().__init__()
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_ch, ngf, 7),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(True),
         ]
         ch = ngf
         for _ in range(2):  # downsampling
@@ -53,8 +61,11 @@ class ResnetGenerator(nn.Module):
             ch *= 2
         layers += [ResidualBlock(ch) for _ in range(n_blocks)]
         for _ in range(2):  # upsampling
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
-                       nn.InstanceNorm2d(ch // 2), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
+                nn.InstanceNorm2d(ch // 2),
+                nn.ReLU(True),
+            ]
             ch //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -75,10 +86,13 @@ class PatchDiscriminator(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(in_ch, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
+            prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1),
-                       nn.InstanceNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1),
+                nn.InstanceNorm2d(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
         layers += [nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1)]
         self.net = nn.Sequential(*layers)
 
@@ -133,5 +147,8 @@ class ImagePool:
     def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
         self.size = int(state["size"])
         images = state["images"]
-        self.images = [images[i:i + 1].to(device) if device is not None else images[i:i + 1]
-                       for i in range(images.shape[0])] if images.dim() == 4 else []
+        self.images = (
+            [images[i : i + 1].to(device) if device is not None else images[i : i + 1] for i in range(images.shape[0])]
+            if images.dim() == 4
+            else []
+        )

@@ -90,8 +90,9 @@ class EqualConv2d(_Seeded):
 class ModulatedConv2d(_Seeded):
     """Modulated (and optionally demodulated) convolution with noise, bias and activation."""
 
-    def __init__(self, in_ch: int, out_ch: int, k: int, w_dim: int, demodulate: bool = True, up: bool = False,
-                 act: bool = True):
+    def __init__(
+        self, in_ch: int, out_ch: int, k: int, w_dim: int, demodulate: bool = True, up: bool = False, act: bool = True
+    ):
         super().__init__()
         self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)  # A: w → style s
         self.weight = nn.Parameter(torch.empty(out_ch, in_ch, k, k))
@@ -114,8 +115,12 @@ class ModulatedConv2d(_Seeded):
             weight = weight * (weight.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8).rsqrt()
         h, wd = x.shape[2:]
         # One grouped convolution runs every sample with its own weights.
-        x = F.conv2d(x.reshape(1, b * self.in_ch, h, wd), weight.reshape(b * self.out_ch, self.in_ch, self.k, self.k),
-                     padding=self.k // 2, groups=b).reshape(b, self.out_ch, h, wd)
+        x = F.conv2d(
+            x.reshape(1, b * self.in_ch, h, wd),
+            weight.reshape(b * self.out_ch, self.in_ch, self.k, self.k),
+            padding=self.k // 2,
+            groups=b,
+        ).reshape(b, self.out_ch, h, wd)
         if noise is not None and self.noise_strength is not None:
             x = x + noise * self.noise_strength
         x = x + self.bias[None, :, None, None]
@@ -126,8 +131,9 @@ class MappingNetwork(nn.Module):
     def __init__(self, z_dim: int, w_dim: int, num_layers: int, lr_mul: float = 0.01):
         super().__init__()
         dims = [z_dim] + [w_dim] * num_layers
-        self.layers = nn.ModuleList(EqualLinear(dims[i], dims[i + 1], lr_mul=lr_mul, act=True)
-                                    for i in range(num_layers))
+        self.layers = nn.ModuleList(
+            EqualLinear(dims[i], dims[i + 1], lr_mul=lr_mul, act=True) for i in range(num_layers)
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = normalize_2nd_moment(z)
@@ -144,10 +150,10 @@ class SynthesisNetwork(nn.Module):
     def __init__(self, w_dim: int, resolution: int, channels: int, channel_base: int, img_channels: int = 1):
         super().__init__()
         log2 = int(round(math.log2(resolution)))
-        if 2 ** log2 != resolution or resolution < 4:
+        if 2**log2 != resolution or resolution < 4:
             raise ValueError(f"StyleGAN2 resolution must be a power of two >= 4, got {resolution}")
         self.resolution = resolution
-        self.resolutions = [2 ** i for i in range(2, log2 + 1)]
+        self.resolutions = [2**i for i in range(2, log2 + 1)]
         ch = {r: channels_at(r, channels, channel_base) for r in self.resolutions}
         self.const = nn.Parameter(torch.empty(ch[4], 4, 4))
         self.convs = nn.ModuleList()
@@ -189,8 +195,7 @@ class SynthesisNetwork(nn.Module):
 class Generator(nn.Module):
     """z (B, z_dim) → image (B, 1, R, R), nominally in [-1, 1]."""
 
-    def __init__(self, z_dim: int, w_dim: int, mapping_layers: int, resolution: int, channels: int,
-                 channel_base: int):
+    def __init__(self, z_dim: int, w_dim: int, mapping_layers: int, resolution: int, channels: int, channel_base: int):
         super().__init__()
         self.z_dim, self.w_dim = z_dim, w_dim
         self.mapping = MappingNetwork(z_dim, w_dim, mapping_layers)
@@ -238,11 +243,11 @@ class Discriminator(nn.Module):
     def __init__(self, resolution: int, channels: int, channel_base: int, mbstd_group: int = 4, img_channels: int = 1):
         super().__init__()
         log2 = int(round(math.log2(resolution)))
-        if 2 ** log2 != resolution or resolution < 4:
+        if 2**log2 != resolution or resolution < 4:
             raise ValueError(f"StyleGAN2 resolution must be a power of two >= 4, got {resolution}")
-        ch = {2 ** i: channels_at(2 ** i, channels, channel_base) for i in range(2, log2 + 1)}
+        ch = {2**i: channels_at(2**i, channels, channel_base) for i in range(2, log2 + 1)}
         self.fromrgb = EqualConv2d(img_channels, ch[resolution], 1)
-        self.blocks = nn.Sequential(*[DiscriminatorBlock(ch[2 ** i], ch[2 ** (i - 1)]) for i in range(log2, 2, -1)])
+        self.blocks = nn.Sequential(*[DiscriminatorBlock(ch[2**i], ch[2 ** (i - 1)]) for i in range(log2, 2, -1)])
         self.mbstd = MinibatchStd(mbstd_group)
         self.conv = EqualConv2d(ch[4] + 1, ch[4], 3)
         self.fc = EqualLinear(ch[4] * 16, ch[4], act=True)

@@ -16,18 +16,33 @@ from pathlib import Path
 
 #: Figure file names (under <reports-dir>/figures/); the keys are the caption names in workflow/report/.
 FIGURE_FILES = {
-    "grid": "grid_{experiment}.png", "segmentation": "segmentation.png", "metrics": "metrics_{experiment}.png",
-    "lmi": "lmi.png", "loss_curves": "loss_curves.png", "uncertainty": "uncertainty.png", "sampler": "sampler.png",
-    "convergence": "convergence.png", "conditioning": "conditioning.png", "baselines": "baselines.png",
+    "grid": "grid_{experiment}.png",
+    "segmentation": "segmentation.png",
+    "metrics": "metrics_{experiment}.png",
+    "lmi": "lmi.png",
+    "loss_curves": "loss_curves.png",
+    "uncertainty": "uncertainty.png",
+    "sampler": "sampler.png",
+    "convergence": "convergence.png",
+    "conditioning": "conditioning.png",
+    "baselines": "baselines.png",
     "compute": "compute.png",
 }
 
 
 #: The section of ``snakemake --report`` each figure goes in.
 FIGURE_CATEGORIES = {
-    "grid": "Translations", "segmentation": "Segmentation", "metrics": "Metrics", "lmi": "LMI conditioning",
-    "loss_curves": "Training", "uncertainty": "Translations", "sampler": "Sampler", "convergence": "Training",
-    "conditioning": "LMI conditioning", "baselines": "Training", "compute": "Training",
+    "grid": "Translations",
+    "segmentation": "Segmentation",
+    "metrics": "Metrics",
+    "lmi": "LMI conditioning",
+    "loss_curves": "Training",
+    "uncertainty": "Translations",
+    "sampler": "Sampler",
+    "convergence": "Training",
+    "conditioning": "LMI conditioning",
+    "baselines": "Training",
+    "compute": "Training",
 }
 
 
@@ -40,7 +55,7 @@ def _or(value, generic: str) -> str:
 
 
 def _the(modality: str | None, noun: str) -> str:
-    """"the PD source", or "the source" when the modality is not known."""
+    """ "the PD source", or "the source" when the modality is not known."""
     return f"the {noun}" if modality is None else f"the {modality} {noun}"
 
 
@@ -67,121 +82,168 @@ def title(name: str, src: str | None = None, tgt: str | None = None) -> str:
 def grid(n: int | None = None, src: str | None = None, tgt: str | None = None, rst: bool = False) -> str:
     # The grid draws each translation's "image": chain 0, the sample the tables score
     # (lmid/diffusion/model.py: translate_batched), not the mean over samples.
-    return (f"{_or(n, _lit('report.grid_slices', rst))} test slices (rows: spread over the half of the split with "
-            "the most brain; subject and axial index on the left). "
-            f"Columns: {_the(src, 'source')}, every method's translation (its first sample where it drew "
-            f"several: the one the tables score), the real registered {_or(tgt, 'target')} slice. All images on "
-            "[0, 1], same grey scale.")
+    return (
+        f"{_or(n, _lit('report.grid_slices', rst))} test slices (rows: spread over the half of the split with "
+        "the most brain; subject and axial index on the left). "
+        f"Columns: {_the(src, 'source')}, every method's translation (its first sample where it drew "
+        f"several: the one the tables score), the real registered {_or(tgt, 'target')} slice. All images on "
+        "[0, 1], same grey scale."
+    )
 
 
-def segmentation(k: int | None = None, tgt: str | None = None, has_label: bool | None = None,
-                 rst: bool = False) -> str:
+def segmentation(k: int | None = None, tgt: str | None = None, has_label: bool | None = None, rst: bool = False) -> str:
     tgt = _or(tgt, "target")
-    first = {True: "The first column is the ground truth. ", False: "",
-             None: "The first column is the ground truth when the data has labels (simulated and BraTS-style data "
-                   "do, IXI does not). "}[has_label]
-    return (f"The target-only K-Means segmenter (K = {_or(k, _lit('segment.n_clusters', rst))}, fitted on {tgt} "
-            f"training slices) applied unchanged to each translation and to the real {tgt} slice, inside the test "
-            f"slice's brain mask. {first}CSF blue, GM orange, WM red.")
+    first = {
+        True: "The first column is the ground truth. ",
+        False: "",
+        None: "The first column is the ground truth when the data has labels (simulated and BraTS-style data "
+        "do, IXI does not). ",
+    }[has_label]
+    return (
+        f"The target-only K-Means segmenter (K = {_or(k, _lit('segment.n_clusters', rst))}, fitted on {tgt} "
+        f"training slices) applied unchanged to each translation and to the real {tgt} slice, inside the test "
+        f"slice's brain mask. {first}CSF blue, GM orange, WM red."
+    )
 
 
 def metrics(dice_gt: bool | None = None, tgt: str | None = None, rst: bool = False) -> str:
     tgt = _or(tgt, "target")
-    against = {True: "against the ground-truth labels", False: f"against K-Means of the real {tgt} slice",
-               None: f"against the ground-truth labels when the data has them, else against K-Means of the real "
-                     f"{tgt} slice"}[dice_gt]
-    return ("Each point is one test slice; boxes show the median and quartiles (whiskers 1.5 IQR). "
-            f"Dice is the per-slice mean over CSF, GM and WM, {against}; PSNR and SSIM compare the whole slice with "
-            f"the real {tgt} slice, both on [0, 1].")
+    against = {
+        True: "against the ground-truth labels",
+        False: f"against K-Means of the real {tgt} slice",
+        None: f"against the ground-truth labels when the data has them, else against K-Means of the real {tgt} slice",
+    }[dice_gt]
+    return (
+        "Each point is one test slice; boxes show the median and quartiles (whiskers 1.5 IQR). "
+        f"Dice is the per-slice mean over CSF, GM and WM, {against}; PSNR and SSIM compare the whole slice with "
+        f"the real {tgt} slice, both on [0, 1]."
+    )
 
 
-def lmi(slice_name: str | None = None, src: str | None = None, tgt: str | None = None,
-        method: str | None = None, lmi_params=None, intermediates: bool | None = None, rst: bool = False) -> str:
+def lmi(
+    slice_name: str | None = None,
+    src: str | None = None,
+    tgt: str | None = None,
+    method: str | None = None,
+    lmi_params=None,
+    intermediates: bool | None = None,
+    rst: bool = False,
+) -> str:
     """``method``: display name of the translation shown as x (None: generic; "" : no translation)."""
     tgt = _or(tgt, "target")
     where = f"Test slice {slice_name}." if slice_name is not None else "One test slice."
-    x = {None: "the translation x (LMIDiffusion's when it ran)", "": "no translation"}.get(method,
-                                                                                        f"the {method} translation x")
+    x = {None: "the translation x (LMIDiffusion's when it ran)", "": "no translation"}.get(
+        method, f"the {method} translation x"
+    )
     if lmi_params is None:
         how = f"the {_lit('lmi', rst)} parameters: mode, window, bins, σ"
     else:
         lp = lmi_params
         how = f"{lp.mode} mode, window {lp.window}, {lp.bins} bins, σ = {lp.sigma:g}"
     # Rows 2 and 3 (noised y and s) are always drawn; a fourth row only when translations.npz has intermediates.
-    last = {True: " The last row is LMI(s, x_t) for the sampler's own intermediates x_t.",
-            False: " The translations carry no sampler intermediates, so there is no row for the sampler's own x_t.",
-            None: " When the translations carry the sampler's own intermediates x_t, a last row shows LMI(s, x_t) "
-                  "for them."}[intermediates]
-    return (f"{where} Top: {_the(src, 'source')} s, the real {tgt} slice y and {x}, then the self-LMI of the source "
-            "(the fixed conditioning channel) and the cross-LMI with y and with x. The next two rows illustrate "
-            "what the sampler sees at t = 0, 0.1T, 0.25T, 0.5T, 0.75T and T − 1: LMI(s, x_t) with "
-            f"x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε for x₀ the real {tgt} slice (an ideal trajectory) and for x₀ the source "
-            f"itself (the start of SDEdit or a source-started sampler), one fixed ε, not clipped.{last} "
-            f"LMI computed with lmid.lmi ({how}); each row has its own colour scale. At large t, noisy values leave "
-            "[0, 1] and the estimator's kernels underflow, which drives the map towards 2.")
+    last = {
+        True: " The last row is LMI(s, x_t) for the sampler's own intermediates x_t.",
+        False: " The translations carry no sampler intermediates, so there is no row for the sampler's own x_t.",
+        None: " When the translations carry the sampler's own intermediates x_t, a last row shows LMI(s, x_t) "
+        "for them.",
+    }[intermediates]
+    return (
+        f"{where} Top: {_the(src, 'source')} s, the real {tgt} slice y and {x}, then the self-LMI of the source "
+        "(the fixed conditioning channel) and the cross-LMI with y and with x. The next two rows illustrate "
+        "what the sampler sees at t = 0, 0.1T, 0.25T, 0.5T, 0.75T and T − 1: LMI(s, x_t) with "
+        f"x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε for x₀ the real {tgt} slice (an ideal trajectory) and for x₀ the source "
+        f"itself (the start of SDEdit or a source-started sampler), one fixed ε, not clipped.{last} "
+        f"LMI computed with lmid.lmi ({how}); each row has its own colour scale. At large t, noisy values leave "
+        "[0, 1] and the estimator's kernels underflow, which drives the map towards 2."
+    )
 
 
 def loss_curves(rst: bool = False) -> str:
-    return (f"Every loss column of each method's {_lit('train_log.csv', rst)} against the training step (faint: "
-            "logged values; solid: exponential moving average). CDM's three stages (MRM, MDN, C-UNet) are "
-            "separate curves. Methods without training (identity) or without losses (histogram matching) are not "
-            "shown.")
+    return (
+        f"Every loss column of each method's {_lit('train_log.csv', rst)} against the training step (faint: "
+        "logged values; solid: exponential moving average). CDM's three stages (MRM, MDN, C-UNet) are "
+        "separate curves. Methods without training (identity) or without losses (histogram matching) are not "
+        "shown."
+    )
 
 
 def uncertainty(rst: bool = False) -> str:
-    return ("For methods that drew several samples per slice (LMIDiffusion with "
-            f"{_lit('lmidiffusion.sampler.samples', rst)} > 1): the mean over the samples and the per-pixel standard "
-            "deviation, on one colour scale. The tables score one sample per slice (the first), not this mean, "
-            "which is blurrier than any sample.")
+    return (
+        "For methods that drew several samples per slice (LMIDiffusion with "
+        f"{_lit('lmidiffusion.sampler.samples', rst)} > 1): the mean over the samples and the per-pixel standard "
+        "deviation, on one colour scale. The tables score one sample per slice (the first), not this mean, "
+        "which is blurrier than any sample."
+    )
 
 
 def sampler(rst: bool = False) -> str:
-    return (f"Dice, PSNR and SSIM of LMIDiffusion for each sampler setting ({_lit('evaluate.sampler_settings', rst)}; "
-            "ddim-N: N DDIM steps, ancestral-N: N ancestral steps): mean ± std over the sweep's validation slices, "
-            "one sample each, against wall-clock seconds per slice on the machine that translated (circles DDIM, "
-            "squares ancestral).")
+    return (
+        f"Dice, PSNR and SSIM of LMIDiffusion for each sampler setting ({_lit('evaluate.sampler_settings', rst)}; "
+        "ddim-N: N DDIM steps, ancestral-N: N ancestral steps): mean ± std over the sweep's validation slices, "
+        "one sample each, against wall-clock seconds per slice on the machine that translated (circles DDIM, "
+        "squares ancestral)."
+    )
 
 
 def convergence(n: int | None = None, src: str | None = None, tgt: str | None = None, rst: bool = False) -> str:
-    return (f"{_or(src, 'Source')} → {_or(tgt, 'target')} translation of {_or(n, 'the')} validation slices (spread "
-            f"over every validation subject) with the EMA weights kept every {_lit('diffusion.train.snapshot_every', rst)} "
-            "steps, scored like the test set (one sample per slice, the run's sampler): Dice, SSIM, PSNR and tissue "
-            "contrast against the training step, with the subject-level confidence band; dashed, the oracle (the "
-            f"real {_or(tgt, 'target')} as its own source). A score counts as converged when the last third of training "
-            "moved it by less than its band's half-width (the verdict table below).")
+    return (
+        f"{_or(src, 'Source')} → {_or(tgt, 'target')} translation of {_or(n, 'the')} validation slices (spread "
+        f"over every validation subject) with the EMA weights kept every {_lit('diffusion.train.snapshot_every', rst)} "
+        "steps, scored like the test set (one sample per slice, the run's sampler): Dice, SSIM, PSNR and tissue "
+        "contrast against the training step, with the subject-level confidence band; dashed, the oracle (the "
+        f"real {_or(tgt, 'target')} as its own source). A score counts as converged when the last third of training "
+        "moved it by less than its band's half-width (the verdict table below)."
+    )
 
 
 def conditioning(n: int | None = None, tgt: str | None = None, rst: bool = False) -> str:
-    return (f"Left: in-brain LMI on {_or(n, 'a few')} validation slices. Training shows the network LMI(x_0, x_0) "
-            "and LMI(x_0, x_{t+1}) of clean target slices; translation shows it LMI(s, s) and LMI(s, x_t) of the "
-            "source s and the sampled x_t (here at t ≤ 50, where the map carries the anatomy). A source whose boxes "
-            "sit far from training's gives the network inputs it never learnt from. Right: per-slice Dice of the "
-            "translation against the source's own tissue contrast, per source modality.")
+    return (
+        f"Left: in-brain LMI on {_or(n, 'a few')} validation slices. Training shows the network LMI(x_0, x_0) "
+        "and LMI(x_0, x_{t+1}) of clean target slices; translation shows it LMI(s, s) and LMI(s, x_t) of the "
+        "source s and the sampled x_t (here at t ≤ 50, where the map carries the anatomy). A source whose boxes "
+        "sit far from training's gives the network inputs it never learnt from. Right: per-slice Dice of the "
+        "translation against the source's own tissue contrast, per source modality."
+    )
 
 
 def baselines(rst: bool = False) -> str:
-    return ("Top: real target slices drawn at random. Then random samples of StyleGAN2-ADA's EMA generator "
-            "(no inversion) and unconditional samples of SDEdit's DDPM, which should look like brains of the "
-            "target modality; CycleGAN's reverse generator on the same real slices should look like the source. "
-            f"Numbers in the Baseline checks section of the HTML report ({_lit('lmid check-baselines', rst)}).")
+    return (
+        "Top: real target slices drawn at random. Then random samples of StyleGAN2-ADA's EMA generator "
+        "(no inversion) and unconditional samples of SDEdit's DDPM, which should look like brains of the "
+        "target modality; CycleGAN's reverse generator on the same real slices should look like the source. "
+        f"Numbers in the Baseline checks section of the HTML report ({_lit('lmid check-baselines', rst)})."
+    )
 
 
 def compute(n: int | None = None, estimated: list[str] | None = None, rst: bool = False) -> str:
-    text = (f"Validation Dice (against the ground truth) and in-brain SSIM of each method's translation of {_or(n, 'the')} "
-            f"diagnostic validation slices ({_lit('evaluate.diagnostic_slices', rst)}) at each of its training snapshots "
-            f"({_lit('<method>.train.snapshot_every', rst)}), against the CPU-hours its training loop had spent, with the "
-            "subject-level confidence band: who is ahead at equal compute, and who is still rising. CDM keeps no "
-            "snapshots of its three stages and is left out.")
+    text = (
+        f"Validation Dice (against the ground truth) and in-brain SSIM of each method's translation of {_or(n, 'the')} "
+        f"diagnostic validation slices ({_lit('evaluate.diagnostic_slices', rst)}) at each of its training snapshots "
+        f"({_lit('<method>.train.snapshot_every', rst)}), against the CPU-hours its training loop had spent, with the "
+        "subject-level confidence band: who is ahead at equal compute, and who is still rising. CDM keeps no "
+        "snapshots of its three stages and is left out."
+    )
     if estimated:
-        text += (f" For {', '.join(estimated)}, whose snapshots predate the training clock, the x axis is the "
-                 "training loop's wall time prorated by step (one thread).")
+        text += (
+            f" For {', '.join(estimated)}, whose snapshots predate the training clock, the x axis is the "
+            "training loop's wall time prorated by step (one thread)."
+        )
     return text
 
 
-CAPTIONS = {"grid": grid, "segmentation": segmentation, "metrics": metrics, "lmi": lmi,
-            "loss_curves": loss_curves, "uncertainty": uncertainty, "sampler": sampler,
-            "convergence": convergence, "conditioning": conditioning, "baselines": baselines,
-            "compute": compute}
+CAPTIONS = {
+    "grid": grid,
+    "segmentation": segmentation,
+    "metrics": metrics,
+    "lmi": lmi,
+    "loss_curves": loss_curves,
+    "uncertainty": uncertainty,
+    "sampler": sampler,
+    "convergence": convergence,
+    "conditioning": conditioning,
+    "baselines": baselines,
+    "compute": compute,
+}
 
 #: workflow/report/workflow.rst: the Snakemake report's front page (not a figure caption).
 WORKFLOW = """\

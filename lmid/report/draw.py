@@ -37,9 +37,19 @@ class Figures:
         self.add(fid, title, path, caption)
 
 
-def draw_figures(params, summary: dict, split, translations: dict, metrics_dir: Path, models_dir: Path,
-                 fig_dir: Path, diagnostics: dict | None = None, unseen_split=None, baselines: dict | None = None,
-                 baseline_images: dict | None = None) -> Figures:
+def draw_figures(
+    params,
+    summary: dict,
+    split,
+    translations: dict,
+    metrics_dir: Path,
+    models_dir: Path,
+    fig_dir: Path,
+    diagnostics: dict | None = None,
+    unseen_split=None,
+    baselines: dict | None = None,
+    baseline_images: dict | None = None,
+) -> Figures:
     """Every figure of the report, in the order the page shows them."""
     figs = Figures(fig_dir)
     main = summary["main_experiment"]
@@ -53,12 +63,19 @@ def draw_figures(params, summary: dict, split, translations: dict, metrics_dir: 
 
         def grid(path, s=s, own=own, trs=translations.get(exp, {})):
             d = figdata.grid_data(params, s, own, trs)
-            figures.qualitative_grid(path, d["source"], d["target"], d["translations"], DISPLAY, d["labels"],
-                                     s["source_modality"], s["target_modality"])
+            figures.qualitative_grid(
+                path,
+                d["source"],
+                d["target"],
+                d["translations"],
+                DISPLAY,
+                d["labels"],
+                s["source_modality"],
+                s["target_modality"],
+            )
             return captions.grid(d["n"], s["source_modality"], s["target_modality"])
 
-        figs.make(f"grid-{exp}", "grid", captions.title("grid", s["source_modality"], s["target_modality"]), grid,
-                  exp)
+        figs.make(f"grid-{exp}", "grid", captions.title("grid", s["source_modality"], s["target_modality"]), grid, exp)
 
     def segmentation(path):
         d = figdata.segmentation_data(params, split, trs_main, s_main, models_dir)
@@ -68,13 +85,19 @@ def draw_figures(params, summary: dict, split, translations: dict, metrics_dir: 
     figs.make("segmentation", "segmentation", captions.title("segmentation"), segmentation)
 
     for exp, s in summary["experiments"].items():
+
         def metrics(path, exp=exp, s=s):
             d = figdata.metrics_data(exp, s, metrics_dir)
             figures.metric_distributions(path, d["values"], DISPLAY, d["panels"], seed=params.seed)
             return captions.metrics(d["dice_gt"], s["target_modality"])
 
-        figs.make(f"metrics-{exp}", "metrics", captions.title("metrics", s["source_modality"], s["target_modality"]),
-                  metrics, exp)
+        figs.make(
+            f"metrics-{exp}",
+            "metrics",
+            captions.title("metrics", s["source_modality"], s["target_modality"]),
+            metrics,
+            exp,
+        )
 
     def lmi(path):
         d = figdata.lmi_data(params, split, trs_main)

@@ -10,8 +10,23 @@ from importlib import metadata
 from pathlib import Path
 
 #: Distribution names whose versions the report lists (in this order).
-PACKAGES = ("lmid", "torch", "monai", "numpy", "scipy", "scikit-image", "scikit-learn", "matplotlib", "pandas",
-            "nibabel", "SimpleITK", "nilearn", "pydantic", "snakemake", "dvc")
+PACKAGES = (
+    "lmid",
+    "torch",
+    "monai",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "scikit-learn",
+    "matplotlib",
+    "pandas",
+    "nibabel",
+    "SimpleITK",
+    "nilearn",
+    "pydantic",
+    "snakemake",
+    "dvc",
+)
 
 
 def versions() -> dict[str, str]:
@@ -31,8 +46,13 @@ def git_commit(cwd: str | Path | None = None) -> dict[str, str | bool]:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=20)
         if head.returncode != 0:
             return {"commit": "unknown", "dirty": False}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, timeout=20)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": False}

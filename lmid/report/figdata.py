@@ -65,9 +65,13 @@ def grid_data(params, s: dict, split, trs: dict) -> dict:
     except KeyError:
         raise Missing(f"the test split has no {src_name} slices") from None
     rows = grid_rows(trs, split, params.report.grid_slices)
-    return {"source": source[rows], "target": split.target[rows],
-            "translations": {m: rows_of(t, rows) for m, t in trs.items()}, "labels": row_labels(split, rows),
-            "n": len(rows)}
+    return {
+        "source": source[rows],
+        "target": split.target[rows],
+        "translations": {m: rows_of(t, rows) for m, t in trs.items()},
+        "labels": row_labels(split, rows),
+        "n": len(rows),
+    }
 
 
 def segmentation_data(params, split, trs: dict, s_main: dict, models_dir: Path) -> dict:
@@ -93,8 +97,13 @@ def segmentation_data(params, split, trs: dict, s_main: dict, models_dir: Path) 
     for m, t in trs.items():
         images = rows_of(t, rows)
         cols[DISPLAY.get(m, m)] = (images, segment(images))
-    return {"target": split.target[rows], "columns": cols, "labels": row_labels(split, rows),
-            "k": len(seg.centroids), "has_label": bool(split.has_label)}
+    return {
+        "target": split.target[rows],
+        "columns": cols,
+        "labels": row_labels(split, rows),
+        "k": len(seg.centroids),
+        "has_label": bool(split.has_label),
+    }
 
 
 def metrics_data(exp: str, s: dict, metrics_dir: Path) -> dict:
@@ -139,8 +148,7 @@ def lmi_data(params, split, trs: dict) -> dict:
     eps = np.random.default_rng(params.seed + 33).standard_normal(s.shape).astype(np.float32)
 
     def noised(x0, t):  # q(x_t | x_0), not clipped: the sampler feeds its x_t to the LMI as is
-        return schedule.add_noise(torch.from_numpy(x0)[None], torch.from_numpy(eps)[None],
-                                  torch.tensor([t]))[0].numpy()
+        return schedule.add_noise(torch.from_numpy(x0)[None], torch.from_numpy(eps)[None], torch.tensor([t]))[0].numpy()
 
     pairs = [(s, s), (s, y)]
     x = None
@@ -168,17 +176,35 @@ def lmi_data(params, split, trs: dict) -> dict:
     n_t = len(ts)
     rows = [
         ("images and LMI", images + first, "magma", None),
-        (f"LMI(s, y_t)\ny_t = noised real {tgt}", [(f"t = {t}", maps[k0 + j]) for j, t in enumerate(ts)],
-         "magma", None),
-        ("LMI(s, s_t)\ns_t = noised source", [(f"t = {t}", maps[k0 + n_t + j]) for j, t in enumerate(ts)],
-         "magma", None),
+        (
+            f"LMI(s, y_t)\ny_t = noised real {tgt}",
+            [(f"t = {t}", maps[k0 + j]) for j, t in enumerate(ts)],
+            "magma",
+            None,
+        ),
+        (
+            "LMI(s, s_t)\ns_t = noised source",
+            [(f"t = {t}", maps[k0 + n_t + j]) for j, t in enumerate(ts)],
+            "magma",
+            None,
+        ),
     ]
     if has_inter:
         tt = np.asarray(inter["intermediate_t"]).tolist()
-        rows.append(("LMI(s, x_t)\nsampler's own x_t",
-                     [(f"t = {t}", maps[k0 + 2 * n_t + j]) for j, t in enumerate(tt)], "magma", None))
-    return {"rows": rows, "slice": f"{split.subject[i]} z={split.slice_index[i]}",
-            "method": DISPLAY.get(method, method) if x is not None else "", "intermediates": has_inter}
+        rows.append(
+            (
+                "LMI(s, x_t)\nsampler's own x_t",
+                [(f"t = {t}", maps[k0 + 2 * n_t + j]) for j, t in enumerate(tt)],
+                "magma",
+                None,
+            )
+        )
+    return {
+        "rows": rows,
+        "slice": f"{split.subject[i]} z={split.slice_index[i]}",
+        "method": DISPLAY.get(method, method) if x is not None else "",
+        "intermediates": has_inter,
+    }
 
 
 def loss_logs(params, models_dir: Path) -> dict:
@@ -188,8 +214,11 @@ def loss_logs(params, models_dir: Path) -> dict:
     from lmid.report.figures import loss_series
 
     logs = {}
-    order = method_order([p.parent.name for p in sorted(models_dir.glob("*/train_log.csv"))], params) \
-        if models_dir.is_dir() else []
+    order = (
+        method_order([p.parent.name for p in sorted(models_dir.glob("*/train_log.csv"))], params)
+        if models_dir.is_dir()
+        else []
+    )
     for m in order:
         csv = models_dir / m / "train_log.csv"
         try:
@@ -210,8 +239,10 @@ def uncertainty_data(params, split, trs: dict) -> dict:
     if split is None or not with_std:
         raise Missing("no method was sampled more than once per slice")
     rows = grid_rows(with_std, split, min(params.report.grid_slices, 3))
-    cols = {DISPLAY.get(m, m): (rows_of(t, rows, "mean" if "mean" in t else "image"), rows_of(t, rows, "std"))
-            for m, t in with_std.items()}
+    cols = {
+        DISPLAY.get(m, m): (rows_of(t, rows, "mean" if "mean" in t else "image"), rows_of(t, rows, "std"))
+        for m, t in with_std.items()
+    }
     return {"columns": cols, "labels": row_labels(split, rows)}
 
 
@@ -230,8 +261,12 @@ def conditioning_data(diagnostics: dict | None) -> dict:
 
 
 #: Rows of the baselines figure: key in the baseline samples file → row label.
-BASELINE_ROWS = {"real": "real T1 (random)", "stylegan2_samples": "StyleGAN2-ADA samples",
-                 "sdedit_samples": "SDEdit DDPM samples", "cyclegan_target_to_source": "CycleGAN G_BA(T1)"}
+BASELINE_ROWS = {
+    "real": "real T1 (random)",
+    "stylegan2_samples": "StyleGAN2-ADA samples",
+    "sdedit_samples": "SDEdit DDPM samples",
+    "cyclegan_target_to_source": "CycleGAN G_BA(T1)",
+}
 
 
 def baseline_rows(baselines: dict | None, images: dict | None) -> list:
@@ -255,8 +290,9 @@ def compute_data(diagnostics: dict | None, baselines: dict | None, models_dir: P
         points = sorted(p for p in points if p[0] is not None)
         if points:
             keys = ("cpu_h", "dice", "dice_hw", "ssim", "ssim_hw")
-            series[method] = {k: np.array([np.nan if p[i] is None else p[i] for p in points], float)
-                              for i, k in enumerate(keys)}
+            series[method] = {
+                k: np.array([np.nan if p[i] is None else p[i] for p in points], float) for i, k in enumerate(keys)
+            }
 
     curve = (diagnostics or {}).get("convergence") or []
     if curve:
@@ -267,13 +303,33 @@ def compute_data(diagnostics: dict | None, baselines: dict | None, models_dir: P
             if facts.get("steps") and facts.get("train_loop_wall_s"):
                 per_step = float(facts["train_loop_wall_s"]) / float(facts["steps"])
                 estimated.append("LMIDiffusion")
-        add("lmidiffusion", [((r["cpu_s"] if r.get("cpu_s") is not None else
-                               (r["step"] * per_step if per_step else None)),
-                              r.get("dice_gt_mean"), r.get("dice_gt_mean_half_width"), r.get("ssim_mask"),
-                              r.get("ssim_mask_half_width")) for r in curve])
+        add(
+            "lmidiffusion",
+            [
+                (
+                    (r["cpu_s"] if r.get("cpu_s") is not None else (r["step"] * per_step if per_step else None)),
+                    r.get("dice_gt_mean"),
+                    r.get("dice_gt_mean_half_width"),
+                    r.get("ssim_mask"),
+                    r.get("ssim_mask_half_width"),
+                )
+                for r in curve
+            ],
+        )
     for method, entries in ((baselines or {}).get("curves") or {}).items():
-        add(method, [(e.get("cpu_s"), e["scores"]["dice_gt_mean"]["mean"], e["scores"]["dice_gt_mean"]["half_width"],
-                      e["scores"]["ssim_mask"]["mean"], e["scores"]["ssim_mask"]["half_width"]) for e in entries])
+        add(
+            method,
+            [
+                (
+                    e.get("cpu_s"),
+                    e["scores"]["dice_gt_mean"]["mean"],
+                    e["scores"]["dice_gt_mean"]["half_width"],
+                    e["scores"]["ssim_mask"]["mean"],
+                    e["scores"]["ssim_mask"]["half_width"],
+                )
+                for e in entries
+            ],
+        )
     for s in series.values():
         s["cpu_h"] = s["cpu_h"] / 3600.0
     if not series:

@@ -27,10 +27,17 @@ COLOURS = {name: spec.colour for name, spec in METHODS.items()}
 #: Overlay colours of the tissue labels 1 CSF, 2 GM, 3 WM.
 TISSUE_COLOURS = {1: ("CSF", "#3498db"), 2: ("GM", "#f39c12"), 3: ("WM", "#e74c3c")}
 
-plt.rcParams.update({
-    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "figure.facecolor": "white",
-    "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "lmid",
-})
+plt.rcParams.update(
+    {
+        "font.size": 9,
+        "axes.titlesize": 9,
+        "axes.labelsize": 9,
+        "figure.facecolor": "white",
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "svg.hashsalt": "lmid",
+    }
+)
 
 
 def colour(method: str, k: int = 0) -> str:
@@ -65,8 +72,16 @@ def placeholder(path, title: str, message: str) -> Path:
 
 
 # ------------------------------------------------------------------------------- qualitative
-def qualitative_grid(path, source: np.ndarray, target: np.ndarray, translations: dict[str, np.ndarray],
-                     titles: dict[str, str], row_labels: list[str], source_name: str, target_name: str) -> Path:
+def qualitative_grid(
+    path,
+    source: np.ndarray,
+    target: np.ndarray,
+    translations: dict[str, np.ndarray],
+    titles: dict[str, str],
+    row_labels: list[str],
+    source_name: str,
+    target_name: str,
+) -> Path:
     """Rows: slices; columns: source, every method, real target (all on [0, 1])."""
     k = source.shape[0]
     cols = [(f"source ({source_name})", source)] + [(titles.get(m, m), img) for m, img in translations.items()]
@@ -81,8 +96,9 @@ def qualitative_grid(path, source: np.ndarray, target: np.ndarray, translations:
     return save(fig, path)
 
 
-def segmentation_overlays(path, target: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]],
-                          row_labels: list[str]) -> Path:
+def segmentation_overlays(
+    path, target: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]], row_labels: list[str]
+) -> Path:
     """Each column: (background image, label map) per row; labels drawn translucent on the image."""
     k = target.shape[0]
     n = len(columns)
@@ -92,8 +108,7 @@ def segmentation_overlays(path, target: np.ndarray, columns: dict[str, tuple[np.
         for r in range(k):
             ax = axes[r, c]
             _image_axis(ax, imgs[r], title if r == 0 else None)
-            ax.imshow(np.ma.masked_equal(labels[r], 0), cmap=cmap, vmin=0, vmax=3, alpha=0.55,
-                      interpolation="nearest")
+            ax.imshow(np.ma.masked_equal(labels[r], 0), cmap=cmap, vmin=0, vmax=3, alpha=0.55, interpolation="nearest")
     for r in range(k):
         axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
     handles = [Patch(color=col, label=name) for name, col in TISSUE_COLOURS.values()]
@@ -103,8 +118,13 @@ def segmentation_overlays(path, target: np.ndarray, columns: dict[str, tuple[np.
 
 
 # ---------------------------------------------------------------------------- distributions
-def metric_distributions(path, values: dict[str, dict[str, np.ndarray]], titles: dict[str, str],
-                         metrics: list[tuple[str, str]], seed: int = 0) -> Path:
+def metric_distributions(
+    path,
+    values: dict[str, dict[str, np.ndarray]],
+    titles: dict[str, str],
+    metrics: list[tuple[str, str]],
+    seed: int = 0,
+) -> Path:
     """One panel per metric: a box per method with the per-slice values as jittered points.
 
     ``values[metric][method]`` holds the per-slice numbers; ``metrics`` is [(key, label)].
@@ -116,12 +136,26 @@ def metric_distributions(path, values: dict[str, dict[str, np.ndarray]], titles:
         data = [np.asarray(values[key].get(m, []), dtype=float) for m in methods]
         data = [d[np.isfinite(d)] for d in data]
         pos = np.arange(1, len(methods) + 1)
-        ax.boxplot([d if d.size else [np.nan] for d in data], positions=pos, widths=0.55, showfliers=False,
-                   medianprops={"color": "black"}, boxprops={"color": "#555"}, whiskerprops={"color": "#555"},
-                   capprops={"color": "#555"})
+        ax.boxplot(
+            [d if d.size else [np.nan] for d in data],
+            positions=pos,
+            widths=0.55,
+            showfliers=False,
+            medianprops={"color": "black"},
+            boxprops={"color": "#555"},
+            whiskerprops={"color": "#555"},
+            capprops={"color": "#555"},
+        )
         for k, (m, d) in enumerate(zip(methods, data)):
-            ax.scatter(pos[k] + rng.uniform(-0.18, 0.18, d.size), d, s=9, color=colour(m, k), alpha=0.75,
-                       linewidths=0, zorder=3)
+            ax.scatter(
+                pos[k] + rng.uniform(-0.18, 0.18, d.size),
+                d,
+                s=9,
+                color=colour(m, k),
+                alpha=0.75,
+                linewidths=0,
+                zorder=3,
+            )
         ax.set_xticks(pos)
         ax.set_xticklabels([titles.get(m, m) for m in methods], rotation=35, ha="right", fontsize=8)
         ax.set_title(label)
@@ -240,8 +274,9 @@ def uncertainty_maps(path, columns: dict[str, tuple[np.ndarray, np.ndarray]], ro
     for j, (title, (mean, std)) in enumerate(columns.items()):
         for r in range(k):
             _image_axis(axes[r, 2 * j], mean[r], f"{title}: mean" if r == 0 else None)
-            im = _image_axis(axes[r, 2 * j + 1], std[r], f"{title}: std" if r == 0 else None, cmap="viridis",
-                             vmin=0.0, vmax=vmax)
+            im = _image_axis(
+                axes[r, 2 * j + 1], std[r], f"{title}: std" if r == 0 else None, cmap="viridis", vmin=0.0, vmax=vmax
+            )
     for r in range(k):
         axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
     if im is not None:
@@ -260,8 +295,15 @@ def sampler_tradeoff(path, settings: list[dict]) -> Path:
             x = s.get("wall_s_per_slice") or float("nan")
             st = s[key]
             mark = "o" if s["kind"] == "ddim" else "s"
-            ax.errorbar(x, st["mean"], yerr=st["std"] or 0.0, fmt=mark, color=plt.get_cmap("tab10")(k % 10),
-                        capsize=2, markersize=5)
+            ax.errorbar(
+                x,
+                st["mean"],
+                yerr=st["std"] or 0.0,
+                fmt=mark,
+                color=plt.get_cmap("tab10")(k % 10),
+                capsize=2,
+                markersize=5,
+            )
             ax.annotate(s["setting"], (x, st["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         xs = [s.get("wall_s_per_slice") for s in settings if s.get("wall_s_per_slice")]
         if xs and max(xs) > 5 * min(xs):
@@ -276,11 +318,20 @@ def sampler_tradeoff(path, settings: list[dict]) -> Path:
 def convergence_curve(path, curve: list[dict]) -> Path:
     """Validation scores of LMIDiffusion at each training snapshot (one panel per score), with the
     subject-level interval as a band where the curve has one, and the oracle's Dice dashed."""
-    panels = [(("dice_gt_mean", "vs ground truth"), ("dice_km_mean", "vs K-Means of real T1"),
-               ("oracle_dice_gt_mean", "oracle, vs ground truth")), "Dice",
-              (("ssim", "whole slice"), ("ssim_mask", "in brain")), "SSIM",
-              (("psnr", "whole slice"), ("psnr_mask", "in brain")), "PSNR (dB)",
-              (("contrast_wm_gm", "WM−GM"), ("contrast_gm_csf", "GM−CSF")), "contrast (× real)"]
+    panels = [
+        (
+            ("dice_gt_mean", "vs ground truth"),
+            ("dice_km_mean", "vs K-Means of real T1"),
+            ("oracle_dice_gt_mean", "oracle, vs ground truth"),
+        ),
+        "Dice",
+        (("ssim", "whole slice"), ("ssim_mask", "in brain")),
+        "SSIM",
+        (("psnr", "whole slice"), ("psnr_mask", "in brain")),
+        "PSNR (dB)",
+        (("contrast_wm_gm", "WM−GM"), ("contrast_gm_csf", "GM−CSF")),
+        "contrast (× real)",
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(12, 2.9), squeeze=False)
     steps = np.array([r["step"] for r in curve], dtype=float)
 
@@ -311,12 +362,20 @@ def compute_curves(path, series: dict[str, dict], titles: dict[str, str]) -> Pat
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.1), squeeze=False)
     for k, (method, s) in enumerate(series.items()):
         for ax, key in zip(axes[0], ("dice", "ssim")):
-            (line,) = ax.plot(s["cpu_h"], s[key], marker="o", markersize=3, linewidth=1.2,
-                              color=colour(method, k), label=titles.get(method, method))
+            (line,) = ax.plot(
+                s["cpu_h"],
+                s[key],
+                marker="o",
+                markersize=3,
+                linewidth=1.2,
+                color=colour(method, k),
+                label=titles.get(method, method),
+            )
             half = s[f"{key}_hw"]
             if np.isfinite(half).any():
-                ax.fill_between(s["cpu_h"], s[key] - half, s[key] + half, color=line.get_color(), alpha=0.12,
-                                linewidth=0)
+                ax.fill_between(
+                    s["cpu_h"], s[key] - half, s[key] + half, color=line.get_color(), alpha=0.12, linewidth=0
+                )
     for ax, label in zip(axes[0], ("Dice (validation)", "in-brain SSIM (validation)")):
         ax.set_xlabel("training CPU-hours")
         ax.set_ylabel(label)
@@ -339,8 +398,11 @@ def conditioning_shift(path, shift: dict, contrast: dict) -> Path:
             if not q:
                 continue
             ax.plot([pos, pos], [q["q05"], q["q95"]], color=colour, linewidth=1)
-            ax.add_patch(plt.Rectangle((pos - 0.3, q["q25"]), 0.6, q["q75"] - q["q25"], facecolor=colour,
-                                       alpha=0.35, edgecolor=colour))
+            ax.add_patch(
+                plt.Rectangle(
+                    (pos - 0.3, q["q25"]), 0.6, q["q75"] - q["q25"], facecolor=colour, alpha=0.35, edgecolor=colour
+                )
+            )
             ax.plot([pos - 0.3, pos + 0.3], [q["q50"]] * 2, color=colour, linewidth=1.5)
             pos += 1.0
         labels.append((pos - 1.5, name))

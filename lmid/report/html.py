@@ -37,18 +37,34 @@ from lmid.report.tables import MANIFEST_HIDDEN, brain_mask_text, protocol_items 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 #: Page navigation: (section id, link text), in page order.
-NAV = (("claims", "Claims"), ("results", "Main table"), ("second-source", "Second source"), ("unseen-protocol", "Unseen protocol"),
-       ("sampler", "Sampling"), ("diagnostics", "Diagnostics"), ("baselines", "Baselines"), ("figures", "Figures"),
-       ("timings", "Timings"), ("data", "Data"), ("protocol", "Protocol"), ("params", "Parameters"),
-       ("software", "Software"))
+NAV = (
+    ("claims", "Claims"),
+    ("results", "Main table"),
+    ("second-source", "Second source"),
+    ("unseen-protocol", "Unseen protocol"),
+    ("sampler", "Sampling"),
+    ("diagnostics", "Diagnostics"),
+    ("baselines", "Baselines"),
+    ("figures", "Figures"),
+    ("timings", "Timings"),
+    ("data", "Data"),
+    ("protocol", "Protocol"),
+    ("params", "Parameters"),
+    ("software", "Software"),
+)
 
 
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
     # StrictUndefined: a misspelt name in a template fails the build instead of printing nothing.
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True)
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
 def _parts():
@@ -109,25 +125,55 @@ def _notice(params) -> dict:
     if params.preset == "paper":
         return {"kind": None}
     if params.preset == "study":
-        return {"kind": "study", "steps": f"{params.diffusion.train.steps:,}",
-                "batch_size": params.diffusion.train.batch_size}
+        return {
+            "kind": "study",
+            "steps": f"{params.diffusion.train.steps:,}",
+            "batch_size": params.diffusion.train.batch_size,
+        }
     return {"kind": "demo"}
 
 
-def build_report(params, params_path, reports_dir, models_dir, metrics_dir, translations_dir, slices_dir,
-                 out_path, unseen_slices_dir=None, baseline_images_path=None) -> Path:
+def build_report(
+    params,
+    params_path,
+    reports_dir,
+    models_dir,
+    metrics_dir,
+    translations_dir,
+    slices_dir,
+    out_path,
+    unseen_slices_dir=None,
+    baseline_images_path=None,
+) -> Path:
     import yaml
 
     reports_dir, models_dir, metrics_dir, translations_dir, slices_dir, out_path = map(
-        Path, (reports_dir, models_dir, metrics_dir, translations_dir, slices_dir, out_path))
-    inp = load_inputs(reports_dir, translations_dir, slices_dir, unseen_slices_dir, baseline_images_path,
-                      is_unseen=lambda experiment: is_unseen_experiment(experiment, params))
+        Path, (reports_dir, models_dir, metrics_dir, translations_dir, slices_dir, out_path)
+    )
+    inp = load_inputs(
+        reports_dir,
+        translations_dir,
+        slices_dir,
+        unseen_slices_dir,
+        baseline_images_path,
+        is_unseen=lambda experiment: is_unseen_experiment(experiment, params),
+    )
     summary = inp.summary
     fig_dir = reports_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    figs = draw_figures(params, summary, inp.test, inp.translations, metrics_dir, models_dir, fig_dir,
-                        inp.diagnostics, unseen_split=inp.unseen_test, baselines=inp.baselines,
-                        baseline_images=inp.baseline_images)
+    figs = draw_figures(
+        params,
+        summary,
+        inp.test,
+        inp.translations,
+        metrics_dir,
+        models_dir,
+        fig_dir,
+        inp.diagnostics,
+        unseen_split=inp.unseen_test,
+        baselines=inp.baselines,
+        baseline_images=inp.baseline_images,
+    )
 
     git = environment.git_commit()
     dev = environment.device()
@@ -139,13 +185,21 @@ def build_report(params, params_path, reports_dir, models_dir, metrics_dir, tran
         return {"exp": exp, "s": s, "table": tables.experiment_table(exp, s, params, summary)}
 
     dirty = " (working tree has uncommitted changes)" if git["dirty"] else ""
-    env_items = [("git commit", git["commit"] + dirty),
-                 ("report built on", f"{dev['platform']}; CPU {dev['cpu']} × {dev['cpu_count']}; CUDA: {dev['cuda']}")]
+    env_items = [
+        ("git commit", git["commit"] + dirty),
+        ("report built on", f"{dev['platform']}; CPU {dev['cpu']} × {dev['cpu_count']}; CUDA: {dev['cuda']}"),
+    ]
     env_items += [(k, str(v)) for k, v in environment.versions().items()]
     context = {
-        "title": params.report.title, "css": css(), "preset": params.preset, "data_source": params.data.source,
-        "now": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": git["commit"],
-        "nav": NAV, "notice": _notice(params), "paper_label": PAPER_LABEL,
+        "title": params.report.title,
+        "css": css(),
+        "preset": params.preset,
+        "data_source": params.data.source,
+        "now": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git["commit"],
+        "nav": NAV,
+        "notice": _notice(params),
+        "paper_label": PAPER_LABEL,
         "main": entry(main),
         "second_source": [entry(e) for e in experiments if e != main and not is_unseen_experiment(e, params)],
         "unseen": [entry(e) for e in experiments if is_unseen_experiment(e, params)],

@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class ReportInputs:
     summary: dict
-    splits: dict              # "train" / "val" / "test" → SliceSet or None
-    translations: dict        # experiment → method → arrays of translations.npz
+    splits: dict  # "train" / "val" / "test" → SliceSet or None
+    translations: dict  # experiment → method → arrays of translations.npz
     diagnostics: dict | None
-    unseen_test: object       # SliceSet of the unseen protocol, or None
+    unseen_test: object  # SliceSet of the unseen protocol, or None
     baselines: dict | None
     baseline_images: dict | None
     manifest: dict
@@ -74,8 +74,14 @@ def _optional_json(path: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
-def load_inputs(reports_dir: Path, translations_dir: Path, slices_dir: Path, unseen_slices_dir=None,
-                baseline_images_path=None, is_unseen=lambda experiment: False) -> ReportInputs:
+def load_inputs(
+    reports_dir: Path,
+    translations_dir: Path,
+    slices_dir: Path,
+    unseen_slices_dir=None,
+    baseline_images_path=None,
+    is_unseen=lambda experiment: False,
+) -> ReportInputs:
     """Everything the report reads. Each experiment's translations are checked against the test
     split they were made from: ``unseen_slices_dir``'s where ``is_unseen(experiment)``, else ``slices_dir``'s."""
     from lmid.data.slices import check_translated_from
@@ -85,8 +91,11 @@ def load_inputs(reports_dir: Path, translations_dir: Path, slices_dir: Path, uns
     test = splits["test"]
     unseen_path = Path(unseen_slices_dir) / "test.npz" if unseen_slices_dir else None
     unseen_test = load_split(unseen_path) if unseen_path else None
-    translations = load_translations(translations_dir, list(summary["experiments"]),
-                                     {e: s["method_order"] for e, s in summary["experiments"].items()})
+    translations = load_translations(
+        translations_dir,
+        list(summary["experiments"]),
+        {e: s["method_order"] for e, s in summary["experiments"].items()},
+    )
     for exp, trs in translations.items():
         own, own_path = (unseen_test, unseen_path) if is_unseen(exp) else (test, slices_dir / "test.npz")
         if own is None:  # the figures of this experiment are not drawn
@@ -98,9 +107,12 @@ def load_inputs(reports_dir: Path, translations_dir: Path, slices_dir: Path, uns
             check_translated_from(path, tr, own, own_path)
     baselines = _optional_json(reports_dir / "baselines.json")
     return ReportInputs(
-        summary=summary, splits=splits, translations=translations,
+        summary=summary,
+        splits=splits,
+        translations=translations,
         diagnostics=_optional_json(reports_dir / "diagnostics.json"),
         unseen_test=unseen_test,
         baselines=baselines,
         baseline_images=load_npz(baseline_images_path) if baselines and baseline_images_path else None,
-        manifest=read_manifest(slices_dir))
+        manifest=read_manifest(slices_dir),
+    )

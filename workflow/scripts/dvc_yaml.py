@@ -94,7 +94,7 @@ class CodeGraph:
             elif isinstance(n, ast.ImportFrom):
                 if n.level:
                     here = module.split(".") if self._is_package(module) else module.split(".")[:-1]
-                    here = here[:len(here) - n.level + 1]
+                    here = here[: len(here) - n.level + 1]
                     base = ".".join(here + ([n.module] if n.module else []))
                 else:
                     base = n.module or ""
@@ -107,14 +107,21 @@ class CodeGraph:
         return out
 
     def top_level_imports(self, module: str) -> list[str]:
-        body = ast.Module(body=[n for n in self.tree(module).body
-                                if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))],
-                          type_ignores=[])
+        body = ast.Module(
+            body=[
+                n
+                for n in self.tree(module).body
+                if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            ],
+            type_ignores=[],
+        )
         return self.imports_in(module, body)
 
     def function_imports(self, module: str, name: str) -> list[str]:
         """Imports of function ``name`` of ``module`` and of the module's functions it calls."""
-        functions = {n.name: n for n in self.tree(module).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        functions = {
+            n.name: n for n in self.tree(module).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+        }
         todo, seen, out = [name], set(), []
         while todo:
             f = todo.pop()
@@ -122,7 +129,9 @@ class CodeGraph:
                 continue
             seen.add(f)
             out += self.imports_in(module, functions[f])
-            todo += [c.func.id for c in ast.walk(functions[f]) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)]
+            todo += [
+                c.func.id for c in ast.walk(functions[f]) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
+            ]
         return out
 
 
@@ -142,8 +151,9 @@ def _code_graph(root: Path) -> CodeGraph:
     return CodeGraph(root)
 
 
-def code_deps(root: Path, command: str, handler: tuple[str, str], methods: list[str] | None,
-              method_modules: dict[str, str]) -> list[str]:
+def code_deps(
+    root: Path, command: str, handler: tuple[str, str], methods: list[str] | None, method_modules: dict[str, str]
+) -> list[str]:
     """Source files (relative to ``root``) that running ``lmid <command>`` executes.
 
     Start: the ``lmid`` package and its command-line modules (every command imports them, see
@@ -159,8 +169,12 @@ def code_deps(root: Path, command: str, handler: tuple[str, str], methods: list[
     graph = _code_graph(Path(root))
     wanted = None if not methods else {method_modules[m] for m in methods if m in method_modules}
     dispatched = set(method_modules.values())
-    cli = [m for m in ["lmid", CLI_PACKAGE] + [f"{CLI_PACKAGE}.{p.stem}" for p in sorted((root / "lmid" / "cli").glob("*.py"))
-                      if p.stem != "__init__"] if graph.file_of(m)]
+    cli = [
+        m
+        for m in ["lmid", CLI_PACKAGE]
+        + [f"{CLI_PACKAGE}.{p.stem}" for p in sorted((root / "lmid" / "cli").glob("*.py")) if p.stem != "__init__"]
+        if graph.file_of(m)
+    ]
     reached: set[str] = set()
     todo = list(cli)
     module, func = handler
@@ -205,7 +219,7 @@ def command_code(root: Path, shell: str) -> list[str]:
         if word != "lmid" or i + 1 >= len(words) or words[i + 1] not in sub:
             continue
         command = words[i + 1]
-        rest = words[i + 2:]
+        rest = words[i + 2 :]
         end = next((k for k, w in enumerate(rest) if w in ("&&", "||", ";", "|", ">", "2>&1")), len(rest))
         try:
             args = sub[command].parse_known_args(rest[:end])[0]
@@ -218,8 +232,13 @@ def command_code(root: Path, shell: str) -> list[str]:
             value = getattr(args, dest, None)
             named += [Path(v).parent.name for v in (value if isinstance(value, list) else [value]) if v]
         methods = tuple(sorted({m for m in named if m in METHOD_NAMES}))
-        files += _code_deps_cached(Path(root), command, (func.__module__, func.__name__), methods,
-                                   tuple((name, s.module) for name, s in METHODS.items()))
+        files += _code_deps_cached(
+            Path(root),
+            command,
+            (func.__module__, func.__name__),
+            methods,
+            tuple((name, s.module) for name, s in METHODS.items()),
+        )
     return sorted(set(files))
 
 
@@ -271,8 +290,12 @@ def build_graph(snakefile: Path, workdir: Path):
     from snakemake.settings.types import Quietness
 
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-        wf = api.workflow(resource_settings=ResourceSettings(cores=1), config_settings=ConfigSettings(),
-                          snakefile=snakefile.resolve(), workdir=workdir.resolve())
+        wf = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(),
+            snakefile=snakefile.resolve(),
+            workdir=workdir.resolve(),
+        )
         wf.dag(DAGSettings(forceall=True))
         # Snakemake's API runs or prints a DAG but does not hand it out; these two calls are the
         # ones its --dag printer makes.
@@ -280,8 +303,9 @@ def build_graph(snakefile: Path, workdir: Path):
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
         order = {rule.name: i for i, rule in enumerate(workflow.rules)}
-        jobs = sorted((j for j in workflow.dag.jobs if j.rule.name != "all"),
-                      key=lambda j: (order[j.rule.name], _stage_name(j)))
+        jobs = sorted(
+            (j for j in workflow.dag.jobs if j.rule.name != "all"), key=lambda j: (order[j.rule.name], _stage_name(j))
+        )
         # The sources the commands run: the project's own lmid/ (a copy of the repository), else
         # the installed package's checkout.
         import lmid
@@ -292,19 +316,21 @@ def build_graph(snakefile: Path, workdir: Path):
         rows = []
         for job in jobs:
             params = dict(job.params.items())
-            rows.append({
-                "name": _stage_name(job),
-                "rule": job.rule.name,
-                "shell": job.shellcmd,
-                "log": [str(x) for x in job.log],
-                "input": [str(x) for x in job.input],
-                "output": [str(x) for x in job.output],
-                "reads": list(params.get("reads", {})),
-                "code": command_code(src, job.shellcmd),
-                "root": not workflow.dag.dependencies[job],
-                # What Snakemake recorded when it made each output here (None: it did not).
-                "records": {str(f): _record(workflow.persistence.metadata(f)) for f in job.output},
-            })
+            rows.append(
+                {
+                    "name": _stage_name(job),
+                    "rule": job.rule.name,
+                    "shell": job.shellcmd,
+                    "log": [str(x) for x in job.log],
+                    "input": [str(x) for x in job.input],
+                    "output": [str(x) for x in job.output],
+                    "reads": list(params.get("reads", {})),
+                    "code": command_code(src, job.shellcmd),
+                    "root": not workflow.dag.dependencies[job],
+                    # What Snakemake recorded when it made each output here (None: it did not).
+                    "records": {str(f): _record(workflow.persistence.metadata(f)) for f in job.output},
+                }
+            )
         g = workflow.globals
         return rows, {"params_file": g["PARAMS_FILE"], "data": g["DATA"], "reports": g["REPORTS"]}
 
@@ -312,8 +338,12 @@ def build_graph(snakefile: Path, workdir: Path):
 def _record(rec) -> dict | None:
     if rec is None:
         return None
-    return {"starttime": rec.starttime, "endtime": rec.endtime, "incomplete": bool(rec.incomplete),
-            "input_checksums": dict(rec.input_checksums or {})}
+    return {
+        "starttime": rec.starttime,
+        "endtime": rec.endtime,
+        "incomplete": bool(rec.incomplete),
+        "input_checksums": dict(rec.input_checksums or {}),
+    }
 
 
 def _sha256(path: Path, cache: dict) -> str:
@@ -359,12 +389,17 @@ def outputs_out_of_date(rows: list[dict], root: Path) -> list[str]:
             continue  # not made yet: `snakemake -n` lists it
         unrecorded = [o for o in present if row["records"].get(o) is None]
         if unrecorded:
-            problems.append(f"{unrecorded[0]}: Snakemake has no record of making it here (from git, a copy or "
-                            f"another run?); make it again: snakemake --cores all --force {shlex.quote(unrecorded[0])}")
+            problems.append(
+                f"{unrecorded[0]}: Snakemake has no record of making it here (from git, a copy or "
+                f"another run?); make it again: snakemake --cores all --force {shlex.quote(unrecorded[0])}"
+            )
             continue
         records = [row["records"][o] for o in present]
-        started = min(r["starttime"] for r in records if r["starttime"] is not None) \
-            if any(r["starttime"] is not None for r in records) else None
+        started = (
+            min(r["starttime"] for r in records if r["starttime"] is not None)
+            if any(r["starttime"] is not None for r in records)
+            else None
+        )
         for inp in row["input"]:
             path = root / inp
             if not path.exists():
@@ -373,9 +408,11 @@ def outputs_out_of_date(rows: list[dict], root: Path) -> list[str]:
             if recorded and path.is_file():
                 now = _sha256(path, cache)
                 if any((c if ":" in c else f"sha256:{c}") != now for c in recorded):
-                    problems.append(f"{present[0]}: made from another version of {inp} than the one there now "
-                                    f"(its content changed since); rerun: snakemake --cores all --force "
-                                    f"{shlex.quote(present[0])}")
+                    problems.append(
+                        f"{present[0]}: made from another version of {inp} than the one there now "
+                        f"(its content changed since); rerun: snakemake --cores all --force "
+                        f"{shlex.quote(present[0])}"
+                    )
                     break
                 continue
             producer = made_by.get(inp)
@@ -383,8 +420,10 @@ def outputs_out_of_date(rows: list[dict], root: Path) -> list[str]:
             if producer is None or made is None:
                 continue  # not a result of this workflow (data.root of IXI), or reported above
             if started is not None and made["endtime"] is not None and made["endtime"] > started:
-                problems.append(f"{present[0]}: made before its input {inp} was made again; rerun: "
-                                f"snakemake --cores all --force {shlex.quote(present[0])}")
+                problems.append(
+                    f"{present[0]}: made before its input {inp} was made again; rerun: "
+                    f"snakemake --cores all --force {shlex.quote(present[0])}"
+                )
                 break
     return problems
 
@@ -394,13 +433,15 @@ def render(rows: list[dict], where: dict, raw_params: dict) -> str:
     # The stages' code dependencies are read from the imports of lmid/, so any source file a stage
     # runs can change this file: the check reruns when one of them changes.
     code = sorted({f for row in rows for f in row["code"]} | {"lmid/registry.py", "lmid/experiments.py"})
-    stages = {"dvc-yaml": {
-        "cmd": f"python workflow/scripts/dvc_yaml.py --check --stamp {shlex.quote(stamp)}",
-        "deps": ["workflow/Snakefile", "workflow/rules", "workflow/scripts/dvc_yaml.py", "pyproject.toml", *code],
-        "params": [{"params.yaml": None}],
-        # Cached like any other output, so that a clone's `dvc pull` restores it too.
-        "outs": [stamp],
-    }}
+    stages = {
+        "dvc-yaml": {
+            "cmd": f"python workflow/scripts/dvc_yaml.py --check --stamp {shlex.quote(stamp)}",
+            "deps": ["workflow/Snakefile", "workflow/rules", "workflow/scripts/dvc_yaml.py", "pyproject.toml", *code],
+            "params": [{"params.yaml": None}],
+            # Cached like any other output, so that a clone's `dvc pull` restores it too.
+            "outs": [stamp],
+        }
+    }
     reports = where["reports"].rstrip("/") + "/"
     for row in rows:
         # The rules quote every value they put into a command ({x:q}, i.e. shlex.quote), so the
@@ -429,9 +470,17 @@ def render(rows: list[dict], where: dict, raw_params: dict) -> str:
         if outs:
             stage["outs"] = outs
         stages[row["name"]] = stage
-    plots = [{f"{where['data']}/models/{row['name'].removeprefix('train-')}/train_log.csv":
-              {"x": "step", "y": "loss", "title": f"{row['name'].removeprefix('train-')} training loss"}}
-             for row in rows if row["rule"] == "train" and row["name"] == "train-lmidiffusion"]
+    plots = [
+        {
+            f"{where['data']}/models/{row['name'].removeprefix('train-')}/train_log.csv": {
+                "x": "step",
+                "y": "loss",
+                "title": f"{row['name'].removeprefix('train-')} training loss",
+            }
+        }
+        for row in rows
+        if row["rule"] == "train" and row["name"] == "train-lmidiffusion"
+    ]
     doc = {"stages": stages}
     if plots:
         doc["plots"] = plots
@@ -454,8 +503,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="file to write (default ROOT/dvc.yaml)")
     ap.add_argument("--check", action="store_true", help="only compare with the existing file; exit 1 if it differs")
     ap.add_argument("--stamp", type=Path, default=None, help="with --check: write this file when dvc.yaml is current")
-    ap.add_argument("--commit", action="store_true",
-                    help="check, then record the outputs of a finished Snakemake run in DVC (dvc commit --force)")
+    ap.add_argument(
+        "--commit",
+        action="store_true",
+        help="check, then record the outputs of a finished Snakemake run in DVC (dvc commit --force)",
+    )
     args = ap.parse_args(argv)
     out = args.out or args.root / "dvc.yaml"
     text, rows = generate(args.root, with_rows=True)
@@ -463,23 +515,31 @@ def main(argv=None) -> int:
         import subprocess
 
         if (out.read_text() if out.is_file() else "") != text:
-            print(f"{out} is out of date for params.yaml; regenerate it first: python workflow/scripts/dvc_yaml.py",
-                  file=sys.stderr)
+            print(
+                f"{out} is out of date for params.yaml; regenerate it first: python workflow/scripts/dvc_yaml.py",
+                file=sys.stderr,
+            )
             return 1
         stale = outputs_out_of_date(rows, args.root)
         if stale:
-            print(f"Not committing to DVC: {len(stale)} output(s) do not follow from the inputs beside them "
-                  "(by content):", file=sys.stderr)
+            print(
+                f"Not committing to DVC: {len(stale)} output(s) do not follow from the inputs beside them "
+                "(by content):",
+                file=sys.stderr,
+            )
             for line in stale[:20]:
                 print(f"  {line}", file=sys.stderr)
             if len(stale) > 20:
                 print(f"  ... and {len(stale) - 20} more", file=sys.stderr)
             return 1
-        plan = subprocess.run(["snakemake", "-n", "--cores", "1", "--quiet", "rules"], cwd=args.root,
-                              capture_output=True, text=True)
+        plan = subprocess.run(
+            ["snakemake", "-n", "--cores", "1", "--quiet", "rules"], cwd=args.root, capture_output=True, text=True
+        )
         if plan.returncode != 0 or any(line.split()[:1] == ["total"] for line in plan.stdout.splitlines()):
-            print("Snakemake has jobs left to run (see `snakemake -n`): finish the run before committing it to DVC",
-                  file=sys.stderr)
+            print(
+                "Snakemake has jobs left to run (see `snakemake -n`): finish the run before committing it to DVC",
+                file=sys.stderr,
+            )
             return 1
         stamp = args.root / yaml.safe_load(text)["stages"]["dvc-yaml"]["outs"][0]
         stamp.parent.mkdir(parents=True, exist_ok=True)
@@ -493,10 +553,14 @@ def main(argv=None) -> int:
     if args.check:
         current = out.read_text() if out.is_file() else ""
         if current != text:
-            diff = list(difflib.unified_diff(current.splitlines(), text.splitlines(), str(out), "generated", lineterm=""))
-            print(f"{out} does not describe the graph params.yaml gives now; regenerate it with\n"
-                  f"    python workflow/scripts/dvc_yaml.py\nthen run dvc repro again. First differences:",
-                  file=sys.stderr)
+            diff = list(
+                difflib.unified_diff(current.splitlines(), text.splitlines(), str(out), "generated", lineterm="")
+            )
+            print(
+                f"{out} does not describe the graph params.yaml gives now; regenerate it with\n"
+                f"    python workflow/scripts/dvc_yaml.py\nthen run dvc repro again. First differences:",
+                file=sys.stderr,
+            )
             print("\n".join(diff[:40]), file=sys.stderr)
             return 1
         if args.stamp:

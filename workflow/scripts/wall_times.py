@@ -45,17 +45,21 @@ def read_benchmarks(folder: Path, commit: str) -> dict[str, dict]:
         rec = dict(zip(head, values))
         job = str(tsv.relative_to(folder).with_suffix(""))
         mtime = tsv.stat().st_mtime
-        rows[job] = {"job": job, "wall_s": round(float(rec["s"]), 1),
-                     "cpu_s": round(float(rec.get("cpu_time") or "nan"), 1),
-                     "max_rss_mb": round(float(rec.get("max_rss") or "nan"), 1),
-                     "end_utc": _iso(mtime), "commit": commit, "mtime": mtime}
+        rows[job] = {
+            "job": job,
+            "wall_s": round(float(rec["s"]), 1),
+            "cpu_s": round(float(rec.get("cpu_time") or "nan"), 1),
+            "max_rss_mb": round(float(rec.get("max_rss") or "nan"), 1),
+            "end_utc": _iso(mtime),
+            "commit": commit,
+            "mtime": mtime,
+        }
     return rows
 
 
 def elapsed_s(rows) -> float:
     """Length of the union of [end − wall, end] over the rows that know their end."""
-    spans = sorted((_ts(r["end_utc"]) - float(r["wall_s"]), _ts(r["end_utc"]))
-                   for r in rows if r.get("end_utc"))
+    spans = sorted((_ts(r["end_utc"]) - float(r["wall_s"]), _ts(r["end_utc"])) for r in rows if r.get("end_utc"))
     total, cur_a, cur_b = 0.0, None, None
     for a, b in spans:
         if cur_b is None or a > cur_b:
@@ -91,10 +95,20 @@ def main(folder: Path, out: Path, commit: str, fresh: bool) -> None:
         w.writeheader()
         for job in sorted(merged):
             w.writerow({k: merged[job].get(k, "") for k in FIELDS})
-        w.writerow({"job": ELAPSED, "wall_s": round(span, 1), "cpu_s": round(cpu, 1), "max_rss_mb": "",
-                    "end_utc": "", "commit": ",".join(sorted({r.get("commit", "") for r in merged.values()} - {""}))})
-    print(f"{out}: {len(merged)} jobs, {total:.0f} s of job wall time, {cpu:.0f} CPU-s, "
-          f"{span:.0f} s elapsed ({span / 3600:.2f} h)")
+        w.writerow(
+            {
+                "job": ELAPSED,
+                "wall_s": round(span, 1),
+                "cpu_s": round(cpu, 1),
+                "max_rss_mb": "",
+                "end_utc": "",
+                "commit": ",".join(sorted({r.get("commit", "") for r in merged.values()} - {""})),
+            }
+        )
+    print(
+        f"{out}: {len(merged)} jobs, {total:.0f} s of job wall time, {cpu:.0f} CPU-s, "
+        f"{span:.0f} s elapsed ({span / 3600:.2f} h)"
+    )
 
 
 if __name__ == "__main__":
