@@ -71,7 +71,7 @@ COMMAND_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
     "prepare": (("params", "raw"), (), ("out",)),
     "train": (("params", "train", "val"), (), ("out",)),
     "publish": (("params", "models", "train", "diagnostics", "baselines", "test", "scores"), (), ("out",)),
-    "use-published": (("params", "published", "train"), (), ()),
+    "use-published": (("params", "published", "train"), (), ("out",)),
     "translate": (("params", "model", "slices"), ("out",), ()),
     "sampler-sweep": (
         ("params", "model", "slices", "manifest", "segmenter"),
