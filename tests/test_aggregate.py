@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -239,8 +240,8 @@ def test_optional_sections_not_run(metrics):
     assert "sampler" not in json.loads((root / "a" / "metrics.json").read_text())
 
 
-def test_table_rows_ceiling_contrast_and_paper_beside_kmeans_dice(metrics):
-    root, params, data = metrics
+def _tissue_scores(root: Path) -> None:
+    """Contrast, tissue order and the Dice ceiling in two of the main experiment's score files."""
     for m, scale in (("lmidiffusion", 0.8), ("identity", -0.5)):
         path = root / "metrics" / "pd2t1" / f"{m}.csv"
         df = pd.read_csv(path)
@@ -249,6 +250,11 @@ def test_table_rows_ceiling_contrast_and_paper_beside_kmeans_dice(metrics):
         df["tissue_order"] = float(scale > 0)
         df["dice_ceiling"] = 0.72
         write_metrics_csv(path, df)
+
+
+def test_table_rows_ceiling_contrast_and_paper_beside_kmeans_dice(metrics):
+    root, params, data = metrics
+    _tissue_scores(root)
     s = _run(root, params, "a")
     e = s["experiments"]["pd2t1"]["methods"]
     assert e["lmidiffusion"]["contrast_wm_gm"]["mean"] == pytest.approx(0.8)
@@ -257,13 +263,107 @@ def test_table_rows_ceiling_contrast_and_paper_beside_kmeans_dice(metrics):
     lines = (root / "a" / "tables" / "table.md").read_text().splitlines()
     labels = [ln.split("|")[1].strip() for ln in lines if ln.startswith("| ") and "---" not in ln]
     # The paper's Dice (IXI: no labels) stands beside our Dice against K-Means of the real target.
-    i = labels.index("Dice vs K-Means of real target")
-    assert labels[i + 1].startswith("Dice — paper") and labels[i + 2] == "Dice ceiling: K-Means on the real target"
+    i = labels.index("Dice vs K-Means of real T1")
+    assert labels[i + 1].startswith("Dice — paper") and labels[i + 2] == "Dice ceiling: K-Means on the real T1"
     row = next(ln for ln in lines if ln.startswith("| Dice ceiling"))
-    assert "0.72" in row
+    assert "0.72" in row and "[" not in row  # the ceiling is shown without an interval
     assert any(lbl.startswith("Tissue contrast WM−GM") for lbl in labels)
     # Sampler: both settings score the same slices alike, so the cheaper one is "as good".
     assert s["sampler"]["smallest_nfe"]["setting"] == "ddim-10"
+
+
+def _markdown_rows(md: str, exp: str) -> list[list[str]]:
+    """Label and cells of each body row of one experiment's table in table.md."""
+    lines = md.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("## ") and f"(experiment `{exp}`)" in ln)
+    block = []
+    for ln in lines[start + 1 :]:
+        if ln.startswith("|"):
+            block.append(ln)
+        elif block:
+            break
+    return [[c.strip() for c in ln.strip("|").split(" | ")] for ln in block[2:]]  # past head and rule
+
+
+def _latex_rows(tex: str) -> list[list[str]]:
+    """The body rows of a table.tex, cells turned back into the Markdown spelling."""
+    body = tex.split("\\midrule\n", 1)[1].split("\\bottomrule", 1)[0]
+    rows = []
+    for ln in body.splitlines():
+        if ln == "\\midrule":
+            continue
+        text = re.sub(r"\\textbf\{(.+?)\}", r"**\1**", ln.removesuffix(" \\\\"))
+        for a, b in (("$\\pm$", "±"), ("$<$", "<"), ("--", "—"), ("\\%", "%"), ("\\_", "_"), ("\\&", "&")):
+            text = text.replace(a, b)
+        rows.append(text.split(" & "))
+    return rows
+
+
+def _html_rows(t: dict) -> list[list[str]]:
+    """The report's table dict in the Markdown spelling: tag after the label, bold as **, CI after the value."""
+
+    def text(c: dict) -> str:
+        value = f"**{c['text']}**" if c["bold"] else c["text"]
+        return f"{value} {c['ci']}" if c["ci"] else value
+
+    return [[r["th"] + (f" — {r['tag']}" if r["tag"] else "")] + [text(c) for c in r["cells"]] for r in t["rows"]]
+
+
+#: The summary's metric behind each of our scored rows (the CSV names rows by metric).
+ROW_METRICS = {
+    "Dice": "dice",
+    "Dice vs K-Means of real T1": "dice_km",
+    "Dice ceiling: K-Means on the real T1": "dice_ceiling",
+    "PSNR (dB)": "psnr",
+    "SSIM": "ssim",
+    "Tissue contrast WM−GM (× real)": "contrast_wm_gm",
+    "Tissue contrast GM−CSF (× real)": "contrast_gm_csf",
+    "WM > GM > CSF (fraction of slices)": "tissue_order",
+    "PSNR in brain (dB)": "psnr_mask",
+    "SSIM in brain": "ssim_mask",
+}
+
+
+def test_markdown_latex_csv_and_html_tables_show_the_same_rows(metrics):
+    """table.md, table*.tex, table*.csv and the HTML report's table: same labels, same order, same numbers."""
+    from lmid.report.tables import experiment_table
+
+    root, params, _ = metrics
+    _tissue_scores(root)
+    s = _run(root, params, "a")
+    tables = root / "a" / "tables"
+    md = (tables / "table.md").read_text()
+    paper = " — paper (IXI, not our data)"
+    for exp, stem in (("pd2t1", "table"), ("t22t1", "table_t22t1")):
+        ours = _markdown_rows(md, exp)
+        labels = [r[0] for r in ours]
+        assert "subjects (n)" in labels and "p Dice (Wilcoxon vs LMIDiffusion)" in labels
+        assert ("Dice ceiling: K-Means on the real T1" in labels) == (exp == "pd2t1")  # t22t1 has no labels
+        assert _latex_rows((tables / f"{stem}.tex").read_text()) == ours, exp
+        assert _html_rows(experiment_table(exp, s["experiments"][exp], params, s)) == ours, exp
+        # The CSV: per method, our scored rows then the paper's, in table order, with the same numbers.
+        scored = ours[: labels.index("p Dice (Wilcoxon vs LMIDiffusion)")]
+        tidy = pd.read_csv(tables / f"{stem}.csv", keep_default_na=False)
+        methods = s["experiments"][exp]["table_methods"]
+        assert list(dict.fromkeys(tidy["method"])) == [m for m in methods if m in set(tidy["method"])]
+        for j, m in enumerate(methods, start=1):
+            cells = [(r[0], r[j]) for r in scored if not r[0].endswith(paper)]
+            cells += [(r[0], r[j]) for r in scored if r[0].endswith(paper)]
+            cells = [(label, cell) for label, cell in cells if "±" in cell]  # no "not run" or "—"
+            records = tidy[tidy["method"] == m].to_dict("records")
+            assert [(r["source"], r["metric"]) for r in records] == [
+                ("paper (IXI, not our data)", label.removesuffix(paper).lower().split()[0])
+                if label.endswith(paper)
+                else ("ours", ROW_METRICS[label])
+                for label, _ in cells
+            ], (exp, m)
+            for rec, (label, cell) in zip(records, cells):
+                shown = re.findall(r"-?\d+\.\d+", cell)
+                decimals = len(shown[0].split(".")[1])
+                csv = [rec["mean"], rec["std"], rec["ci_low"], rec["ci_high"]][: len(shown)]
+                assert len(shown) in (2, 4) and len(csv) == len(shown), (exp, m, label, cell)
+                for value, text in zip(csv, shown):
+                    assert abs(float(value) - float(text)) <= 0.5 * 10**-decimals + 1e-9, (exp, m, label, cell)
 
 
 def test_protocol_shift_is_the_paired_change_per_method(metrics):

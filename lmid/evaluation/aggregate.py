@@ -192,7 +192,7 @@ def aggregate(params, scores, out_dir: str | Path, infos=(), manifest: str | Pat
         rows = table_rows(s, columns, with_paper, ev.reference_method)
         cap = caption(s, source, target, ev.confidence, ev.bootstrap, ev.reference_method, with_paper)
         s["caption"] = cap
-        s["rows"] = [{"label": lab, "cells": cells, "kind": kind} for lab, cells, kind in rows]
+        s["rows"] = [{"label": r.title, "cells": [c.markdown() for c in r.cells], "kind": r.kind} for r in rows]
         summary["experiments"][exp] = s
         first = f"{source} → {target}"
         title = experiment_title(exp, first, with_paper, is_unseen_experiment(exp, params))
@@ -200,7 +200,7 @@ def aggregate(params, scores, out_dir: str | Path, infos=(), manifest: str | Pat
         if not with_paper:
             md_parts.append("The paper reports no numbers for this source.\n")
         stem = "table" if with_paper else f"table_{exp}"
-        write_csv(tables_dir / f"{stem}.csv", tidy_rows(exp, s, columns, with_paper))
+        write_csv(tables_dir / f"{stem}.csv", tidy_rows(exp, rows, columns))
         write_text(tables_dir / f"{stem}.tex", latex_table(cap, rows, columns, params, first, f"tab:{exp}"))
 
     shift = summary["protocol_shift"] = protocol_shift(

@@ -16,6 +16,7 @@ PAPER = {
     "lmidiffusion": {"dice": (0.88, 0.05), "psnr": (20.22, 1.43), "ssim": (0.69, 0.06)},
 }
 PAPER_LABEL = "paper (IXI, not our data)"
+PAPER_SLICES = 75  # the paper's test slices: the n of its rows
 #: Views of lmid/registry.py: column names, column order (the paper's four, then the upper bound
 #: and the references), and the methods that compete with LMIDiffusion (best of them bold).
 DISPLAY = {name: spec.display for name, spec in METHODS.items()}

@@ -1,19 +1,22 @@
 """How ``lmid aggregate`` writes its tables: Markdown, LaTeX and CSV from the summary's statistics.
 
-Cell formatters (``fmt``, ``fmt_p``, ``plain``, shared with the HTML report), each experiment's rows
-and caption, the unseen-protocol and sampler sections, and the writers of ``tables/*``. The numbers
-come from lmid/evaluation/table_stats.py; nothing here computes a statistic.
+Cell formatters (``fmt``, ``fmt_p``, ``plain``), each experiment's rows as data (:func:`table_rows`:
+labels, cells, which rows show an interval) and their Markdown, LaTeX and tidy-CSV renderings (the
+HTML report draws the same rows, lmid/report/tables.py), the caption, the unseen-protocol and
+sampler sections, and the writers of ``tables/*``. The numbers come from
+lmid/evaluation/table_stats.py; nothing here computes a statistic.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lmid.evaluation.display import DISPLAY, PAPER, PAPER_LABEL, ROWS, column_title, method_order
+from lmid.evaluation.display import DISPLAY, PAPER, PAPER_LABEL, PAPER_SLICES, ROWS, column_title, method_order
 from lmid.evaluation.table_stats import best_method, method_stats
 from lmid.io import write_text
 
@@ -59,101 +62,149 @@ def plain(x) -> str:
     return "—" if x is None else str(x)
 
 
-def _cell(stats: dict | None, decimals: int, bold: bool = False, ci: bool = True) -> str:
-    if stats is None:
-        return "not run"
-    if stats.get("mean") is None or not math.isfinite(stats["mean"]):
-        return "—"
-    text = f"{fmt(stats['mean'], decimals)} ± {fmt(stats['std'], decimals)}"
-    if bold:
-        text = f"**{text}**"
-    if ci and stats.get("ci_low") is not None and math.isfinite(stats["ci_low"]):
-        text += f" [{fmt(stats['ci_low'], decimals)}, {fmt(stats['ci_high'], decimals)}]"
-    return text
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+#: Cell texts that stand for a missing number.
+DASH, NOT_RUN = "—", "not run"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a results table: a statistic (mean ± std [CI]) or, when ``text`` is set, that text.
+
+    ``n`` and ``p`` are not shown in the cell; the tidy CSV carries them.
+    """
+
+    text: str | None = None
+    mean: float | None = None
+    std: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    decimals: int = 2
+    bold: bool = False
+    show_ci: bool = True
+    n: int | None = None
+    p: float | None = None
+
+    @property
+    def is_stat(self) -> bool:
+        return self.text is None
+
+    @property
+    def missing(self) -> bool:
+        return self.text in (DASH, NOT_RUN)
+
+    def value(self) -> str:
+        if self.text is not None:
+            return self.text
+        return f"{fmt(self.mean, self.decimals)} ± {fmt(self.std, self.decimals)}"
+
+    def interval(self) -> str | None:
+        if self.text is not None or not self.show_ci or not _finite(self.ci_low):
+            return None
+        return f"[{fmt(self.ci_low, self.decimals)}, {fmt(self.ci_high, self.decimals)}]"
+
+    def markdown(self) -> str:
+        text = f"**{self.value()}**" if self.bold else self.value()
+        ci = self.interval()
+        return f"{text} {ci}" if ci else text
+
+    def latex(self) -> str:
+        return latex_escape(self.markdown())
+
+
+def stat(st: dict | None, decimals: int = 2, bold: bool = False, ci: bool = True) -> Cell:
+    """The cell of one summary entry: "not run" without the method, a dash without a value."""
+    if st is None:
+        return Cell(NOT_RUN)
+    if not _finite(st.get("mean")):
+        return Cell(DASH)
+    return Cell(
+        mean=st["mean"],
+        std=st.get("std"),
+        ci_low=st.get("ci_low"),
+        ci_high=st.get("ci_high"),
+        decimals=decimals,
+        bold=bold,
+        show_ci=ci,
+        n=st.get("n"),
+        p=st.get("p_vs_reference"),
+    )
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of an experiment's table, one cell per method column."""
+
+    label: str
+    kind: str  # ours / paper / p / n
+    cells: tuple[Cell, ...]
+    key: str | None = None  # the summary's metric behind the row
+    tag: str | None = None  # whose numbers, when not ours
+    secondary: bool = False  # a row beside the headline scores (muted in the HTML report)
+    dice_reference: str = ""  # what a "dice" row was scored against
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} — {self.tag}" if self.tag else self.label
 
 
 # ------------------------------------------------------------------------------ experiment tables
-def table_rows(summary: dict, methods: list[str], with_paper: bool, reference: str) -> list[tuple[str, list[str], str]]:
-    """Rows of one experiment's table as (label, cells, kind) with kind in ours/paper/p/n."""
-    rows = []
+def table_rows(summary: dict, methods: list[str], with_paper: bool, reference: str) -> list[Row]:
+    """One experiment's table as data; every rendering (Markdown, LaTeX, CSV, HTML) draws these rows."""
+    target = summary.get("target_modality") or "target"
+    headline_keys = {key for key, _, _ in ROWS}  # the paper's scores: the best competitor in bold
+    rows: list[Row] = []
 
-    def paper_row(key: str, label: str) -> None:
+    def ours(key: str, label: str, decimals: int = 2, *, ci: bool = True, headline: bool = False) -> None:
+        best = best_method(summary, key, methods) if key in headline_keys else None
+        cells = tuple(stat(method_stats(summary, m, key), decimals, bold=m == best, ci=ci) for m in methods)
+        ref = summary["dice_reference"] if key == "dice" else ""
+        rows.append(Row(label, "ours", cells, key, secondary=not headline, dice_reference=ref))
+
+    def paper(key: str, label: str) -> None:
         if with_paper:
-            cells = [f"{PAPER[m][key][0]:.2f} ± {PAPER[m][key][1]:.2f}" if m in PAPER else "—" for m in methods]
-            rows.append((f"{label} — {PAPER_LABEL}", cells, "paper"))
+            cells = tuple(
+                Cell(mean=PAPER[m][key][0], std=PAPER[m][key][1], n=PAPER_SLICES) if m in PAPER else Cell(DASH)
+                for m in methods
+            )
+            ref = "ground truth" if key == "dice" else ""
+            rows.append(Row(label, "paper", cells, key, tag=PAPER_LABEL, dice_reference=ref))
 
     for key, label, dec in ROWS:
-        best = best_method(summary, key, methods)
-        rows.append((label, [_cell(method_stats(summary, m, key), dec, bold=(m == best)) for m in methods], "ours"))
-        # IXI has no tissue labels, so the paper's Dice is most plausibly against K-Means of the
-        # real T1: its row stands beside ours of that kind.
-        if key != "dice" or summary["dice_key"] != "dice_gt":
-            paper_row(key, label)
+        ours(key, label, dec, headline=True)
         if key == "dice" and summary["dice_key"] == "dice_gt":
-            rows.append(
-                (
-                    "Dice vs K-Means of real target",
-                    [_cell(method_stats(summary, m, "dice_km"), 2) for m in methods],
-                    "ours",
-                )
-            )
-            paper_row("dice", "Dice")
-            rows.append(
-                (
-                    "Dice ceiling: K-Means on the real target",
-                    [_cell(method_stats(summary, m, "dice_ceiling"), 2, ci=False) for m in methods],
-                    "ours",
-                )
-            )
-    rows.append(
-        (
-            "Tissue contrast WM−GM (× real)",
-            [_cell(method_stats(summary, m, "contrast_wm_gm"), 2) for m in methods],
-            "ours",
-        )
-    )
-    rows.append(
-        (
-            "Tissue contrast GM−CSF (× real)",
-            [_cell(method_stats(summary, m, "contrast_gm_csf"), 2) for m in methods],
-            "ours",
-        )
-    )
-    rows.append(
-        (
-            "WM > GM > CSF (fraction of slices)",
-            [_cell(method_stats(summary, m, "tissue_order"), 2, ci=False) for m in methods],
-            "ours",
-        )
-    )
-    rows.append(("PSNR in brain (dB)", [_cell(method_stats(summary, m, "psnr_mask"), 2) for m in methods], "ours"))
-    rows.append(("SSIM in brain", [_cell(method_stats(summary, m, "ssim_mask"), 2) for m in methods], "ours"))
+            # IXI has no tissue labels, so the paper's Dice is most plausibly against K-Means of the
+            # real target: its row stands beside ours of that kind.
+            ours("dice_km", f"Dice vs K-Means of real {target}", headline=True)
+            paper("dice", label)
+            # The same segmentation of the real slices in every column: an interval adds nothing.
+            ours("dice_ceiling", f"Dice ceiling: K-Means on the real {target}", ci=False)
+        else:
+            paper(key, label)
+    ours("contrast_wm_gm", "Tissue contrast WM−GM (× real)")
+    ours("contrast_gm_csf", "Tissue contrast GM−CSF (× real)")
+    ours("tissue_order", "WM > GM > CSF (fraction of slices)", ci=False)
+    ours("psnr_mask", "PSNR in brain (dB)")
+    ours("ssim_mask", "SSIM in brain")
     ref_name = DISPLAY.get(reference, reference)
     for key, label, _ in ROWS:
-        rows.append(
-            (
-                f"p {label.split()[0]} (Wilcoxon vs {ref_name})",
-                [
-                    "ref."
-                    if m == reference
-                    else "—"
-                    if method_stats(summary, m, key) is None
-                    else fmt_p(method_stats(summary, m, key).get("p_vs_reference"))
-                    for m in methods
-                ],
-                "p",
-            )
-        )
-    rows.append(
-        (
-            "subjects (n)",
-            [str(summary["methods"][m].get("n_subjects") or "—") if m in summary["methods"] else "0" for m in methods],
-            "n",
-        )
-    )
-    rows.append(
-        ("slices (n)", [str(summary["methods"][m]["n"]) if m in summary["methods"] else "0" for m in methods], "n")
-    )
+        cells = []
+        for m in methods:
+            st = method_stats(summary, m, key)
+            if m == reference:
+                cells.append(Cell("ref."))
+            elif st is None:
+                cells.append(Cell(DASH))
+            else:
+                cells.append(Cell(fmt_p(st.get("p_vs_reference"))))
+        rows.append(Row(f"p {label.split()[0]} (Wilcoxon vs {ref_name})", "p", tuple(cells), key))
+    scored = summary["methods"]
+    subjects = tuple(Cell(str(scored[m].get("n_subjects") or DASH) if m in scored else "0") for m in methods)
+    rows.append(Row("subjects (n)", "n", subjects))
+    rows.append(Row("slices (n)", "n", tuple(Cell(str(scored[m]["n"]) if m in scored else "0") for m in methods)))
     return rows
 
 
@@ -195,10 +246,10 @@ def experiment_title(exp: str, first: str, with_paper: bool, unseen: bool) -> st
     )
 
 
-def markdown_table(title: str, cap: str, rows, methods: list[str], params, first: str) -> str:
+def markdown_table(title: str, cap: str, rows: list[Row], methods: list[str], params, first: str) -> str:
     head = "| " + " | ".join([first] + [column_title(m, params) for m in methods]) + " |"
     sep = "|" + "---|" * (len(methods) + 1)
-    body = ["| " + " | ".join([label] + cells) + " |" for label, cells, _ in rows]
+    body = ["| " + " | ".join([r.title] + [c.markdown() for c in r.cells]) + " |" for r in rows]
     return "\n".join([f"## {title}", "", cap, "", head, sep, *body, ""])
 
 
@@ -218,7 +269,7 @@ def latex_escape(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", text)
 
 
-def latex_table(cap: str, rows, methods: list[str], params, first: str, label: str) -> str:
+def latex_table(cap: str, rows: list[Row], methods: list[str], params, first: str, label: str) -> str:
     cols = "l" + "c" * len(methods)
     lines = [
         "% Generated by `lmid aggregate`; needs \\usepackage{booktabs}.",
@@ -233,65 +284,37 @@ def latex_table(cap: str, rows, methods: list[str], params, first: str, label: s
         "\\midrule",
     ]
     prev = None
-    for row_label, cells, kind in rows:
-        if prev is not None and kind != prev and kind in ("p", "n"):
+    for r in rows:
+        if prev is not None and r.kind != prev and r.kind in ("p", "n"):
             lines.append("\\midrule")
-        lines.append(" & ".join(latex_escape(c) for c in [row_label] + cells) + " \\\\")
-        prev = kind
+        lines.append(" & ".join([latex_escape(r.title)] + [c.latex() for c in r.cells]) + " \\\\")
+        prev = r.kind
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     return "\n".join(lines)
 
 
-def tidy_rows(experiment: str, summary: dict, methods: list[str], with_paper: bool) -> list[dict]:
+def tidy_rows(experiment: str, rows: list[Row], methods: list[str]) -> list[dict]:
+    """``tables/table*.csv``: per method, one record per scored row of the table, ours then the paper's."""
     out = []
-    for m in methods:
-        entry = summary["methods"].get(m, {})
-        for key in (
-            "dice",
-            "dice_km",
-            "dice_gt",
-            "psnr",
-            "ssim",
-            "psnr_mask",
-            "ssim_mask",
-            "contrast_wm_gm",
-            "contrast_gm_csf",
-            "tissue_order",
-            "dice_ceiling",
-        ):
-            st = entry.get(key)
-            if not st or not st["n"]:
-                continue
-            out.append(
-                {
-                    "experiment": experiment,
-                    "source": "ours",
-                    "method": m,
-                    "metric": key,
-                    "dice_reference": summary["dice_reference"] if key == "dice" else "",
-                    "n": st["n"],
-                    "mean": st["mean"],
-                    "std": st["std"],
-                    "ci_low": st["ci_low"],
-                    "ci_high": st["ci_high"],
-                    "p_vs_reference": st.get("p_vs_reference"),
-                }
-            )
-        if with_paper and m in PAPER:
-            for key, (mean, std) in PAPER[m].items():
+    for j, m in enumerate(methods):
+        for kind in ("ours", "paper"):
+            for r in rows:
+                c = r.cells[j]
+                if r.kind != kind or not c.is_stat:
+                    continue
                 out.append(
                     {
                         "experiment": experiment,
-                        "source": PAPER_LABEL,
+                        "source": "ours" if kind == "ours" else r.tag,
                         "method": m,
-                        "metric": key,
-                        "dice_reference": "ground truth" if key == "dice" else "",
-                        "n": 75,
-                        "mean": mean,
-                        "std": std,
-                        "ci_low": None,
-                        "ci_high": None,
-                        "p_vs_reference": None,
+                        "metric": r.key,
+                        "dice_reference": r.dice_reference,
+                        "n": c.n,
+                        "mean": c.mean,
+                        "std": c.std,
+                        "ci_low": c.ci_low,
+                        "ci_high": c.ci_high,
+                        "p_vs_reference": c.p,
                     }
                 )
     return out
@@ -404,8 +427,8 @@ def sampler_markdown(sampler: dict, t0: dict) -> str:
         for r in sampler["settings"]:
             lines.append(
                 f"| {r['setting']} | {r['kind']} | {r['steps']} | {fmt(r['nfe_per_slice'], 0)} | "
-                f"{fmt(r['wall_s_per_slice'], 3)} | {_cell(r['dice'], 3, ci=False)} | "
-                f"{_cell(r['psnr'], 2, ci=False)} | {_cell(r['ssim'], 3, ci=False)} | {r['n']} |"
+                f"{fmt(r['wall_s_per_slice'], 3)} | {stat(r['dice'], 3, ci=False).markdown()} | "
+                f"{stat(r['psnr'], 2, ci=False).markdown()} | {stat(r['ssim'], 3, ci=False).markdown()} | {r['n']} |"
             )
         lines.append("")
         lines += [smallest_nfe_sentence(sampler.get("smallest_nfe"), sampler.get("test_sampler")), ""]
@@ -435,22 +458,9 @@ def sampler_latex(sampler: dict) -> str:
         "\\midrule",
     ]
     for r in sampler["settings"]:
-        lines.append(
-            " & ".join(
-                latex_escape(c)
-                for c in (
-                    r["setting"],
-                    str(r["steps"]),
-                    fmt(r["nfe_per_slice"], 0),
-                    fmt(r["wall_s_per_slice"], 3),
-                    _cell(r["dice"], 3, ci=False),
-                    _cell(r["psnr"], 2, ci=False),
-                    _cell(r["ssim"], 3, ci=False),
-                    str(r["n"]),
-                )
-            )
-            + " \\\\"
-        )
+        text = (r["setting"], str(r["steps"]), fmt(r["nfe_per_slice"], 0), fmt(r["wall_s_per_slice"], 3))
+        scores = (stat(r[k], d, ci=False).latex() for k, d in (("dice", 3), ("psnr", 2), ("ssim", 3)))
+        lines.append(" & ".join([*(latex_escape(c) for c in text), *scores, str(r["n"])]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(lines)
 

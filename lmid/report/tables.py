@@ -10,9 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmid.errors import LmidError
-from lmid.evaluation.display import DISPLAY, PAPER, ROWS, column_title, method_order, role
-from lmid.evaluation.table_stats import best_method, method_stats
-from lmid.evaluation.tables import fmt, fmt_p, plain, protocol_description, smallest_nfe_sentence
+from lmid.evaluation.display import DISPLAY, column_title, method_order, role
+from lmid.evaluation.tables import (
+    Cell,
+    fmt,
+    plain,
+    protocol_description,
+    smallest_nfe_sentence,
+    stat,
+    table_rows,
+)
 from lmid.io import read_json
 
 
@@ -28,77 +35,35 @@ def table(tid: str, head: list, rows: list, cls: str = "results") -> dict:
     return {"id": tid, "cls": cls, "head": head, "rows": rows}
 
 
+def html_cell(c: Cell) -> dict:
+    return cell(c.value(), "na" if c.missing else None, c.bold, c.interval())
+
+
 def stat_cell(st: dict | None, decimals: int, bold: bool = False) -> dict:
     """mean ± std [CI] of one score, "not run" without a method, "—" without a value."""
-    if st is None:
-        return cell("not run", "na")
-    if st.get("mean") is None:
-        return cell("—", "na")
-    ci = None
-    if st.get("ci_low") is not None:
-        ci = f"[{fmt(st['ci_low'], decimals)}, {fmt(st['ci_high'], decimals)}]"
-    return cell(f"{fmt(st['mean'], decimals)} ± {fmt(st['std'], decimals)}", bold=bold, ci=ci)
+    return html_cell(stat(st, decimals, bold))
 
 
 # ------------------------------------------------------------------------------------ results
+#: The row class of the stylesheet per row kind (ours: "ours" or, beside the headline scores, "secondary").
+ROW_CLASS = {"paper": "paper", "p": "pval", "n": "pval"}
+
+
 def experiment_table(exp: str, s: dict, params, summary: dict) -> dict:
-    """One experiment's results: our rows, the paper's beside them (main experiment), p-values, counts."""
+    """One experiment's results: the rows of table.md (lmid.evaluation.tables.table_rows) as HTML cells."""
     methods = s.get("table_methods", s["method_order"])
-    with_paper = exp == summary["main_experiment"]
-    ref = summary["reference_method"]
+    rows = table_rows(s, methods, exp == summary["main_experiment"], summary["reference_method"])
     head = [f"{s['source_modality']} → {s['target_modality']}"]
     head += [{"text": DISPLAY.get(m, m), "role": role(m, params)} for m in methods]
-    body = []
-    tgt = s["target_modality"]
-
-    def paper_row(key: str, label: str) -> None:
-        if with_paper:
-            cells = [
-                cell(f"{PAPER[m][key][0]:.2f} ± {PAPER[m][key][1]:.2f}") if m in PAPER else cell("—", "na")
-                for m in methods
-            ]
-            body.append(row(label, cells, "paper", tag="paper, IXI"))
-
-    def stat_row(key: str, label: str, dec: int, cls: str = "secondary") -> None:
-        body.append(row(label, [stat_cell(method_stats(s, m, key), dec) for m in methods], cls))
-
-    # Same rows, same order as the Markdown table (lmid.evaluation.tables.table_rows): IXI has
-    # no labels, so the paper's Dice stands beside our Dice against K-Means of the real target.
-    for key, label, dec in ROWS:
-        best = best_method(s, key, methods)
-        body.append(row(label, [stat_cell(method_stats(s, m, key), dec, m == best) for m in methods], "ours"))
-        if key == "dice" and s["dice_key"] == "dice_gt":
-            stat_row("dice_km", f"Dice vs K-Means of real {tgt}", 2, "ours")
-            paper_row("dice", "Dice")
-            stat_row("dice_ceiling", f"Dice ceiling: K-Means on the real {tgt}", 2)
-        else:
-            paper_row(key, label)
-    for key, label, dec in (
-        ("contrast_wm_gm", "Tissue contrast WM−GM (× real)", 2),
-        ("contrast_gm_csf", "Tissue contrast GM−CSF (× real)", 2),
-        ("tissue_order", "WM > GM > CSF (fraction of slices)", 2),
-        ("psnr_mask", "PSNR in brain (dB)", 2),
-        ("ssim_mask", "SSIM in brain", 2),
-    ):
-        stat_row(key, label, dec)
-    for key, label, _ in ROWS:
-        cells = [
-            cell("ref.")
-            if m == ref
-            else cell("—", "na")
-            if m not in s["methods"]
-            else cell(fmt_p(method_stats(s, m, key).get("p_vs_reference")))
-            for m in methods
-        ]
-        body.append(row(f"p {label.split()[0]} vs {DISPLAY.get(ref, ref)}", cells, "pval"))
-    body.append(
+    body = [
         row(
-            "subjects (n)",
-            [(s["methods"][m].get("n_subjects") or "—") if m in s["methods"] else 0 for m in methods],
-            "pval",
+            r.label,
+            [html_cell(c) for c in r.cells],
+            ROW_CLASS.get(r.kind, "secondary" if r.secondary else "ours"),
+            tag=r.tag,
         )
-    )
-    body.append(row("slices (n)", [s["methods"][m]["n"] if m in s["methods"] else 0 for m in methods], "pval"))
+        for r in rows
+    ]
     return {**table(f"table-{exp}", head, body), "caption": s["caption"]}
 
 
