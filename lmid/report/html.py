@@ -208,6 +208,7 @@ def build_report(
         "sampler": tables.sampler_tables(summary),
         "diagnostics": tables.diagnostics_tables(inp.diagnostics, params),
         "baselines": tables.baselines_tables(inp.baselines, params),
+        "adequacy": tables.adequacy_tables(inp.baselines, summary, params),
         "figures": [_figure_item(i) for i in figs.items],
         "timings": tables.timings_table(summary, params),
         "data_items": tables.data_items(params, slices_dir, inp.splits),

@@ -225,6 +225,46 @@ def diagnostics_tables(diagnostics: dict | None, params) -> dict | None:
     }
 
 
+def adequacy_tables(baselines: dict | None, summary: dict, params) -> dict | None:
+    """Each baseline's adequacy bars, met or missed (lmid.evaluation.adequacy), and what every
+    trained method was trained for; None when no baseline of the run has bars."""
+    from lmid.evaluation import adequacy
+
+    checks = adequacy.checks(baselines, summary, list(params.methods))
+    budget = adequacy.training_budget(summary.get("train_info", {}), method_order(list(params.methods), params))
+    if not checks and not budget:
+        return None
+    rows = [
+        row(
+            DISPLAY.get(c.method, c.method),
+            [
+                c.what,
+                fmt(c.measured, 3),
+                c.bar,
+                cell(c.verdict, "pass" if c.passed else "na" if c.passed is None else "fail"),
+            ],
+        )
+        for c in checks
+    ]
+    spend = [
+        row(
+            column_title(r["method"], params),
+            [r["steps"], "—" if r["images"] is None else f"{r['images']:,}", fmt(r["cpu_hours"], 2)],
+        )
+        for r in budget
+    ]
+    return {
+        "checks": table("table-adequacy", ["method", "bar on", "measured", "bar", "verdict"], rows, "results narrow")
+        if rows
+        else None,
+        "budget": table(
+            "table-budget", ["method", "steps", "images seen", "training CPU-hours"], spend, "results narrow"
+        )
+        if spend
+        else None,
+    }
+
+
 def baselines_tables(baselines: dict | None, params) -> dict | None:
     """The numbers of ``lmid check-baselines`` (are the baselines trained?); None if not run."""
     if not baselines:
