@@ -285,17 +285,16 @@ def load_volume(path: str | Path, dtype=np.float32):
         raise InputFileError(path, "header has no orientation (qform_code and sform_code are both 0)")
     zooms = _stored_voxel_sizes(path, img)
     affine = np.asarray(img.affine, dtype=np.float64)
-    if (
-        np.any(~np.isfinite(zooms))
-        or np.any(zooms <= 0)
-        or not np.all(np.isfinite(affine))
-        or abs(np.linalg.det(affine[:3, :3])) < 1e-9
-    ):
+    if np.any(~np.isfinite(zooms)) or np.any(zooms <= 0):
         raise InputFileError(
             path,
             f"header has voxel sizes (pixdim) {[round(float(z), 6) for z in zooms]} mm: "
             "they must be positive and finite",
         )
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        stored = "sform" if header is not None and int(header.get("sform_code", 0)) > 0 else "qform"
+        problem = "holds NaN/Inf" if not np.all(np.isfinite(affine)) else "is singular (its voxel axes span no volume)"
+        raise InputFileError(path, f"header has no usable orientation: its affine ({stored}) {problem}")
     return data, affine
 
 
@@ -322,6 +321,14 @@ def _stored_voxel_sizes(path: Path, img) -> np.ndarray:
 def save_volume(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
     """Write a NIfTI volume atomically; ``.nii.gz`` is gzipped with a zero mtime so the same
     volume always gives the same bytes."""
+    payload = nifti_bytes(data, affine, gzipped=str(path).endswith(".gz"))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def nifti_bytes(data: np.ndarray, affine: np.ndarray, gzipped: bool) -> bytes:
+    """The bytes :func:`save_volume` writes: qform and sform both set to ``affine``, mm units,
+    gzipped with a zero mtime when ``gzipped``."""
     import nibabel as nib
 
     img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
@@ -329,10 +336,7 @@ def save_volume(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
     img.set_sform(img.affine, code=1)
     img.header.set_xyzt_units("mm")
     payload = img.to_bytes()
-    if str(path).endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=6, mtime=0)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
+    return gzip.compress(payload, compresslevel=6, mtime=0) if gzipped else payload
 
 
 def ensure_dir(path: str | Path) -> Path:

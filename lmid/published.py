@@ -229,19 +229,35 @@ def readme(params: Params, manifest: dict, sums: dict[str, str], folder: Path) -
     return "\n".join(lines)
 
 
+def published_manifest(folder: Path) -> dict:
+    """The manifest of a published folder (its ``methods``: method -> files, fingerprint, ...)."""
+    manifest_path = Path(folder) / MANIFEST
+    if not manifest_path.is_file():
+        raise InputFileError(manifest_path, "not found (not a folder written by 'lmid publish')")
+    manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("methods"), dict):
+        raise InputFileError(manifest_path, "has no 'methods' mapping (not a folder written by 'lmid publish')")
+    return manifest
+
+
+def published_entry(folder: Path, method: str) -> tuple[dict, dict]:
+    """The manifest of a published folder and its entry for ``method``, after checking the sha256
+    of the manifest and of that method's files."""
+    folder = Path(folder)
+    manifest = published_manifest(folder)
+    entry = manifest["methods"].get(method)
+    if entry is None:
+        raise InputFileError(folder, f"publishes no {method!r} (it has: {', '.join(manifest['methods'])})")
+    verify(folder, [MANIFEST, *entry["files"]])
+    return manifest, entry
+
+
 def use_published(params: Params, folder: Path, method: str, train_path: Path, out_dir: Path) -> None:
     """Copy ``method``'s published files into ``out_dir`` after checking sha256 and fingerprint."""
     from lmid.methods.runner import training_fingerprint
 
     folder, out_dir = Path(folder), Path(out_dir)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise InputFileError(manifest_path, "not found (not a folder written by 'lmid publish')")
-    manifest = read_json(manifest_path)
-    entry = manifest.get("methods", {}).get(method)
-    if entry is None:
-        raise InputFileError(folder, f"publishes no {method!r} (it has: {', '.join(manifest.get('methods', {}))})")
-    verify(folder, [MANIFEST, *entry["files"]])
+    manifest, entry = published_entry(folder, method)
     want = _train_values(params, method)
     differ = sorted(k for k in set(want) | set(entry["train_params"]) if want.get(k) != entry["train_params"].get(k))
     if differ:

@@ -16,8 +16,8 @@ from lmid.errors import LmidError, ParamsError
 from lmid.progress import progress_disabled  # noqa: F401  (re-exported for the commands)
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
+def add_common(p: argparse.ArgumentParser, params_default: str | None = "params.yaml", params_help: str = "") -> None:
+    p.add_argument("--params", default=params_default, help=params_help or "parameter file (default: %(default)s)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -72,6 +72,7 @@ COMMAND_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
     "train": (("params", "train", "val"), (), ("out",)),
     "publish": (("params", "models", "train", "diagnostics", "baselines", "test", "scores"), (), ("out",)),
     "use-published": (("params", "published", "train"), (), ("out",)),
+    "apply": (("params", "input", "model", "segmenter"), ("out", "segment"), ()),
     "translate": (("params", "model", "slices"), ("out",), ()),
     "sampler-sweep": (
         ("params", "model", "slices", "manifest", "segmenter"),

@@ -1,7 +1,8 @@
-"""Method steps: ``train``, ``translate`` (one shard) and ``gather`` (join shards)."""
+"""Method steps: ``train``, ``translate`` (one shard), ``gather`` (join shards), and ``apply`` (one scan)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from lmid.cli import add_common, load_params_from_args
@@ -127,6 +128,48 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="model folder, e.g. data/study/models/lmidiffusion")
     p.set_defaults(func=_use_published)
 
+    p = sub.add_parser(
+        "apply",
+        help="translate one scan (NIfTI in, NIfTI out) with a trained method",
+        description="Translate one source volume with a trained method: reorient, find the brain, normalise "
+        "and cut axial slices as 'lmid prepare' does, translate every slice that holds brain, and write the "
+        "translation on the input's own grid and affine, values in [0, 1] (lmid/apply.py).",
+    )
+    add_common(
+        p,
+        params_default=None,
+        params_help="parameter file the model was trained with (default: the published folder's "
+        "params.yaml, else params.yaml)",
+    )
+    p.add_argument("--input", type=Path, required=True, help="the scan to translate (3-D NIfTI of the source modality)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="model.pt written by 'lmid train', or a folder written by 'lmid publish' (with --method)",
+    )
+    p.add_argument(
+        "--method", choices=METHOD_NAMES, default=None, help="which method (required for a published folder)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="translated volume to write (.nii.gz or .nii)")
+    p.add_argument("--segment", type=Path, default=None, help="also write the K-Means labels of the translation here")
+    p.add_argument(
+        "--segmenter",
+        type=Path,
+        default=None,
+        help="with --segment: kmeans.json of 'lmid fit-segmenter' (default: the published folder's)",
+    )
+    p.add_argument(
+        "--strip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="skull-strip the input with BET before normalising (default: when the model was trained on heads, "
+        "i.e. prepare.brain_mask resolves to strip); --no-strip takes the foreground as the brain",
+    )
+    p.add_argument("--batch-size", type=_positive, default=16, help="slices per translation call (default 16)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
+    p.set_defaults(func=_apply)
+
     p = sub.add_parser("gather", help="join translated shards; write NIfTI volumes per subject")
     p.add_argument("--method", choices=METHOD_NAMES, required=True)
     p.add_argument("--shards", type=Path, nargs="+", required=True)
@@ -238,6 +281,27 @@ def _translate(args) -> None:
         samples=args.samples,
         device=args.device,
         limit=args.limit,
+    )
+
+
+def _apply(args) -> None:
+    from lmid.apply import apply_scan, resolve_model
+    from lmid.errors import ParamsError
+
+    if args.segmenter is not None and args.segment is None:
+        raise ParamsError("--segmenter is only read with --segment (where to write the labels)")
+    ref = resolve_model(args.model, args.method)
+    args.params = args.params or (str(ref.params) if ref.params else "params.yaml")
+    apply_scan(
+        load_params_from_args(args),
+        ref,
+        args.input,
+        args.out,
+        segment_path=args.segment,
+        segmenter_path=args.segmenter or (ref.segmenter if args.segment is not None else None),
+        strip=args.strip,
+        batch_size=args.batch_size,
+        device=args.device,
     )
 
 

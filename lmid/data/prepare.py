@@ -228,9 +228,14 @@ def spread(candidates: np.ndarray, q: int, rng: np.random.Generator) -> np.ndarr
 # ---------------------------------------------------------------------------- volume handling
 def load_canonical(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A checked volume reoriented to the closest RAS+ orientation (3rd axis axial)."""
+    return to_canonical(*load_volume(path))
+
+
+def to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` reoriented to the closest RAS+ orientation (``nibabel.as_closest_canonical``): axes
+    permuted and flipped, no resampling, so the 3rd axis is axial."""
     import nibabel as nib
 
-    data, affine = load_volume(path)
     img = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
     return np.asarray(img.dataobj, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
 
