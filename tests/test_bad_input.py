@@ -17,49 +17,17 @@ import pytest
 import yaml
 
 from conftest import TINY, run_lmid
+from volumes import SHAPE, grid, image, ixi_folder, params_file, save
 
 from lmid.errors import InputFileError
 from lmid.data.slices import SliceSet, load_slices
 
 
 # ------------------------------------------------------------------------------- IXI folders
-def _volume(shape=(20, 20, 12), seed=0, value=None):
-    rng = np.random.default_rng(seed)
-    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    brain = (zz**2 + yy**2 + xx**2) < 0.7
-    data = np.where(brain, 100 + 50 * rng.random(shape), 0).astype(np.float32)
-    return data if value is None else np.full(shape, value, np.float32)
-
-
-def _ixi_folder(root: Path, n=5) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    for i in range(n):
-        for j, mod in enumerate(("T1", "T2", "PD")):
-            nib.save(
-                nib.Nifti1Image(_volume(seed=10 * i + j), affine),
-                str(root / f"IXI{i + 2:03d}-Guys-{i + 800:04d}-{mod}.nii.gz"),
-            )
-    return root
-
-
-def _params(tmp: Path, **sections) -> Path:
-    data = yaml.safe_load(TINY.read_text())
-    for key, value in sections.items():
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    path = tmp / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def _prepare_case(tmp: Path, mutate) -> tuple[list, list[str], Path]:
-    raw = _ixi_folder(tmp / "raw")
+    raw = ixi_folder(tmp / "raw", n=5)
     needle = mutate(raw)
-    params = _params(
+    params = params_file(
         tmp,
         **{
             "data.source": "ixi",
@@ -85,26 +53,30 @@ def _truncated(raw):
 
 
 def _replace(raw, name, data):
-    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(raw / name))
+    save(raw / name, data, grid())
     return [name]
 
 
+def _volume(mod: str) -> np.ndarray:
+    return image(mod, SHAPE, grid(), seed=0)
+
+
 def _two_d(raw):
-    return _replace(raw, "IXI004-Guys-0802-PD.nii.gz", _volume()[:, :, 5]) + ["3-D"]
+    return _replace(raw, "IXI004-Guys-0802-PD.nii.gz", _volume("PD")[:, :, 5]) + ["3-D"]
 
 
 def _four_d(raw):
-    return _replace(raw, "IXI004-Guys-0802-PD.nii.gz", np.stack([_volume()] * 2, axis=-1)) + ["3-D"]
+    return _replace(raw, "IXI004-Guys-0802-PD.nii.gz", np.stack([_volume("PD")] * 2, axis=-1)) + ["3-D"]
 
 
 def _nan(raw):
-    v = _volume()
+    v = _volume("T1")
     v[3, 3, 3] = np.nan
     return _replace(raw, "IXI005-Guys-0803-T1.nii.gz", v) + ["NaN"]
 
 
 def _zeros(raw):
-    return _replace(raw, "IXI005-Guys-0803-T1.nii.gz", np.zeros((20, 20, 12), np.float32)) + ["zero"]
+    return _replace(raw, "IXI005-Guys-0803-T1.nii.gz", np.zeros(SHAPE, np.float32)) + ["zero"]
 
 
 def _set_pixdim(raw, value):
@@ -180,7 +152,7 @@ PARAM_CASES = {
 @pytest.mark.parametrize("case", sorted(PARAM_CASES))
 def test_params_rejected_at_start(tmp_path, case):
     overrides, key = PARAM_CASES[case]
-    params = _params(tmp_path, **overrides)
+    params = params_file(tmp_path, **overrides)
     out = tmp_path / "raw"
     res = run_lmid("generate", "--params", params, "--out", out)
     assert res.returncode == 2, res.stderr

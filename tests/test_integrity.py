@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from conftest import TINY, run_lmid
+from volumes import params_file
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -34,15 +34,11 @@ def _fails_cleanly(res, *words: str) -> str:
 
 
 def _params(tmp_path: Path, text: str | None = None, **changes) -> Path:
-    tree = yaml.safe_load(TINY.read_text())
-    for dotted, value in changes.items():
-        node = tree
-        *parents, leaf = dotted.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    """params.yaml holding ``text``, or the tiny preset with ``a__b=value`` changes (keywords hold no dots)."""
+    if text is None:
+        return params_file(tmp_path, **{key.replace("__", "."): value for key, value in changes.items()})
     path = tmp_path / "params.yaml"
-    path.write_text(text if text is not None else yaml.safe_dump(tree, sort_keys=False))
+    path.write_text(text)
     return path
 
 

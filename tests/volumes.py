@@ -1,10 +1,14 @@
-"""Synthetic volumes in the IXI layout for the prepare and brain-mask tests: a folded, asymmetric
-brain with four tissue classes, written as NIfTI with tissue-dependent contrasts."""
+"""Synthetic volumes in the IXI layout for the prepare, brain-mask and bad-input tests: a folded,
+asymmetric brain with four tissue classes, written as NIfTI with tissue-dependent contrasts; and
+the tiny preset with dotted-key overrides, as parameters or as a params.yaml."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+import yaml
 from scipy.ndimage import gaussian_filter
 
 from conftest import TINY
@@ -81,25 +85,32 @@ def ixi_folder(root, n=6, mods=("T1", "T2", "PD"), labels=False, t1_grid=None, w
     return root
 
 
-def params(**overrides):
-    nested: dict = {}
+def set_dotted(tree: dict, overrides: dict) -> dict:
+    """``overrides`` such as ``{"prepare.slices.train": 4}`` written into the nested ``tree`` (made
+    where missing); returns ``tree``."""
     for key, value in overrides.items():
-        node = nested
+        node = tree
         *parents, last = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[last] = value
+    return tree
+
+
+def params_file(folder: Path, **overrides) -> Path:
+    """``folder/params.yaml``: the tiny preset with dotted-key ``overrides``."""
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(set_dotted(yaml.safe_load(TINY.read_text()), overrides), sort_keys=False))
+    return path
+
+
+def params(**overrides):
     # The synthetic volumes are brains without a skull: their foreground is the brain.
     base = {
         "data": {"source": "ixi", "registration": False},
         "prepare": {"size": 24, "slices": {"train": 10, "val": 3, "test": 4}, "brain_mask": "head"},
     }
-    for section, values in nested.items():
-        if isinstance(values, dict):
-            base.setdefault(section, {}).update(values)
-        else:
-            base[section] = values
-    return load_params(TINY, base)
+    return load_params(TINY, set_dotted(base, overrides))
 
 
 def splits(out):
