@@ -27,9 +27,7 @@ def _inputs(cycle_source=25.0, cycle_target=23.9, contrast=0.6, order=0.89, sg_w
     summary = {
         "main_experiment": "pd2t1",
         "experiments": {
-            "pd2t1": {
-                "methods": {"cyclegan": {"contrast_wm_gm": {"mean": contrast}, "tissue_order": {"mean": order}}}
-            }
+            "pd2t1": {"methods": {"cyclegan": {"contrast_wm_gm": {"mean": contrast}, "tissue_order": {"mean": order}}}}
         },
         "train_info": {"sdedit": {"t0": 0.3, "t0_bracketed": True}},
     }
