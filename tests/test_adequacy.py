@@ -1,5 +1,7 @@
 """The baselines' adequacy bars (lmid.evaluation.adequacy) read the right numbers and compare them right."""
 
+from pathlib import Path
+
 import pytest
 
 from lmid.evaluation import adequacy
@@ -80,3 +82,16 @@ def test_training_budget_reads_each_trainers_keys():
     assert rows["lmidiffusion"]["images"] == 28000 and rows["lmidiffusion"]["cpu_hours"] == pytest.approx(2.0)
     assert rows["cdm"]["steps"] == "mrm 3,000, mdn 6,000" and rows["cdm"]["cpu_hours"] is None
     assert "identity" not in rows
+
+
+def test_the_report_table_shows_every_check_and_a_yes_or_no():
+    from lmid.config import load_params
+    from lmid.report.tables import adequacy_tables
+
+    baselines, summary = _inputs()
+    params = load_params(Path(__file__).resolve().parents[1] / "workflow" / "presets" / "study.yaml")
+    d = adequacy_tables(baselines, summary, params)
+    cells = [[c["text"] for c in r["cells"]] for r in d["checks"]["rows"]]
+    assert len(cells) == 8
+    assert cells[1][1:] == ["23.900", "≥ 24", "missed"]
+    assert cells[7][1] == "yes"  # t0 bracketed: a word, not a number

@@ -239,7 +239,7 @@ def adequacy_tables(baselines: dict | None, summary: dict, params) -> dict | Non
             DISPLAY.get(c.method, c.method),
             [
                 c.what,
-                fmt(c.measured, 3),
+                c.measured if isinstance(c.measured, str) else fmt(c.measured, 3),
                 c.bar,
                 cell(c.verdict, "pass" if c.passed else "na" if c.passed is None else "fail"),
             ],
