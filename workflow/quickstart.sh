@@ -9,3 +9,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 snakemake --cores all "$@"
 echo
 echo "Report: $PWD/reports/index.html"
+if [ $# -eq 0 ]; then
+  echo "This was the demo preset, a wiring check (networks trained for minutes). The converged results"
+  echo "are the study's: $PWD/reports/study/index.html (workflow/presets/study.yaml, hours on a CPU)."
+fi
