@@ -223,7 +223,8 @@ def compute(n: int | None = None, estimated: list[str] | None = None, rst: bool 
         f"diagnostic validation slices ({_lit('evaluate.diagnostic_slices', rst)}) at each of its training snapshots "
         f"({_lit('<method>.train.snapshot_every', rst)}), against the CPU-hours its training loop had spent, with the "
         "subject-level confidence band: who is ahead at equal compute, and who is still rising. CDM keeps no "
-        "snapshots of its three stages and is left out."
+        "snapshots of its three stages and is left out. The SynthSeg-style reference's Dice scores its own labels "
+        "of the source slices; it translates nothing, so it has no SSIM."
     )
     if estimated:
         text += (
