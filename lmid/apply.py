@@ -31,6 +31,11 @@ method, and puts the result back on the scan's own grid:
 7. Optionally the **K-Means segmentation** of each translated slice inside its brain mask (the
    evaluation's segmenter, :class:`lmid.evaluation.segment.KMeansSegmenter`), as labels 0-3.
 
+A **segmentation reference** (``synthseg``) translates nothing: its model segments each source
+slice directly. With such a model ``--segment`` is required and writes its labels (inside the same
+brain mask, resampled nearest-neighbour onto the scan's grid), no segmenter is read, and ``--out``
+is refused with one line: a "translation" would only be the input again.
+
 Both outputs are written after everything else has succeeded, each through a temporary file
 renamed into place, so a failure leaves no output behind.
 """
@@ -176,10 +181,26 @@ def brain_mask(volume: np.ndarray, affine: np.ndarray, strip: bool, params: Para
     return mask, info
 
 
+def segments(ref: ModelRef) -> bool:
+    """Whether ``ref`` is a segmentation reference (it segments the source, translates nothing)."""
+    from lmid.registry import spec
+
+    return spec(ref.method).segments
+
+
 def translate_planes(
-    params: Params, ref: ModelRef, source: np.ndarray, seeds: np.ndarray, batch_size: int, device, path: Path
+    params: Params,
+    ref: ModelRef,
+    source: np.ndarray,
+    seeds: np.ndarray,
+    batch_size: int,
+    device,
+    path: Path,
+    labels_out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Translate (N, H, W) slices ``batch_size`` at a time with a progress bar; (N, H, W) in [0, 1]."""
+    """Translate (N, H, W) slices ``batch_size`` at a time with a progress bar; (N, H, W) in [0, 1].
+
+    ``labels_out`` (N, H, W) receives a segmentation reference's own labels of the slices."""
     from tqdm import tqdm
 
     from lmid.methods import get_method
@@ -191,7 +212,12 @@ def translate_planes(
     with tqdm(total=len(source), desc=f"apply: {ref.method}", unit="slice", disable=progress_disabled()) as bar:
         for start in range(0, len(source), batch_size):
             part = slice(start, start + batch_size)
-            image = np.asarray(m.translate(params, model, source[part], seeds[part], device, samples=1).image)
+            result = m.translate(params, model, source[part], seeds[part], device, samples=1)
+            image = np.asarray(result.image)
+            if labels_out is not None:
+                if result.labels is None or np.shape(result.labels) != source[part].shape:
+                    raise LmidError(f"{ref.method}: returned no labels of shape {source[part].shape}")
+                labels_out[part] = result.labels
             if image.shape != source[part].shape:
                 raise LmidError(f"{ref.method}: translate returned shape {image.shape}, expected {source[part].shape}")
             if not np.all(np.isfinite(image)):
@@ -224,7 +250,7 @@ def apply_scan(
     params: Params,
     ref: ModelRef,
     input_path: Path,
-    out_path: Path,
+    out_path: Path | None,
     *,
     segment_path: Path | None = None,
     segmenter_path: Path | None = None,
@@ -232,7 +258,8 @@ def apply_scan(
     batch_size: int = 16,
     device: str = "auto",
 ) -> dict:
-    """Translate the scan ``input_path`` with ``ref`` and write ``out_path`` (and ``segment_path``)."""
+    """Translate the scan ``input_path`` with ``ref`` and write ``out_path`` (and ``segment_path``);
+    with a segmentation reference, write its labels to ``segment_path`` only."""
     from lmid.checkpoint import device_from_arg
     from lmid.data.brainmask import n4_correct
     from lmid.data.prepare import (
@@ -247,8 +274,21 @@ def apply_scan(
     from lmid.methods.runner import slice_seeds
 
     t0 = time.perf_counter()
-    input_path, out_path = Path(input_path), Path(out_path)
-    check_output_name("--out", out_path)
+    own_labels = segments(ref)
+    if own_labels:
+        if out_path is not None:
+            raise ParamsError(
+                f"--out: {ref.method} segments the scan itself and translates nothing; give --segment only "
+                "(its labels), not --out"
+            )
+        if segment_path is None:
+            raise ParamsError(f"{ref.method} segments the scan itself: give --segment (where to write its labels)")
+    elif out_path is None:
+        raise ParamsError("--out is required: where to write the translated volume")
+    input_path = Path(input_path)
+    out_path = None if out_path is None else Path(out_path)
+    if out_path is not None:
+        check_output_name("--out", out_path)
     if segment_path is not None:
         check_output_name("--segment", Path(segment_path))
     if batch_size < 1:
@@ -263,7 +303,7 @@ def apply_scan(
             f"prepare.size {p.size}: give the params the model was trained with (--params)",
         )
     segmenter = None
-    if segment_path is not None:
+    if segment_path is not None and not own_labels:
         from lmid.evaluation.segment import KMeansSegmenter
 
         if segmenter_path is None:
@@ -287,19 +327,23 @@ def apply_scan(
     seeds = slice_seeds(params.seed + SEED_OFFSET, volume.shape[2])[planes]
 
     t1 = time.perf_counter()
-    translated = translate_planes(params, ref, source, seeds, batch_size, dev, input_path)
+    own = np.zeros(source.shape, np.uint8) if own_labels else None
+    translated = translate_planes(params, ref, source, seeds, batch_size, dev, input_path, labels_out=own)
     seconds = time.perf_counter() - t1
 
     slice_affine = affine @ square.matrix()
-    stack = np.zeros((p.size, p.size, volume.shape[2]), np.float32)
-    stack[:, :, planes] = np.moveaxis(translated, 0, -1)
-    result = np.clip(to_source_grid(stack, slice_affine, data.shape, affine_in, order=1), 0.0, 1.0).astype(np.float32)
-    outputs = [(out_path, result)]
-    if segmenter is not None:
+    outputs = []
+    if out_path is not None:
+        stack = np.zeros((p.size, p.size, volume.shape[2]), np.float32)
+        stack[:, :, planes] = np.moveaxis(translated, 0, -1)
+        result = to_source_grid(stack, slice_affine, data.shape, affine_in, order=1)
+        outputs.append((out_path, np.clip(result, 0.0, 1.0).astype(np.float32)))
+    if segment_path is not None:
         labels = np.zeros((p.size, p.size, volume.shape[2]), np.uint8)
-        for image, k in zip(translated, planes):
+        for j, (image, k) in enumerate(zip(translated, planes)):
             brain = resize_labels(square.crop(mask[:, :, k].astype(np.uint8)), p.size) > 0
-            labels[:, :, k] = segmenter.predict(image, brain)
+            # The brain mask bounds either labels: K-Means of the translation, or the reference's own.
+            labels[:, :, k] = np.where(brain, own[j], 0) if own is not None else segmenter.predict(image, brain)
         seg = to_source_grid(labels, slice_affine, data.shape, affine_in, order=0)
         outputs.append((Path(segment_path), np.rint(seg).astype(np.uint8)))
 
@@ -311,6 +355,7 @@ def apply_scan(
     info = {
         "method": ref.method,
         "model": str(ref.path),
+        "segments": own_labels,
         "planes_translated": int(len(planes)),
         "planes": int(volume.shape[2]),
         "slice_size": p.size,
@@ -320,10 +365,11 @@ def apply_scan(
         "wall_s": round(time.perf_counter() - t0, 3),
     }
     log.info(
-        "apply: %d of %d axial planes of %s translated by %s in %.1f s (%.2f s per slice, %s); wrote %s",
+        "apply: %d of %d axial planes of %s %s by %s in %.1f s (%.2f s per slice, %s); wrote %s",
         len(planes),
         volume.shape[2],
         input_path,
+        "segmented" if own_labels else "translated",
         ref.method,
         seconds,
         seconds / max(1, len(planes)),

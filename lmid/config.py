@@ -572,6 +572,107 @@ class HistMatchParams(Section):
     mask_threshold: float = Field(default=0.01, ge=0, lt=1)
 
 
+def _ordered_range(name: str, pair) -> None:
+    lo, hi = pair
+    if lo > hi:
+        raise ValueError(f"{name}: the low end {lo:g} is above the high end {hi:g}")
+
+
+class SynthesisParams(Section):
+    """How ``synthseg`` paints each training image on a K-Means label map
+    (:mod:`lmid.methods.synthseg_synthesis`; intensities on the [0, 1] scale of the prepared slices)."""
+
+    #: Mean intensity of each tissue class (CSF, GM, WM), drawn uniformly and independently per image.
+    tissue_mean: tuple[float, float] = (0.0, 1.0)
+    #: Mean intensity of the background (label 0), drawn uniformly per image.
+    background_mean: tuple[float, float] = (0.0, 0.3)
+    #: Standard deviation of each label's intensity, drawn uniformly per label and image.
+    std: tuple[float, float] = (0.0, 0.08)
+    #: Left-right flip of the label map.
+    flip_prob: float = Field(default=0.5, ge=0, le=1)
+    #: Probability of deforming the label map: a random affine and an elastic field together.
+    deform_prob: float = Field(default=0.8, ge=0, le=1)
+    rotate_deg: float = Field(default=10.0, ge=0, le=180)
+    #: Scale factor of each axis in 1 ± scale.
+    scale: float = Field(default=0.1, ge=0, lt=1)
+    #: Shift of each axis within ± this fraction of the slice side.
+    translate: float = Field(default=0.03, ge=0, lt=0.5)
+    #: Elastic field: control points this fraction of the slice side apart ...
+    elastic_spacing: float = Field(default=0.25, gt=0, le=1)
+    #: ... displaced by a magnitude drawn from this range, in fractions of the slice side.
+    elastic_magnitude: tuple[float, float] = (0.0, 0.02)
+    #: Gaussian blur, σ per axis drawn from ``blur_sigma`` pixels.
+    blur_prob: float = Field(default=0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.3, 1.0)
+    #: Resolution loss: down-sampled by a factor drawn from ``lowres_zoom``, then up-sampled.
+    lowres_prob: float = Field(default=0.5, ge=0, le=1)
+    lowres_zoom: tuple[float, float] = (0.5, 1.0)
+    #: Multiplicative bias field exp(Σ c_k L_k), Legendre polynomials of ``bias_degree``,
+    #: coefficients uniform in ± ``bias_coeff``.
+    bias_prob: float = Field(default=0.5, ge=0, le=1)
+    bias_degree: int = Field(default=3, ge=1, le=6)
+    bias_coeff: float = Field(default=0.3, ge=0, le=2)
+    #: Rician noise: the standard deviation of each complex channel drawn in [0, ``noise_std``].
+    noise_prob: float = Field(default=0.5, ge=0, le=1)
+    noise_std: float = Field(default=0.05, ge=0, le=1)
+    #: Random gamma of the normalised image, drawn uniformly from ``gamma``.
+    gamma_prob: float = Field(default=0.5, ge=0, le=1)
+    gamma: tuple[float, float] = (0.7, 1.5)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name in (
+            "tissue_mean",
+            "background_mean",
+            "std",
+            "elastic_magnitude",
+            "blur_sigma",
+            "lowres_zoom",
+            "gamma",
+        ):
+            _ordered_range(name, getattr(self, name))
+        for name in ("tissue_mean", "background_mean", "std", "elastic_magnitude"):
+            if min(getattr(self, name)) < 0:
+                raise ValueError(f"{name}: values must be at least 0")
+        if self.blur_sigma[0] <= 0:
+            raise ValueError("blur_sigma: σ must be positive (set blur_prob: 0 for no blur)")
+        if not 0 < self.lowres_zoom[0] <= self.lowres_zoom[1] <= 1:
+            raise ValueError("lowres_zoom: factors must lie in (0, 1]")
+        if self.gamma[0] <= 0:
+            raise ValueError("gamma: must be positive")
+        return self
+
+
+class SynthSegTrainParams(SnapshotTrainParams):
+    #: EMA of the weights (the EMA weights are saved and segment); 0 = none.
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)
+    #: Gradient-norm clip (0 = none).
+    grad_clip: float = Field(default=1.0, ge=0)
+
+
+class SynthSegParams(Section):
+    """``synthseg``: a contrast-agnostic segmenter trained on images synthesised from the K-Means
+    labels of the target training slices; it translates nothing (docs/method.md §5)."""
+
+    #: Widths of MONAI's 2-D residual UNet, one resolution level each (stride 2 between levels).
+    channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    #: Residual units per level (0: plain convolutions).
+    num_res_units: int = Field(default=2, ge=0, le=4)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    synthesis: SynthesisParams = SynthesisParams()
+    train: SynthSegTrainParams = SynthSegTrainParams(
+        steps=20000, batch_size=16, lr=1e-3, checkpoint_every=1000, log_every=50
+    )
+    #: Slices per network pass when segmenting.
+    translate_batch_size: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _widths(self):
+        if len(self.channels) < 2 or any(c < 1 for c in self.channels):
+            raise ValueError("channels: at least two levels, each of a positive width")
+        return self
+
+
 class TranslateParams(Section):
     #: The test split is translated in this many independent jobs per method (Slurm jobs).
     shards: int = Field(default=2, ge=1)
@@ -700,6 +801,7 @@ class Params(Section):
     stylegan2: StyleGan2Params = StyleGan2Params()
     cdm: CdmParams = CdmParams()
     histmatch: HistMatchParams = HistMatchParams()
+    synthseg: SynthSegParams = SynthSegParams()
     translate: TranslateParams = TranslateParams()
     segment: SegmentParams = SegmentParams()
     evaluate: EvaluateParams = EvaluateParams()
@@ -716,6 +818,14 @@ class Params(Section):
                 f"prepare.size {self.prepare.size} must be divisible by {2**levels}: the diffusion "
                 f"U-Net ({len(self.diffusion.unet.channels)} levels of diffusion.unet.channels) halves "
                 f"it {levels} times"
+            )
+        # The segmentation reference's U-Net halves the slice once per level after the first; its
+        # instance norm needs more than one pixel at the lowest level.
+        seg_levels = len(self.synthseg.channels) - 1
+        if "synthseg" in self.methods and self.prepare.size < 2 ** (seg_levels + 1):
+            raise ValueError(
+                f"prepare.size {self.prepare.size} is too small for synthseg.channels: {seg_levels + 1} levels "
+                f"need slices of at least {2 ** (seg_levels + 1)} pixels"
             )
         if self.data.source_modality == self.data.target_modality:
             raise ValueError("data.source_modality and data.target_modality must differ")

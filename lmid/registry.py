@@ -27,7 +27,8 @@ from dataclasses import dataclass
 class Access(enum.Enum):
     """What training data a method may see (enforced by ``Method.training_data``)."""
 
-    #: Target-modality training slices only (lmidiffusion, sdedit, stylegan2).
+    #: Target-modality training slices only (lmidiffusion, sdedit, stylegan2; synthseg, whose
+    #: training labels are the K-Means segmentation of those slices, the evaluation's segmenter).
     TARGET_ONLY = "target training slices only"
     #: Unpaired target slices plus a fraction of the training subjects' source slices (cyclegan).
     TARGET_AND_SOURCE_FRACTION = "unpaired target slices + a fraction of the training subjects' source slices"
@@ -60,8 +61,12 @@ class MethodSpec:
     #: What the column is, under its name in the tables ("" for the zero-shot methods);
     #: ``{source_fraction}`` is filled in from ``cyclegan.source_fraction``.
     role: str = ""
-    #: Has generators that ``lmid check-baselines`` inspects on their own.
+    #: Keeps training snapshots that ``lmid check-baselines`` scores on validation slices (and, for
+    #: the generators, inspects on their own).
     baseline_checked: bool = False
+    #: Segments the source slice itself instead of translating it: its ``Translation.labels`` are
+    #: scored (inside the test slice's brain mask, as K-Means is applied), PSNR and SSIM do not apply.
+    segments: bool = False
     #: Scheduling order of the train jobs (higher first): the longest trainings start first, so
     #: that shorter jobs fill the other cores around them.
     train_priority: int = 0
@@ -218,6 +223,25 @@ _SPECS = (
         translate_keys=("seed", "cdm.mdn_ddim_steps", "cdm.translate_batch_size"),
     ),
     MethodSpec(
+        "synthseg",
+        "SynthSeg-style",
+        "lmid.methods.synthseg",
+        Access.TARGET_ONLY,
+        "#17a589",
+        competitor=False,
+        gpu=True,
+        baseline_checked=True,
+        segments=True,
+        role="segmentation reference: translates nothing",
+        # Training re-fits the evaluation's K-Means (``segment``, ``seed``) on the target slices for
+        # its labels, and normalises its synthetic images as prepare does (``prepare.percentiles``).
+        train_keys=("seed", "segment", "prepare.percentiles")
+        + tuple(f"synthseg.{k}" for k in ("channels", "num_res_units", "dropout", "synthesis", "train")),
+        resume_keys=("synthseg.train.steps", "synthseg.train.snapshot_every"),
+        bookkeeping_keys=_gan_bookkeeping("synthseg", "train"),
+        translate_keys=("synthseg.translate_batch_size",),
+    ),
+    MethodSpec(
         "identity",
         "Identity",
         "lmid.methods.references",
@@ -241,7 +265,8 @@ _SPECS = (
     ),
 )
 
-#: Every method by name, in the tables' column order (the paper's four, the upper bound, references).
+#: Every method by name, in the tables' column order (the paper's four, the upper bound, the
+#: segmentation reference, the translation references).
 METHODS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 

@@ -4,7 +4,9 @@ The synthetic training split makes leaks visible: every slice is distinct, the s
 1 − its target, and every subject has its own id. Each method's ``training_data`` must then hold
 exactly what its ``access`` allows (docs/method.md §2 and §5):
 
-* lmidiffusion, sdedit, stylegan2, histmatch: target slices only, nothing equal to a source slice;
+* lmidiffusion, sdedit, stylegan2, histmatch, synthseg: target slices only, nothing equal to a
+  source slice (synthseg's labels are the K-Means segmentation of those target slices, made in its
+  training, never the ground truth);
 * cyclegan: the targets plus round(0.11·N) source slices of training subjects, not paired;
 * cdm (supervised upper bound): source and target, slice for slice aligned;
 * identity: nothing.
@@ -29,8 +31,9 @@ EXPECTED = {
     "cyclegan": Access.TARGET_AND_SOURCE_FRACTION,
     "cdm": Access.PAIRED,
     "identity": Access.NONE,
+    "synthseg": Access.TARGET_ONLY,
 }
-TARGET_ONLY = ("lmidiffusion", "sdedit", "stylegan2", "histmatch")
+TARGET_ONLY = ("lmidiffusion", "sdedit", "stylegan2", "histmatch", "synthseg")
 N, SIZE, SUBJECTS = 36, 12, 6
 
 
@@ -98,6 +101,25 @@ def test_target_only_methods_see_no_source(name, train):
     assert len(data.source_subjects) == 0
     assert set(data.target_subjects) <= set(train.subject)
     _arrays_without_source(train, data)
+
+
+def test_synthseg_labels_come_from_the_target_slices_only(train):
+    """Its training labels are K-Means of the target slices in their masks: they change when the
+    targets change and not when the sources or the ground-truth labels do."""
+    from lmid.methods.synthseg import training_labels
+
+    data = _method("synthseg").training_data(Params(), train)
+    _, labels = training_labels(Params(), data.target, data.target_mask)
+    assert labels.shape == train.target.shape and labels.dtype == np.uint8
+    assert not labels[~train.mask].any() and set(np.unique(labels[train.mask])) == {1, 2, 3}
+    other = dataclasses.replace(
+        train, source=np.zeros_like(train.source), label=np.full(train.label.shape, 2, np.uint8)
+    )
+    again = _method("synthseg").training_data(Params(), other)
+    np.testing.assert_array_equal(training_labels(Params(), again.target, again.target_mask)[1], labels)
+    brighter = dataclasses.replace(train, target=np.sqrt(train.target))
+    changed = _method("synthseg").training_data(Params(), brighter)
+    assert not np.array_equal(training_labels(Params(), changed.target, changed.target_mask)[1], labels)
 
 
 def test_cyclegan_sees_targets_and_an_unpaired_eleventh_of_the_sources(train):

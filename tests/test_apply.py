@@ -2,7 +2,8 @@
 
 Synthetic IXI-like volumes (tests/volumes.py) are prepared with the tiny preset at 24 px; tiny
 models are trained on them (histogram matching for most cases, a 6-step LMIDiffusion for the
-golden scores and the batching check) and applied through the CLI to one of the PD volumes.
+golden scores and the batching check, a 30-step SynthSeg-style segmenter for its labels) and
+applied through the CLI to one of the PD volumes.
 """
 
 from __future__ import annotations
@@ -141,6 +142,70 @@ def test_golden_scores_and_the_same_result_in_batches_of_one(run, tmp_path):
     scores = _plane_psnr(whole, run["scan"])
     print("per-plane PSNR:", scores)
     np.testing.assert_allclose(scores, GOLDEN_PSNR, atol=2e-3, rtol=0)
+
+
+# ---------------------------------------------------------------------- segmentation reference
+@pytest.fixture(scope="module")
+def synthseg_model(run):
+    """A tiny SynthSeg-style model on the same slices (30 steps: it segments, poorly)."""
+    out = run["models"] / "synthseg"
+    sets = {
+        "synthseg.channels": "[4, 8, 16]",
+        "synthseg.num_res_units": 1,
+        "synthseg.train.steps": 30,
+        "synthseg.train.batch_size": 4,
+        "synthseg.train.checkpoint_every": 30,
+    }
+    slices = run["slices"]
+    _ok(
+        "train",
+        *("--params", run["params"], *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]),
+        *("--method", "synthseg", "--train", slices / "train.npz", "--val", slices / "val.npz", "--out", out),
+    )
+    return out / "model.pt"
+
+
+def test_synthseg_writes_its_own_labels_of_the_scan(run, synthseg_model, tmp_path):
+    """A segmentation reference gives --segment its own labels of the scan (no segmenter), on the
+    input's grid, inside the brain, whatever the batch size."""
+    seg, single = tmp_path / "seg.nii.gz", tmp_path / "single.nii.gz"
+    args = ("apply", "--params", run["params"], "--input", run["scan"], "--model", synthseg_model)
+    _ok(*args, "--segment", seg)
+    _ok(*args, "--segment", single, "--batch-size", 1)
+    assert seg.read_bytes() == single.read_bytes()
+    source, src_img = _load(run["scan"])
+    labels, img = _load(seg)
+    assert img.shape == src_img.shape
+    np.testing.assert_array_equal(img.affine, src_img.affine)
+    assert np.issubdtype(labels.dtype, np.integer) and set(np.unique(labels)) <= {0, 1, 2, 3}
+    assert len(set(np.unique(labels)) - {0}) >= 2
+    foreground = source > 0.1 * np.percentile(source, 99)
+    assert np.mean(foreground[labels > 0]) > 0.95  # inside the brain mask, as K-Means labels are
+
+
+@pytest.mark.parametrize(
+    "given, words",
+    [
+        ("out", ["--out", "translates nothing", "--segment only"]),
+        ("nothing", ["give --segment"]),
+        ("segmenter", ["--segmenter", "reads no segmenter"]),
+    ],
+)
+def test_synthseg_refuses_a_translation_output(run, synthseg_model, tmp_path, capsys, given, words):
+    out = tmp_path / "out"
+    extra = {
+        "out": ["--out", str(out / "t1.nii.gz"), "--segment", str(out / "seg.nii.gz")],
+        "nothing": [],
+        "segmenter": ["--segment", str(out / "seg.nii.gz"), "--segmenter", str(run["models"] / "kmeans.json")],
+    }[given]
+    capsys.readouterr()
+    rc = lmid_main(
+        ["apply", "--params", str(run["params"]), "--input", str(run["scan"]), "--model", str(synthseg_model), *extra]
+    )
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(err) == 1, err
+    assert all(w in err[0] for w in words), (words, err)
+    assert not out.exists() or not any(out.iterdir())
 
 
 # --------------------------------------------------------------------------------- refusals

@@ -8,7 +8,9 @@ Each method is trained tiny, through its own ``training_data`` and ``train``, th
   translating the split whole or in two parts gives the same images;
 * with several samples the scored image is sample 0, i.e. what one sample gives; mean and std
   come beside it;
-* network evaluations are counted per slice and grow with the samples.
+* network evaluations are counted per slice and grow with the samples;
+* a segmentation reference (``synthseg``) also returns its own labels: (N, H, W) uint8 in {0..3},
+  the same however the split is cut and from one call to the next, with its source as the image.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from lmid.config import Params
 from lmid.methods import get_method
-from lmid.registry import METHOD_NAMES
+from lmid.registry import METHOD_NAMES, METHODS
 
 from conftest import SIZE, slice_set
 
@@ -97,6 +99,12 @@ def tiny_params() -> Params:
                 "mdn": tp(3, 8),
                 "unet": tp(3, 4),
             },
+            "synthseg": {
+                "channels": [4, 8, 16],
+                "num_res_units": 1,
+                "translate_batch_size": 3,
+                "train": {**tp(4, 2), "snapshot_every": 2, "ema_decay": 0.5},
+            },
         }
     )
 
@@ -125,6 +133,12 @@ def test_output_shape_dtype_and_range(trained):
     out = _translate(trained, test.source, seeds)
     assert out.image.shape == (5, SIZE, SIZE) and out.image.dtype == np.float32
     assert np.all(np.isfinite(out.image)) and out.image.min() >= 0.0 and out.image.max() <= 1.0
+    if METHODS[trained[0]].segments:
+        assert out.labels is not None and out.labels.shape == (5, SIZE, SIZE) and out.labels.dtype == np.uint8
+        assert set(np.unique(out.labels)) <= {0, 1, 2, 3}
+        np.testing.assert_array_equal(out.image, test.source)  # it translates nothing
+    else:
+        assert out.labels is None
 
 
 def test_same_result_however_the_split_is_cut(trained):
@@ -135,6 +149,11 @@ def test_same_result_however_the_split_is_cut(trained):
         [_translate(trained, test.source[:2], seeds[:2]).image, _translate(trained, test.source[2:], seeds[2:]).image]
     )
     np.testing.assert_allclose(parts, whole, atol=1e-5, rtol=0)
+    if METHODS[trained[0]].segments:
+        whole = _translate(trained, test.source, seeds).labels
+        cut = [_translate(trained, test.source[a:b], seeds[a:b]).labels for a, b in ((0, 1), (1, 4), (4, 5))]
+        np.testing.assert_array_equal(np.concatenate(cut), whole)
+        np.testing.assert_array_equal(_translate(trained, test.source, seeds + 1).labels, whole)  # deterministic
 
 
 def test_sample_zero_is_scored_and_evaluations_are_counted(trained):
@@ -146,8 +165,8 @@ def test_sample_zero_is_scored_and_evaluations_are_counted(trained):
     np.testing.assert_allclose(two.image, one.image, atol=1e-5, rtol=0)
     if name in STOCHASTIC:  # each sample is its own chain of network evaluations
         assert one.nfe > 0 and two.nfe == 2 * one.nfe
-    else:  # one deterministic pass (CycleGAN's generator) or none (the references)
-        assert one.nfe == two.nfe == (1 if name == "cyclegan" else 0)
+    else:  # one deterministic pass (CycleGAN's generator, the segmenter) or none (the references)
+        assert one.nfe == two.nfe == (1 if name in ("cyclegan", "synthseg") else 0)
     if name in STOCHASTIC:
         assert two.std is not None and two.mean is not None and float(two.std.max()) > 0
         assert not np.allclose(two.mean, two.image)  # the mean is not what gets scored

@@ -120,6 +120,28 @@ CASES = {
         "lmid.diffusion.trainer",
         lambda s: s.get("step") == 4,
     ),
+    # EMA on, log rows of 3 steps, checkpoints every 2: killed at step 4, inside a row.
+    "synthseg": (
+        "synthseg",
+        {
+            "seed": 3,
+            "synthseg": {
+                "channels": [4, 8, 16],
+                "num_res_units": 1,
+                "train": {
+                    "steps": 7,
+                    "batch_size": 2,
+                    "lr": 1e-3,
+                    "log_every": 3,
+                    "checkpoint_every": 2,
+                    "snapshot_every": 3,
+                    "ema_decay": 0.5,
+                },
+            },
+        },
+        "lmid.methods.synthseg",
+        lambda s: s.get("step") == 4,
+    ),
     "cyclegan-window": (
         "cyclegan",
         {

@@ -151,8 +151,19 @@ def register(sub) -> None:
     p.add_argument(
         "--method", choices=METHOD_NAMES, default=None, help="which method (required for a published folder)"
     )
-    p.add_argument("--out", type=Path, required=True, help="translated volume to write (.nii.gz or .nii)")
-    p.add_argument("--segment", type=Path, default=None, help="also write the K-Means labels of the translation here")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="translated volume to write (.nii.gz or .nii); required, except for a segmentation reference "
+        "(synthseg), which translates nothing and refuses it",
+    )
+    p.add_argument(
+        "--segment",
+        type=Path,
+        default=None,
+        help="also write the K-Means labels of the translation here (synthseg: its own labels of the scan)",
+    )
     p.add_argument(
         "--segmenter",
         type=Path,
@@ -285,20 +296,23 @@ def _translate(args) -> None:
 
 
 def _apply(args) -> None:
-    from lmid.apply import apply_scan, resolve_model
+    from lmid.apply import apply_scan, resolve_model, segments
     from lmid.errors import ParamsError
 
     if args.segmenter is not None and args.segment is None:
         raise ParamsError("--segmenter is only read with --segment (where to write the labels)")
     ref = resolve_model(args.model, args.method)
     args.params = args.params or (str(ref.params) if ref.params else "params.yaml")
+    own_labels = segments(ref)
+    if own_labels and args.segmenter is not None:
+        raise ParamsError(f"--segmenter: {ref.method} segments the scan with its own network; it reads no segmenter")
     apply_scan(
         load_params_from_args(args),
         ref,
         args.input,
         args.out,
         segment_path=args.segment,
-        segmenter_path=args.segmenter or (ref.segmenter if args.segment is not None else None),
+        segmenter_path=None if own_labels else args.segmenter or (ref.segmenter if args.segment is not None else None),
         strip=args.strip,
         batch_size=args.batch_size,
         device=args.device,

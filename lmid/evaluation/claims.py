@@ -15,6 +15,12 @@ without retraining. Each claim becomes one row:
 LMIDiffusion still beats the strongest competitor (by mean Dice there), since every method faces
 that experiment with the same models. Its own Dice change from the training protocol is shown
 beside it (``detail``), from :func:`lmid.evaluation.table_stats.protocol_shift`.
+
+One question the paper does not ask is answered beside its claims when the run has a segmentation
+reference (``synthseg``): is translation needed at all? Per experiment (PD → T1, T2 → T1 and their
+unseen-protocol twins), the Dice of LMIDiffusion (translate, then K-Means) against that of a
+contrast-agnostic segmenter that segments the source directly, with the same difference, interval,
+p and verdict ("supported": translating beats segmenting the source directly).
 """
 
 from __future__ import annotations
@@ -29,6 +35,15 @@ CLAIM_COMPETITORS = ("cyclegan", "stylegan2", "sdedit")
 #: Metric key in a summary → the per-slice column's display name.
 CLAIM_METRICS = (("dice", "Dice"), ("psnr", "PSNR"), ("ssim", "SSIM"))
 VERDICTS = ("supported", "not supported", "contradicted", "not tested")
+#: The claim of the rows against a segmentation reference (not the paper's).
+TRANSLATION_NEEDED = "translation beats contrast-agnostic segmentation of the source on Dice"
+
+
+def segmentation_references() -> tuple[str, ...]:
+    """Registry names of the methods that segment the source instead of translating it."""
+    from lmid.registry import METHODS
+
+    return tuple(name for name, s in METHODS.items() if s.segments)
 
 
 def verdict(ci_low: float, ci_high: float) -> str:
@@ -150,6 +165,17 @@ def paper_claims(summary: dict, frames_by_exp: dict, params, n_boot: int, confid
                 detail,
             )
         )
+    # Is translation needed at all? LMIDiffusion against each segmentation reference of the run, on
+    # every experiment (each is scored on its own test slices; no model is retrained).
+    for seg in segmentation_references():
+        if seg == ref or not (seg in params.methods or any(seg in fr for fr in frames_by_exp.values())):
+            continue
+        for exp in exps:
+            fr = frames_by_exp.get(exp, {})
+            diff = None
+            if ref in fr and seg in fr:
+                diff = paired_difference(fr[ref], fr[seg], _column(exps[exp], "dice"), n_boot, confidence, seed)
+            rows.append(_row(TRANSLATION_NEEDED, exp, "dice", seg, diff, "not a claim of the paper"))
     counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     return {"reference": ref, "confidence": confidence, "bootstrap": n_boot, "rows": rows, "counts": counts}
 
@@ -185,7 +211,24 @@ def claims_markdown(claims: dict, display) -> str:
         f"{c['not tested']} not tested.",
         "",
     ]
+    note = translation_needed_note(claims, display)
+    if note:
+        lines += [note, ""]
     return "\n".join(lines)
+
+
+def translation_needed_note(claims: dict, display) -> str:
+    """What the rows against a segmentation reference ask ("" when the run has none)."""
+    others = sorted({r["other"] for r in claims.get("rows", []) if r["claim"] == TRANSLATION_NEEDED and r["other"]})
+    if not others:
+        return ""
+    names = " and ".join(display(m) for m in others)
+    return (
+        f"The rows '{TRANSLATION_NEEDED}' are not the paper's: they ask whether translating at all is needed. "
+        f"{names} is a segmenter trained on images synthesised with random contrast from the K-Means labels of the "
+        "target training slices; it segments each source slice directly. Supported: LMIDiffusion's translation, "
+        "segmented by K-Means, scores a higher Dice than segmenting the source directly."
+    )
 
 
 def claims_csv_rows(claims: dict) -> list[dict]:

@@ -25,6 +25,11 @@ Protocol (the paper states none of it; these are our choices, listed again in th
   K1 = 0.01, K2 = 0.03, ``data_range = 1``. ``ssim`` is the mean of the SSIM map without the
   3-pixel border (scikit-image's value); ``ssim_mask`` is the mean of the full SSIM map
   (``full=True``) over brain-mask pixels.
+* **A segmentation reference** (``segments`` in lmid/registry.py: ``synthseg``) translates
+  nothing: its translations file carries its own ``labels`` beside the untouched source slice.
+  Those labels take the place of the K-Means segmentation of a translation, inside the test
+  slice's brain mask exactly as K-Means is applied (0 outside), and are scored by the same Dice.
+  PSNR, SSIM and the tissue contrasts are NaN: there is no translated image to score.
 """
 
 from __future__ import annotations
@@ -132,11 +137,19 @@ def score_slice(
     segmenter: KMeansSegmenter,
     label: np.ndarray | None = None,
     target_labels: np.ndarray | None = None,
+    pred_labels: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Every per-slice score of one translated slice (see the module docstring)."""
+    """Every per-slice score of one translated slice (see the module docstring).
+
+    ``pred_labels``: a segmentation reference's own labels of the slice, scored instead of the
+    K-Means segmentation of ``translation`` (inside ``mask``); the image scores are then NaN.
+    """
     x = np.clip(np.asarray(translation, dtype=np.float64), 0.0, 1.0)
     y = np.clip(np.asarray(target, dtype=np.float64), 0.0, 1.0)
-    pred = segmenter.predict(x, mask)
+    if pred_labels is not None:
+        pred = np.where(np.asarray(mask, dtype=bool), np.asarray(pred_labels), 0).astype(np.uint8)
+    else:
+        pred = segmenter.predict(x, mask)
     if target_labels is None:
         target_labels = segmenter.predict(y, mask)
     row: dict[str, float] = {}
@@ -150,6 +163,9 @@ def score_slice(
     row["ssim_mask"] = ssim(y, x, mask)
     classes = label if label is not None else np.where(mask, target_labels, 0)
     row.update(tissue_contrast(x, y, classes))
+    if pred_labels is not None:  # nothing was translated: no image to score
+        for key in ("psnr", "psnr_mask", "ssim", "ssim_mask", "contrast_wm_gm", "contrast_gm_csf", "tissue_order"):
+            row[key] = float("nan")
     row["dice_ceiling"] = dice_per_class(target_labels, label)["mean"] if label is not None else float("nan")
     return row
 
@@ -199,6 +215,7 @@ def evaluate_translations(
         raise InputFileError(translations_path, "'image' contains NaN/Inf values")
     if "method" in tr and str(tr["method"]) not in ("", method):
         raise LmidError(f"{translations_path}: holds translations of {str(tr['method'])!r}, not {method!r}")
+    labels = _segmentation_labels(method, tr, n, split.shape, translations_path)
     nfe = _per_slice(tr.get("nfe"), n, 0)
     wall = _per_slice(tr.get("wall_s"), n, float("nan"))
     if "wall_s" in tr and np.ndim(tr["wall_s"]) == 0 and n:
@@ -213,7 +230,12 @@ def evaluate_translations(
         }
         row.update(
             score_slice(
-                image[k], split.target[i], split.mask[i], seg, label=split.label[i] if split.has_label else None
+                image[k],
+                split.target[i],
+                split.mask[i],
+                seg,
+                label=split.label[i] if split.has_label else None,
+                pred_labels=labels[k] if labels is not None else None,
             )
         )
         row["nfe"] = int(nfe[k])
@@ -222,6 +244,27 @@ def evaluate_translations(
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     write_metrics_csv(out_path, df)
     return df
+
+
+def _segmentation_labels(method: str, tr: dict, n: int, size, path) -> np.ndarray | None:
+    """A segmentation reference's labels from its translations file (None for a translating method)."""
+    from lmid.registry import METHODS
+
+    segments = method in METHODS and METHODS[method].segments
+    if "labels" not in tr:
+        if segments:
+            raise InputFileError(
+                path, f"holds no 'labels': {method} segments the source, translate and gather it again"
+            )
+        return None
+    if not segments:
+        raise InputFileError(path, f"holds 'labels', but {method} is not a segmentation reference")
+    labels = np.asarray(tr["labels"])
+    if labels.shape != (n, *size):
+        raise InputFileError(path, f"'labels' has shape {labels.shape}, expected {(n, *size)}")
+    if labels.size and (labels.min() < 0 or labels.max() > 3):
+        raise InputFileError(path, "'labels' must hold 0 (background), 1 (CSF), 2 (GM) or 3 (WM)")
+    return labels.astype(np.uint8)
 
 
 def _per_slice(value, n: int, default) -> np.ndarray:

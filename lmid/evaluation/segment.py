@@ -170,21 +170,28 @@ def fit_segmenter(
 SEED_OFFSET = 501
 
 
+def fit_target_segmenter(params, target: np.ndarray, mask: np.ndarray) -> KMeansSegmenter:
+    """The run's segmenter from target training slices and their brain masks, as ``params`` say
+    (``segment`` and the seed): what ``lmid fit-segmenter`` writes, and what the ``synthseg``
+    reference re-fits for its training labels, so the two are the same segmenter."""
+    seg = params.segment
+    return fit_segmenter(
+        target,
+        mask,
+        n_clusters=seg.n_clusters,
+        max_voxels=seg.max_voxels,
+        seed=params.seed + SEED_OFFSET,
+        tissue_order=seg.tissue_order,
+    )
+
+
 def fit_segmenter_cmd(params, train_path: str | Path, out_path: str | Path) -> KMeansSegmenter:
     """``lmid fit-segmenter``: fit on the TARGET training slices only and write the JSON."""
     from lmid.data.slices import load_slices
 
     train = load_slices(train_path)
-    seg = params.segment
     try:
-        model = fit_segmenter(
-            train.target,
-            train.mask,
-            n_clusters=seg.n_clusters,
-            max_voxels=seg.max_voxels,
-            seed=params.seed + SEED_OFFSET,
-            tissue_order=seg.tissue_order,
-        )
+        model = fit_target_segmenter(params, train.target, train.mask)
     except ValueError as err:
         raise InputFileError(train_path, str(err)) from None
     model.save(out_path)

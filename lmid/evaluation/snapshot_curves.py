@@ -5,7 +5,9 @@ snapshots (``<method>.train.snapshot_every``; every snapshot carries the trainin
 seconds so far, :mod:`lmid.clock`) by what it is for:
 
 * every translating method: validation Dice, in-brain SSIM / PSNR and tissue contrast of its
-  translation of the diagnostic validation slices (:func:`translation_scores`);
+  translation of the diagnostic validation slices (:func:`translation_scores`); the segmentation
+  reference (``synthseg``): the Dice of its own labels of those source slices, scored as
+  ``lmid evaluate`` scores them (its image scores are NaN);
 * CycleGAN, its own check: the in-brain PSNR of both cycles, source → target → source and
   target → source → target (:func:`cyclegan_checks`);
 * StyleGAN2-ADA, its own check: W1 of its random samples' foreground intensities against real
@@ -71,13 +73,24 @@ def translation_scores(
     seed: int,
     device: torch.device,
 ) -> tuple[dict, np.ndarray]:
-    """Scores of ``method``'s translation of ``split.source[idx]`` (sample 0) and the images."""
+    """Scores of ``method``'s translation of ``split.source[idx]`` (sample 0) and the images.
+
+    A segmentation reference's own labels are scored as ``lmid evaluate`` scores them (inside each
+    slice's brain mask, image scores NaN)."""
     from lmid.methods import get_method
 
     seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=len(idx))
-    out = get_method(method).translate(params, model, split.source[idx], seeds, device).image
+    result = get_method(method).translate(params, model, split.source[idx], seeds, device)
+    out, labels = result.image, result.labels
     rows = [
-        score_slice(out[k], split.target[i], split.mask[i], seg, label=split.label[i] if split.has_label else None)
+        score_slice(
+            out[k],
+            split.target[i],
+            split.mask[i],
+            seg,
+            label=split.label[i] if split.has_label else None,
+            pred_labels=labels[k] if labels is not None else None,
+        )
         for k, i in enumerate(idx)
     ]
     summary = scores_summary(

@@ -225,6 +225,7 @@ def caption(
         f"{DISPLAY.get(reference, reference)}. "
         f"Bold: best of the paper's four methods."
     )
+    text += segmentation_reference_note(list(summary["methods"]))
     n_subjects = [e.get("n_subjects") for e in summary["methods"].values() if e.get("n_subjects")]
     if n_subjects and min(n_subjects) < 10:
         text += (
@@ -237,6 +238,20 @@ def caption(
             "not computed on our data: compare trends, not values."
         )
     return text
+
+
+def segmentation_reference_note(methods) -> str:
+    """The caption's sentence on segmentation references among ``methods`` ("" when there is none)."""
+    from lmid.registry import METHODS
+
+    names = [DISPLAY.get(m, m) for m in methods if m in METHODS and METHODS[m].segments]
+    if not names:
+        return ""
+    return (
+        f" {' and '.join(names)} segments the source slice itself and translates nothing: its Dice scores its own "
+        "labels inside the test slice's brain mask (where K-Means segments a translation), and PSNR, SSIM and "
+        "the tissue contrasts, which score a translated image, do not apply (—)."
+    )
 
 
 def experiment_title(exp: str, first: str, with_paper: bool, unseen: bool) -> str:

@@ -24,6 +24,8 @@ def method_class(name: str) -> type[Method]:
         from lmid.methods.stylegan2 import StyleGan2 as cls
     elif name == "cdm":
         from lmid.methods.cdm import Cdm as cls
+    elif name == "synthseg":
+        from lmid.methods.synthseg import SynthSeg as cls
     elif name == "identity":
         from lmid.methods.references import Identity as cls
     elif name == "histmatch":

@@ -36,13 +36,23 @@ class TrainingData:
 
 @dataclass
 class Translation:
-    """Output of :meth:`Method.translate` for a batch of N slices."""
+    """Output of :meth:`Method.translate` for a batch of N slices.
+
+    A segmentation reference (``segments`` in :mod:`lmid.registry`, e.g. ``synthseg``) translates
+    nothing: its ``image`` is the source slice itself, kept so that every method leaves the same
+    files, and is not scored; its ``labels`` are what the evaluation scores instead of the K-Means
+    segmentation of a translation.
+    """
 
     image: np.ndarray  # (N, H, W) float32 in [0, 1]: one sample per slice, the one that is scored
     std: np.ndarray | None = None  # (N, H, W) per-pixel std over samples, when samples > 1
     mean: np.ndarray | None = None  # (N, H, W) mean over samples, when samples > 1
     nfe: int = 0  # network evaluations per slice (per sample × samples)
     info: dict = field(default_factory=dict)
+    #: (N, H, W) uint8, 0 background, 1 CSF, 2 GM, 3 WM: a segmentation reference's own labels of
+    #: the whole slice (the evaluation keeps them inside the test slice's brain mask); None for a
+    #: method that translates.
+    labels: np.ndarray | None = None
 
 
 class Method:

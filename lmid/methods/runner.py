@@ -238,8 +238,10 @@ def translate_shard(
                 "check its train_log.csv)"
             )
     info = dict(result.info) if result else {}
+    labels = _checked_labels(method, result, (len(idx), h, w))
     save_npz(
         out_path,
+        **({"labels": labels} if labels is not None else {}),
         image=np.clip(image, 0.0, 1.0),
         std=std.astype(np.float32),
         mean=np.clip(mean, 0.0, 1.0).astype(np.float32),
@@ -255,6 +257,27 @@ def translate_shard(
         split_fingerprint=np.asarray(split_fingerprint(split)),
     )
     return {"slices": len(idx), "wall_s": wall, **info}
+
+
+def _checked_labels(method: str, result, shape) -> np.ndarray | None:
+    """A segmentation reference's labels (uint8, values 0-3, one map per slice); None for a method
+    that translates. A segmenting method without labels, or a translating one with them, is refused."""
+    segments = spec(method).segments
+    labels = None if result is None else result.labels
+    if result is None:  # an empty shard
+        return np.zeros(shape, np.uint8) if segments else None
+    if segments and labels is None:
+        raise LmidError(f"{method}: segments the source, but translate returned no labels")
+    if not segments and labels is not None:
+        raise LmidError(f"{method}: translates, but returned labels (only a segmentation reference may)")
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.shape != tuple(shape):
+        raise LmidError(f"{method}: translate returned labels of shape {labels.shape}, expected {tuple(shape)}")
+    if labels.size and (labels.min() < 0 or labels.max() > 3):
+        raise LmidError(f"{method}: labels must be 0 (background), 1 (CSF), 2 (GM) or 3 (WM)")
+    return labels.astype(np.uint8)
 
 
 def _check_shards(method: str, parts: list[dict], shard_paths: list[Path], split, slices_path: Path) -> None:
@@ -322,12 +345,22 @@ def gather(
         order
     ]
     nfe = np.concatenate([np.full(len(p["index"]), int(p["nfe"])) for p in parts])[order]
+    # A segmentation reference's own labels travel with its (untranslated) images.
+    with_labels = [("labels" in p) for p in parts]
+    if any(with_labels) and not all(with_labels):
+        raise LmidError(f"{method}: some shards hold labels and some do not (shards of two runs?)")
+    labels = (
+        np.concatenate([p["labels"] for p in parts])[order].astype(np.uint8) if all(with_labels) and parts else None
+    )
+    if labels is None and spec(method).segments:
+        raise LmidError(f"{method}: segments the source, but its shards hold no labels (translate them again)")
     src_mod = str(parts[0]["source_modality"]) if parts and "source_modality" in parts[0] else ""
     subjects, planes = split.subject[index], split.slice_index[index]
     # Every check before the first write: a manifest that cannot place the volumes leaves nothing.
     geometry = nifti_geometry(manifest_path, image.shape[1:], subjects, planes) if nifti_dir is not None else None
     save_npz(
         out_path,
+        **({"labels": labels} if labels is not None else {}),
         image=image,
         std=std,
         mean=mean,
@@ -341,7 +374,9 @@ def gather(
         split_fingerprint=np.asarray(split_fingerprint(split)),
     )
     if nifti_dir is not None:
-        write_nifti(method, image, std, subjects, planes, manifest_path, Path(nifti_dir), geometry=geometry)
+        write_nifti(
+            method, image, std, subjects, planes, manifest_path, Path(nifti_dir), geometry=geometry, labels=labels
+        )
     return {"slices": int(len(index)), "wall_s_total": float(wall.sum())}
 
 
@@ -436,12 +471,14 @@ def write_nifti(
     manifest_path: Path,
     out_dir: Path,
     geometry: dict | None = None,
+    labels: np.ndarray | None = None,
 ) -> None:
     """One NIfTI per subject on the prepared slice grid, with the affine recorded by ``prepare``.
 
     Axial slices that were not selected are left at 0; a viewer shows the volume in world
     coordinates aligned with the source volume. ``geometry``: :func:`nifti_geometry`'s answer
-    when the caller has checked the manifest already.
+    when the caller has checked the manifest already. ``labels`` (a segmentation reference's):
+    written beside the images as ``<subject>-<method>-labels.nii.gz`` (uint8, 0-3).
     """
     if geometry is None:
         geometry = nifti_geometry(manifest_path, image.shape[1:], subjects, slice_index)
@@ -455,5 +492,10 @@ def write_nifti(
             vol[:, :, int(z)] = img
             unc[:, :, int(z)] = sd
         save_volume(out_dir / f"{sid}-{method}.nii.gz", vol, g["slice_affine"])
+        if labels is not None:
+            lab = np.zeros(vol.shape, np.uint8)
+            for seg, z in zip(labels[sel], slice_index[sel]):
+                lab[:, :, int(z)] = seg
+            save_volume(out_dir / f"{sid}-{method}-labels.nii.gz", lab, g["slice_affine"])
         if np.any(unc):
             save_volume(out_dir / f"{sid}-{method}-std.nii.gz", unc, g["slice_affine"])

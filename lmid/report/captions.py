@@ -87,7 +87,7 @@ def grid(n: int | None = None, src: str | None = None, tgt: str | None = None, r
         "the most brain; subject and axial index on the left). "
         f"Columns: {_the(src, 'source')}, every method's translation (its first sample where it drew "
         f"several: the one the tables score), the real registered {_or(tgt, 'target')} slice. All images on "
-        "[0, 1], same grey scale."
+        "[0, 1], same grey scale. The SynthSeg-style reference translates nothing and has no column here."
     )
 
 
@@ -102,7 +102,8 @@ def segmentation(k: int | None = None, tgt: str | None = None, has_label: bool |
     return (
         f"The target-only K-Means segmenter (K = {_or(k, _lit('segment.n_clusters', rst))}, fitted on {tgt} "
         f"training slices) applied unchanged to each translation and to the real {tgt} slice, inside the test "
-        f"slice's brain mask. {first}CSF blue, GM orange, WM red."
+        f"slice's brain mask. {first}The SynthSeg-style reference's column shows its own labels of the source "
+        "slice, in the same mask. CSF blue, GM orange, WM red."
     )
 
 
@@ -116,7 +117,8 @@ def metrics(dice_gt: bool | None = None, tgt: str | None = None, rst: bool = Fal
     return (
         "Each point is one test slice; boxes show the median and quartiles (whiskers 1.5 IQR). "
         f"Dice is the per-slice mean over CSF, GM and WM, {against}; PSNR and SSIM compare the whole slice with "
-        f"the real {tgt} slice, both on [0, 1]."
+        f"the real {tgt} slice, both on [0, 1]. The SynthSeg-style reference translates nothing, so it has no "
+        "PSNR or SSIM."
     )
 
 
@@ -221,7 +223,8 @@ def compute(n: int | None = None, estimated: list[str] | None = None, rst: bool 
         f"diagnostic validation slices ({_lit('evaluate.diagnostic_slices', rst)}) at each of its training snapshots "
         f"({_lit('<method>.train.snapshot_every', rst)}), against the CPU-hours its training loop had spent, with the "
         "subject-level confidence band: who is ahead at equal compute, and who is still rising. CDM keeps no "
-        "snapshots of its three stages and is left out."
+        "snapshots of its three stages and is left out. The SynthSeg-style reference's Dice scores its own labels "
+        "of the source slices; it translates nothing, so it has no SSIM."
     )
     if estimated:
         text += (
@@ -255,7 +258,9 @@ trains on what it is allowed to see: LMIDiffusion, SDEdit and StyleGAN2-ADA on T
 CycleGAN on T1 slices plus 11 % of the source slices (not zero-shot); CDM on paired slices (a
 supervised upper bound); identity and histogram matching are references. Every method then
 translates the test split's PD slices (experiment ``pd2t1``) and, zero-shot, its T2 slices
-(``t22t1``), in shards.
+(``t22t1``), in shards. The SynthSeg-style reference asks whether translation is needed at all: a
+U-Net trained on images of random contrast synthesised from the K-Means labels of the T1 training
+slices segments the source slices directly and is scored on its own labels.
 
 A K-Means segmenter fitted only on T1 training intensities segments every translation and the
 real T1 slice. ``lmid evaluate`` scores each translated slice (Dice per tissue against the ground

@@ -54,10 +54,17 @@ def row_labels(split, rows) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- figures
+def translating(trs: dict) -> dict:
+    """The translations of the methods that translate (a segmentation reference's 'image' is its source)."""
+    from lmid.registry import METHODS
+
+    return {m: t for m, t in trs.items() if not (m in METHODS and METHODS[m].segments)}
+
+
 def grid_data(params, s: dict, split, trs: dict) -> dict:
     """Source, target and every method's translation on the grid's slices."""
     src_name = s["source_modality"]
-    trs = available(trs, s["method_order"])
+    trs = translating(available(trs, s["method_order"]))
     if split is None or not trs:
         raise Missing("test split or translations not found")
     try:
@@ -75,7 +82,8 @@ def grid_data(params, s: dict, split, trs: dict) -> dict:
 
 
 def segmentation_data(params, split, trs: dict, s_main: dict, models_dir: Path) -> dict:
-    """The K-Means segmenter applied to the real target and to each translation, inside the slice's mask."""
+    """The K-Means segmenter applied to the real target and to each translation, inside the slice's mask
+    (a segmentation reference's own labels of the source, in the same mask, beside them)."""
     from lmid.evaluation.segment import KMeansSegmenter
 
     seg_path = models_dir / "kmeans.json"
@@ -96,7 +104,11 @@ def segmentation_data(params, split, trs: dict, s_main: dict, models_dir: Path) 
     cols[f"K-Means of real {tgt}"] = (split.target[rows], segment(split.target[rows]))
     for m, t in trs.items():
         images = rows_of(t, rows)
-        cols[DISPLAY.get(m, m)] = (images, segment(images))
+        if "labels" in t:  # a segmentation reference: its own labels of the source, in the same mask
+            labels = np.where(masks, rows_of(t, rows, "labels"), 0).astype(np.uint8)
+            cols[DISPLAY.get(m, m)] = (images, labels)
+        else:
+            cols[DISPLAY.get(m, m)] = (images, segment(images))
     return {
         "target": split.target[rows],
         "columns": cols,

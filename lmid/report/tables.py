@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmid.errors import LmidError
+from lmid.evaluation.claims import translation_needed_note
 from lmid.evaluation.display import DISPLAY, column_title, method_order, role
 from lmid.evaluation.tables import (
     Cell,
@@ -120,7 +121,8 @@ def claims_table(summary: dict, params) -> dict | None:
         f"{claims['bootstrap']} resamples]; p: two-sided paired Wilcoxon over slices. Supported: the "
         "interval lies above 0; contradicted: below 0; not supported: it contains 0. "
         f"{c['supported']} supported, {c['not supported']} not supported, {c['contradicted']} "
-        f"contradicted, {c['not tested']} not tested.",
+        f"contradicted, {c['not tested']} not tested."
+        + (" " + note if (note := translation_needed_note(claims, lambda m: DISPLAY.get(m, m))) else ""),
     }
 
 

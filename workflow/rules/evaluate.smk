@@ -106,7 +106,8 @@ rule diagnose:
 # Code: lmid check-baselines: lmid/cli/evaluation.py:_check_baselines -> lmid.evaluation.baselines.check_baselines
 rule check_baselines:
     """Sanity evidence for StyleGAN2-ADA, SDEdit and CycleGAN: samples, histograms, both directions,
-    and each one's quality at its training snapshots (validation Dice against training CPU time)."""
+    and each one's quality at its training snapshots (validation Dice against training CPU time),
+    as for the SynthSeg-style segmenter's snapshots."""
     input:
         models=expand(f"{MODELS}/{{method}}/model.pt", method=BASELINE_CHECKED),
         test=f"{SLICES}/test.npz",
@@ -119,7 +120,8 @@ rule check_baselines:
         cfg=PARAMS_FILE,
         published=["--published", PUBLISHED] if PUBLISHED else [],
         reads=values("seed", "diffusion.schedule", "diffusion.train.mixed_precision", "evaluate.diagnostic_slices",
-                     "evaluate.bootstrap", "evaluate.confidence", "lmi", "sdedit", "cyclegan", "stylegan2"),
+                     "evaluate.bootstrap", "evaluate.confidence", "lmi", "sdedit", "cyclegan", "stylegan2",
+                     "synthseg"),
     log:
         f"{DATA}/logs/check_baselines.log",
     benchmark:
