@@ -309,7 +309,7 @@ class SliceCounts(Section):
 
 class PrepareParams(Section):
     size: int = Field(default=64, ge=16, le=512)
-    #: Where the brain mask comes from (``lmid.data.prepare``): ``labels``, the tissue map > 0;
+    #: Where the brain mask comes from (``lmid.data.reader``): ``labels``, the tissue map > 0;
     #: ``strip``, skull stripping of the source (BET's deformable surface, ``brainextractor``);
     #: ``head``, the source's foreground (threshold, largest component, holes filled), which is
     #: the brain on skull-stripped data (BraTS) and the whole head on IXI. ``auto``: ``labels`` for
