@@ -5,7 +5,7 @@ from snakemake.utils import validate
 
 from lmid.config import SAMPLER_SETTING, parse_params, write_params
 from lmid.evaluation.aggregate import aggregate_outputs
-from lmid.report.captions import FIGURE_CATEGORIES, FIGURE_FILES
+from lmid.report.captions import FIGURE_CATEGORIES, figure_files
 from lmid.experiments import experiment_modalities, is_unseen_experiment
 from lmid.registry import METHODS as SPECS, key_values
 
