@@ -717,8 +717,6 @@ class Params(Section):
                 f"U-Net ({len(self.diffusion.unet.channels)} levels of diffusion.unet.channels) halves "
                 f"it {levels} times"
             )
-        if self.data.source_modality == self.data.target_modality:
-            raise ValueError("data.source_modality and data.target_modality must differ")
         # Simulated volumes are an output of the run: the workflow makes (and replaces) data.root,
         # so it must lie under the run's own folder, never beside it in the default data/raw.
         root, data = os.path.abspath(self.data.root), os.path.abspath(self.paths.data)
@@ -734,7 +732,7 @@ class Params(Section):
                 "set unseen_protocol.enabled: false for your own data"
             )
         if self.unseen_protocol_active:
-            known = {self.data.source_modality, *self.data.extra_modalities} - {self.data.target_modality}
+            known = {self.data.source_modality, *self.data.extra_modalities}  # never the target (DataParams)
             if unseen.sources is not None and not set(unseen.sources) <= known:
                 raise ValueError(
                     f"unseen_protocol.sources {unseen.sources} must be among the translated sources "
@@ -758,9 +756,7 @@ class Params(Section):
         """Sources translated on the unseen protocol (none when it is off)."""
         if not self.unseen_protocol_active:
             return []
-        known = [self.data.source_modality] + [
-            m for m in self.data.extra_modalities if m not in (self.data.target_modality, self.data.source_modality)
-        ]
+        known = [self.data.source_modality, *self.data.extra_modalities]  # distinct, never the target (DataParams)
         chosen = self.unseen_protocol.sources
         return known if chosen is None else [m for m in known if m in chosen]
 
