@@ -83,7 +83,8 @@ def main() -> None:
 
     from lmid.config import load_params
     from lmid.data.phantom import generate
-    from lmid.data.prepare import load_canonical, prepare
+    from lmid.data.geometry import load_canonical
+    from lmid.data.prepare import prepare
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sim = load_params(args.params, {"simulate": {"head": True, "n_subjects": args.subjects}})

@@ -21,8 +21,8 @@ method, and puts the result back on the scan's own grid:
    have; BET on PD stops at the skull (docs/method.md, section 6), so this mask is the weak step.
 4. Optional N4 (``prepare.bias_correction``), then **normalisation** to [0, 1] with
    ``prepare.percentiles`` inside the mask, the in-plane **square** around the mask of the brain
-   range (``prepare.min_brain_fraction``) and the resize to ``prepare.size``: the functions of
-   :mod:`lmid.data.prepare`, so a slice here is cut exactly as a prepared test slice would be.
+   range (``prepare.min_brain_fraction``) and the resize to ``prepare.size``: prepare's functions
+   (:mod:`lmid.data.geometry`), so a slice here is cut exactly as a prepared test slice would be.
 5. **Translation** of every axial plane that holds brain, ``batch_size`` slices per call, each
    slice with its own seed (by plane), so the result does not depend on the batch size.
 6. **Back to the scan's grid**: the translated planes form a volume on the slice grid, whose
@@ -154,7 +154,7 @@ def check_output_name(flag: str, path: Path) -> None:
 
 def strip_by_default(params: Params) -> bool:
     """Whether the model's training data were heads whose brain prepare found by stripping."""
-    from lmid.data.prepare import mask_mode
+    from lmid.data.reader import mask_mode
 
     return mask_mode(params, use_labels=True) == "strip"
 
@@ -262,7 +262,7 @@ def apply_scan(
     with a segmentation reference, write its labels to ``segment_path`` only."""
     from lmid.checkpoint import device_from_arg
     from lmid.data.brainmask import n4_correct
-    from lmid.data.prepare import (
+    from lmid.data.geometry import (
         bounding_square,
         brain_planes,
         normalise,

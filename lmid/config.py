@@ -309,7 +309,7 @@ class SliceCounts(Section):
 
 class PrepareParams(Section):
     size: int = Field(default=64, ge=16, le=512)
-    #: Where the brain mask comes from (``lmid.data.prepare``): ``labels``, the tissue map > 0;
+    #: Where the brain mask comes from (``lmid.data.reader``): ``labels``, the tissue map > 0;
     #: ``strip``, skull stripping of the source (BET's deformable surface, ``brainextractor``);
     #: ``head``, the source's foreground (threshold, largest component, holes filled), which is
     #: the brain on skull-stripped data (BraTS) and the whole head on IXI. ``auto``: ``labels`` for
@@ -827,8 +827,6 @@ class Params(Section):
                 f"prepare.size {self.prepare.size} is too small for synthseg.channels: {seg_levels + 1} levels "
                 f"need slices of at least {2 ** (seg_levels + 1)} pixels"
             )
-        if self.data.source_modality == self.data.target_modality:
-            raise ValueError("data.source_modality and data.target_modality must differ")
         # Simulated volumes are an output of the run: the workflow makes (and replaces) data.root,
         # so it must lie under the run's own folder, never beside it in the default data/raw.
         root, data = os.path.abspath(self.data.root), os.path.abspath(self.paths.data)
@@ -844,7 +842,7 @@ class Params(Section):
                 "set unseen_protocol.enabled: false for your own data"
             )
         if self.unseen_protocol_active:
-            known = {self.data.source_modality, *self.data.extra_modalities} - {self.data.target_modality}
+            known = {self.data.source_modality, *self.data.extra_modalities}  # never the target (DataParams)
             if unseen.sources is not None and not set(unseen.sources) <= known:
                 raise ValueError(
                     f"unseen_protocol.sources {unseen.sources} must be among the translated sources "
@@ -868,9 +866,7 @@ class Params(Section):
         """Sources translated on the unseen protocol (none when it is off)."""
         if not self.unseen_protocol_active:
             return []
-        known = [self.data.source_modality] + [
-            m for m in self.data.extra_modalities if m not in (self.data.target_modality, self.data.source_modality)
-        ]
+        known = [self.data.source_modality, *self.data.extra_modalities]  # distinct, never the target (DataParams)
         chosen = self.unseen_protocol.sources
         return known if chosen is None else [m for m in known if m in chosen]
 

@@ -17,8 +17,8 @@ def experiment_modalities(params) -> dict[str, tuple[str, str]]:
     """Experiment folder name → (source, target) for the main and the extra sources."""
     tgt = params.data.target_modality
     out = {experiment_name(params.data.source_modality, tgt): (params.data.source_modality, tgt)}
-    for m in params.data.extra_modalities:  # never the target (checked in DataParams)
-        out.setdefault(experiment_name(m, tgt), (m, tgt))
+    for m in params.data.extra_modalities:  # distinct, never the source or target (DataParams)
+        out[experiment_name(m, tgt)] = (m, tgt)
     if params.unseen_protocol_active:
         for name, pair in list(out.items()):
             if pair[0] in params.unseen_sources:

@@ -280,10 +280,6 @@ def spec(name: str) -> MethodSpec:
         raise ParamsError(f"unknown method {name!r}; choose from {list(METHOD_NAMES)}") from None
 
 
-def display_name(name: str) -> str:
-    return METHODS[name].display if name in METHODS else name
-
-
 def dotted_get(tree: dict, key: str):
     """``tree["a"]["b"]`` for ``key`` ``"a.b"``."""
     node = tree

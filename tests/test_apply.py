@@ -122,7 +122,7 @@ def test_another_orientation_of_the_same_scan_gives_the_same_translation(run, tm
 
 
 def _plane_psnr(translation_path, scan):
-    from lmid.data.prepare import normalise
+    from lmid.data.geometry import normalise
     from lmid.evaluation.metrics import psnr
 
     t1, _ = _load(str(scan).replace("-PD.", "-T1."))

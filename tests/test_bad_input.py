@@ -142,6 +142,12 @@ PARAM_CASES = {
     "raw-folder-with-nul": ({"data.root": "data/raw\x00x"}, "data.root"),
     "extra-modality-is-the-target": ({"data.extra_modalities": ["T1"]}, "extra_modalities: 'T1' is already the"),
     "extra-modality-twice": ({"data.extra_modalities": ["T2", "t2"]}, "extra_modalities: 't2' is listed twice"),
+    # Modality names compare without case, in one validator of DataParams.
+    "extra-modality-is-the-target-in-lower-case": (
+        {"data.extra_modalities": ["t1"]},
+        "extra_modalities: 't1' is already the source or the target modality",
+    ),
+    "source-is-the-target": ({"data.source_modality": "t1"}, "source_modality and target_modality are both 't1'"),
     "simulated-raw-outside-data-folder": (
         {"paths.data": "/tmp/elsewhere"},
         "data.root 'data/raw' must be a folder inside paths.data '/tmp/elsewhere'",

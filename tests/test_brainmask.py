@@ -14,7 +14,8 @@ from volumes import SHAPE, grid, image, ixi_folder, params, tissue, world
 from lmid.config import Params, load_params
 from lmid.data import phantom
 from lmid.data.brainmask import head_mask, n4_correct, strip_skull
-from lmid.data.prepare import mask_mode, prepare
+from lmid.data.prepare import prepare
+from lmid.data.reader import mask_mode
 from lmid.errors import ParamsError
 
 
@@ -180,6 +181,7 @@ def test_bias_check_matches_both_runs_and_a_direct_count(tmp_path):
     """The manifest's with/without-N4 ceilings: each run measures both, the two runs agree, and the
     applied one equals K-Means fitted and scored by hand on the slices that were written."""
     from lmid.data.slices import load_slices
+    from lmid.evaluation.bias_check import bias_check
     from lmid.evaluation.metrics import dice_per_class
     from lmid.evaluation.segment import SEED_OFFSET, fit_segmenter
 
@@ -187,7 +189,7 @@ def test_bias_check_matches_both_runs_and_a_direct_count(tmp_path):
     checks = {}
     for mode in ("none", "n4"):
         p = params(**{"data.source": "simulated", "prepare.brain_mask": "auto", "prepare.bias_correction": mode})
-        prepare(p, raw, tmp_path / mode)
+        prepare(p, raw, tmp_path / mode, bias_check=bias_check)
         checks[mode] = json.loads((tmp_path / mode / "manifest.json").read_text())["bias_check"]
         train, test = (load_slices(tmp_path / mode / f"{s}.npz") for s in ("train", "test"))
         km = fit_segmenter(
@@ -205,6 +207,15 @@ def test_bias_check_matches_both_runs_and_a_direct_count(tmp_path):
         assert checks[mode]["applied"] == mode and checks[mode][key] == pytest.approx(direct, abs=1e-12)
     for key in ("dice_ceiling_with_n4", "dice_ceiling_without_n4"):
         assert checks["none"][key] == pytest.approx(checks["n4"][key], abs=1e-12), key
+    # Without the check (prepare called on its own), the same slices and manifest, the check null.
+    prepare(p, raw, tmp_path / "unchecked")
+    for f in ("train.npz", "val.npz", "test.npz"):
+        assert (tmp_path / "unchecked" / f).read_bytes() == (tmp_path / "n4" / f).read_bytes(), f
+    manifest = json.loads((tmp_path / "unchecked" / "manifest.json").read_text())
+    assert manifest.pop("bias_check") is None
+    expected = json.loads((tmp_path / "n4" / "manifest.json").read_text())
+    expected.pop("bias_check")
+    assert manifest == expected
 
 
 def test_a_bad_volume_in_a_worker_is_named_and_nothing_is_written(tmp_path):

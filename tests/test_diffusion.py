@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -330,6 +331,31 @@ def test_sampler_setting_strings():
             parse_sampler_setting(bad)
     with pytest.raises(ValueError, match="sampler_settings"):
         EvaluateParams(sampler_settings=["ddim-20-cosine"])
+
+
+def test_the_sampler_setting_pattern_and_its_spelling_are_written_once():
+    """lmid/config.py defines what a sampler setting may be and how to spell it: the Snakefile's
+    wildcard, the parser, the params check and the help of every --sampler option use them."""
+    import re
+
+    from lmid.cli import build_parser
+    from lmid.config import SAMPLER_SETTING, SAMPLER_SETTING_HELP, EvaluateParams, parse_sampler_setting
+
+    snakefile = (Path(__file__).resolve().parents[1] / "workflow" / "Snakefile").read_text()
+    assert "    setting=SAMPLER_SETTING,\n" in snakefile
+    for name, valid in [("ddim-20-quad", True), ("ancestral-1000-clip", True), ("ddim-25-eta0.5", True)] + [
+        (bad, False) for bad in ("ddim-20-cosine", "plms-10", "ddim-0", "ddim-5-eta0.50", "ddim-5-clip-eta1")
+    ]:
+        assert bool(re.fullmatch(SAMPLER_SETTING, name)) == valid, name
+    with pytest.raises(ValueError) as info:
+        parse_sampler_setting("plms-10")
+    assert str(info.value) == f"'plms-10' is not {SAMPLER_SETTING_HELP}"
+    with pytest.raises(ValueError, match=re.escape(f"sampler_settings: 'plms-10' is not {SAMPLER_SETTING_HELP}")):
+        EvaluateParams(sampler_settings=["plms-10"])
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command in ("translate", "sampler-sweep"):
+        (option,) = [a for a in commands[command]._actions if "--sampler" in a.option_strings]
+        assert SAMPLER_SETTING_HELP in option.help, command
 
 
 def test_training_fingerprint_ignores_run_length_and_sampler(tmp_path):

@@ -254,19 +254,27 @@ def test_diagnose_ablation_oracle_and_convergence(tmp_path):
         loaded.append(Path(path).name)
         return real_load(path, *a, **k)
 
+    # Without a slice count, evaluate.diagnostic_slices of the params is used (3 here: the same slices).
+    three = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"diagnostic_slices": 3})})
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(DiffusionModel, "load", counting_load)
         again = diagnose(
-            params,
+            three,
             tmp_path / "model.pt",
             snaps,
             tmp_path / "val.npz",
             tmp_path / "kmeans.json",
             tmp_path / "diag2.json",
-            slices=3,
             device="cpu",
         )
-    assert loaded == ["model.pt"] and again["convergence"] == out["convergence"]
+    assert loaded == ["model.pt"] and again["convergence"] == out["convergence"] and again["slices"] == 3
+    # The command line passes no count of its own unless --slices is given.
+    from lmid.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["diagnose", "--model", "m.pt", "--val", "v.npz", "--segmenter", "k.json", "--out", "d.json"]
+    )
+    assert args.slices is None
     shift = back["conditioning_shift"]
     assert set(shift["training"]) == {"self", "low_t"} and "T1 (oracle)" in shift["sources"]
     assert shift["sources"]["PD (unseen protocol)"]["slices"] == 5

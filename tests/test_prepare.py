@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from conftest import TINY, run_lmid
 from volumes import SHAPE, grid, image, ixi_folder, params, save, splits, tissue, world
 
 from lmid.config import load_params
-from lmid.data.prepare import deal_slices, prepare, split_subjects, spread
+from lmid.data.prepare import prepare
+from lmid.data.splits import deal_slices, split_subjects, spread
 from lmid.errors import InputFileError, LmidError, ParamsError
 
 
@@ -442,3 +444,51 @@ def test_label_on_another_grid_and_failed_registration(tmp_path):
     with pytest.raises(InputFileError, match="IXI002-Guys-0800-T1.nii.gz: registration to IXI002-Guys-0800-PD"):
         prepare(params(**{"data.registration": True}), raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ structure
+def test_the_data_package_does_not_import_the_evaluation():
+    """Evaluation reads prepared data, never the reverse: no module of lmid/data imports
+    lmid.evaluation, in a function or at the top (the bias check is handed to prepare)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "lmid" / "data"
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            found += [f"{path.name}: {n}" for n in names if n.startswith("lmid.evaluation")]
+    assert not found and len(list(root.glob("*.py"))) >= 8, found
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_workers_return_results_in_order_and_raise_a_job_s_error(n):
+    from lmid.parallel import Workers
+
+    ticks = []
+    with Workers(n) as pool:
+        assert pool.n == n
+        assert pool.map(pow, [(2, 10), (3, 3), (5, 0)], lambda: ticks.append(1)) == [1024, 27, 1]
+        with pytest.raises(ValueError, match="invalid literal"):
+            pool.map(int, [("12",), ("twelve",)])
+    assert len(ticks) == 3
+    assert Workers(0).n == 1
+
+
+def test_a_volume_is_loaded_on_its_canonical_grid(tmp_path):
+    """Volume.load reorients to RAS+ without resampling: a LPS-stored volume comes back flipped on
+    its first two axes, with the affine that maps each voxel to the same world point."""
+    from lmid.data.geometry import Volume
+
+    data = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
+    lps = np.diag([-2.0, -3.0, 4.0, 1.0])
+    save(tmp_path / "v.nii.gz", data, lps)
+    v = Volume.load(tmp_path / "v.nii.gz")
+    assert v.shape == (4, 5, 3) and v.path == tmp_path / "v.nii.gz" and v.data.dtype == np.float32
+    np.testing.assert_array_equal(v.data, data[::-1, ::-1, :])
+    assert np.all(np.diag(v.affine)[:3] > 0)
+    for ijk in [(0, 0, 0), (3, 4, 2), (1, 2, 1)]:
+        flipped = (3 - ijk[0], 4 - ijk[1], ijk[2])
+        np.testing.assert_allclose(v.affine @ [*flipped, 1], lps @ [*ijk, 1])

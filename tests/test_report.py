@@ -22,6 +22,7 @@ from lmid.cli import main as lmid_main
 from lmid.config import load_params
 from lmid.data.slices import SliceSet, load_slices, split_fingerprint
 from lmid.io import save_npz, write_json, write_text
+from lmid.report.captions import figure_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -259,6 +260,10 @@ def test_outputs_exist(project):
     ):
         assert (reports / name).is_file(), name
     figs = {p.name for p in (reports / "figures").glob("*.png")}
+    # Exactly the files that the report rule declares (captions.figure_files), every one present.
+    declared = figure_files(["pd2t1", "t22t1"])
+    assert {f"figures/{name}" for name in figs} == {f for files in declared.values() for f in files}
+    assert len(declared["grid"]) == len(declared["metrics"]) == 2 and len(declared["lmi"]) == 1
     assert {
         "grid_pd2t1.png",
         "grid_t22t1.png",
@@ -581,7 +586,7 @@ def test_rst_captions_are_generated_from_the_captions_module(tmp_path):
     from lmid.report.captions import FIGURE_CATEGORIES, FIGURE_FILES
 
     rule = (ROOT / "workflow/rules/report.smk").read_text()
-    assert 'caption=f"../report/{name}.rst"' in rule and "FIGURE_FILES.items()" in rule
+    assert 'caption=f"../report/{name}.rst"' in rule and "figure_files(EXPERIMENTS).items()" in rule
     assert {f"{name}.rst" for name in FIGURE_FILES} <= set(expected) and set(FIGURE_CATEGORIES) == set(FIGURE_FILES)
     assert {p.name for p in write_rst_captions(tmp_path)} == set(expected)
 

@@ -12,7 +12,7 @@ import torch
 
 from lmid.checkpoint import load_checkpoint
 from lmid.clock import TrainClock
-from lmid.methods.stylegan2_projector import HIST_BINS, HIST_RANGE, histogram_w1, intensity_histogram
+from lmid.methods.stylegan2_distances import HIST_BINS, HIST_RANGE, histogram_w1, intensity_histogram
 from conftest import TINY, run_lmid
 
 

@@ -11,7 +11,8 @@ import torch
 from lmid.config import Params
 from lmid.methods import Access, TrainingData, get_method
 from lmid.methods.stylegan2_ada import AdaController, AugmentPipe
-from lmid.methods.stylegan2_projector import invert_lr_ramp, mind_distance, parzen_nmi
+from lmid.methods.stylegan2_distances import mind_distance, parzen_nmi
+from lmid.methods.stylegan2_projector import invert_lr_ramp
 from lmid.networks.stylegan2 import Discriminator, Generator, ModulatedConv2d, init_stylegan
 
 
@@ -166,6 +167,40 @@ def test_training_runs_and_discriminator_separates(trained):
     assert (rows[-3:, 4] - rows[-3:, 5]).mean() > 0
     assert ((rows[:, 6] >= 0) & (rows[:, 6] <= 1)).all() and rows[:, 6].max() > 0  # p moved
     assert info["steps"] == 40 and info["nfe_per_slice"] == 12
+
+
+def test_each_training_step_moves_only_its_own_networks():
+    """G's step leaves D alone, D's step and lazy R1 leave G alone, and the EMA generator starts
+    as G (the ramp-up makes β ≈ 0 after one step) and then lags it (β = ema_decay)."""
+    from lmid.methods.stylegan2 import StyleGan2, TrainingRun
+
+    params = tiny_params()
+    run = TrainingRun(params, StyleGan2.arch(params, 16), torch.device("cpu"))
+
+    def weights(net):
+        return [q.detach().clone() for q in net.parameters()]
+
+    def moved(before, net):
+        return any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+    real = torch.as_tensor(blobs(4, 16, 0) * 2 - 1)[:, None]
+    g0, d0 = weights(run.g), weights(run.d)
+    loss_g = run.generator_step(4)
+    assert moved(g0, run.g) and not moved(d0, run.d) and torch.isfinite(loss_g)
+    g1 = weights(run.g)
+    loss_d, logit_r, logit_f = run.discriminator_step(real)
+    assert moved(d0, run.d) and not moved(g1, run.g) and logit_r.shape == logit_f.shape == (4,)
+    assert math.isnan(run.last_r1)
+    d1 = weights(run.d)
+    run.r1_step(real)
+    assert run.last_r1 > 0 and moved(d1, run.d) and not moved(g1, run.g)
+    run.update_ema(steps_done=1)  # β = min(0.9, 0.5 ** (1 / 0.05)) ≈ 1e-6
+    assert all(torch.allclose(e, q, atol=1e-5) for e, q in zip(run.g_ema.parameters(), run.g.parameters()))
+    e1 = weights(run.g_ema)
+    run.generator_step(4)
+    run.update_ema(steps_done=10_000)  # β = ema_decay = 0.9
+    for e_old, e, q in zip(e1, run.g_ema.parameters(), run.g.parameters()):
+        torch.testing.assert_close(e, 0.9 * e_old + 0.1 * q.detach())
 
 
 # ------------------------------------------------------------------------------ inversion

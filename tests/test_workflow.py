@@ -114,6 +114,26 @@ def test_same_outputs(graphs):
         assert sorted(job["outputs"]) == sorted(by_cmd[job["cmd"]]["outs"]), job["rule"]
 
 
+def test_each_protocol_is_made_by_the_same_two_rules(graphs):
+    """generate and prepare are one rule each, for the main and the unseen protocol alike: the
+    unseen protocol's folders are the main ones' with its suffix, and its stages are named after it."""
+    snake, _ = graphs
+    by_output = {o: j for j in snake for o in j["outputs"]}
+    assert by_output["data/raw"]["rule"] == by_output["data/raw_3t"]["rule"] == "generate"
+    assert by_output["data/slices/test.npz"]["rule"] == by_output["data/slices_3t/test.npz"]["rule"] == "prepare"
+    assert by_output["data/raw"]["cmd"] == by_output["data/raw_3t"]["cmd"].replace(
+        "--protocol unseen --out data/raw_3t", "--protocol main --out data/raw"
+    )
+    assert by_output["data/slices_3t/test.npz"]["cmd"] == by_output["data/slices/test.npz"]["cmd"].replace(
+        "data/raw", "data/raw_3t"
+    ).replace("data/slices", "data/slices_3t")
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert {"generate", "generate-3t", "prepare", "prepare-3t"} <= set(stages)
+    assert stages["generate-3t"]["outs"] == ["data/raw_3t"]
+    assert "unseen_protocol.name" in stages["generate-3t"]["params"]
+    assert not any(k.startswith("unseen_protocol") for k in stages["generate"]["params"])
+
+
 def test_stage_params_are_what_each_step_reads():
     """Training stages list the method's training keys (less bookkeeping), translation stages its
     translation keys only: a sampler change re-translates in DVC as in Snakemake, never retrains."""
@@ -150,7 +170,7 @@ def test_dvc_yaml_for_an_ixi_folder_prepares_that_folder(tmp_path):
     res = _generate(root, "--out", str(tmp_path / "dvc.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
-    assert "generate" not in stages and "generate-unseen" not in stages
+    assert "generate" not in stages and "generate-3t" not in stages and "prepare-3t" not in stages
     assert stages["prepare"]["cmd"].startswith(f"lmid prepare --params params.yaml --raw {ixi} ")
     assert str(ixi) in stages["prepare"]["deps"]
     assert not any("_3t" in name for name in stages)
@@ -276,7 +296,9 @@ def test_fresh_copy_without_data_runs_everything(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     planned = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, flags=re.M))
-    assert planned.get("generate") == "1" and planned.get("report") == "1", res.stdout[-2000:]
+    # generate and prepare once for each protocol (the main one and the unseen one).
+    assert planned.get("generate") == planned.get("prepare") == "2", res.stdout[-2000:]
+    assert planned.get("report") == "1", res.stdout[-2000:]
 
 
 def test_every_value_in_a_shell_command_is_quoted():

@@ -13,7 +13,6 @@ import os
 import sys
 
 from lmid.errors import LmidError, ParamsError
-from lmid.progress import progress_disabled  # noqa: F401  (re-exported for the commands)
 
 
 def add_common(p: argparse.ArgumentParser, params_default: str | None = "params.yaml", params_help: str = "") -> None:

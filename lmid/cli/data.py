@@ -55,9 +55,10 @@ def _generate(args) -> None:
 def _prepare(args) -> None:
     params = load_params_from_args(args)
     from lmid.data.prepare import prepare
+    from lmid.evaluation.bias_check import bias_check
 
     if args.threads < 1:
         from lmid.errors import LmidError
 
         raise LmidError(f"--threads: must be at least 1, got {args.threads}")
-    prepare(params, args.raw or Path(params.data.root), args.out, workers=args.threads)
+    prepare(params, args.raw or Path(params.data.root), args.out, workers=args.threads, bias_check=bias_check)

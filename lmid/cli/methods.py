@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lmid.cli import add_common, load_params_from_args
-from lmid.config import METHOD_NAMES
+from lmid.config import METHOD_NAMES, SAMPLER_SETTING_HELP
 
 
 def register(sub) -> None:
@@ -36,8 +36,8 @@ def register(sub) -> None:
     p.add_argument(
         "--sampler",
         default=None,
-        metavar="KIND-STEPS[-SPACING]",
-        help="lmidiffusion sampler, e.g. ancestral-1000, ddim-25 or ddim-25-quad (overrides lmidiffusion.sampler)",
+        metavar="SETTING",
+        help=f"lmidiffusion sampler {SAMPLER_SETTING_HELP}, e.g. ddim-25-quad (overrides lmidiffusion.sampler)",
     )
     p.add_argument("--limit", type=_non_negative, default=0, help="only the first N slices (0 = all)")
     p.add_argument("--device", default="auto")
@@ -60,7 +60,7 @@ def register(sub) -> None:
         "--sampler",
         required=True,
         metavar="SETTING",
-        help="<kind>-<steps>[-<spacing>][-eta<η>][-clip], e.g. ddim-25-quad-eta1 or ancestral-1000-clip",
+        help=f"{SAMPLER_SETTING_HELP}, e.g. ddim-25-quad-eta1 or ancestral-1000-clip",
     )
     p.add_argument(
         "--limit",
@@ -233,7 +233,8 @@ def _use_published(args) -> None:
 
 
 def _sampler_overrides(args) -> None:
-    """``--sampler KIND-STEPS[-SPACING]`` as ``--set lmidiffusion.sampler.*`` overrides."""
+    """``--sampler SETTING`` (:func:`lmid.config.parse_sampler_setting`) as ``--set lmidiffusion.sampler.*``
+    overrides."""
     from lmid.config import parse_sampler_setting
     from lmid.errors import ParamsError
 

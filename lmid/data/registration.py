@@ -243,18 +243,6 @@ def _register(fixed, fixed_affine, moving, moving_affine, settings: Registration
     return Registration(data=from_sitk(resampled).astype(np.float32), transform=affine, info=info)
 
 
-def resample_nearest(data: np.ndarray, affine: np.ndarray, ref_shape, ref_affine, transform=None) -> np.ndarray:
-    """Resample a label volume onto a reference grid (nearest neighbour), optionally through a
-    transform returned by :func:`register` (identity: world coordinates of the headers)."""
-    import SimpleITK as sitk
-
-    moving = to_sitk(data, affine)
-    ref = to_sitk(np.zeros(ref_shape, np.float32), ref_affine)
-    tx = transform if transform is not None else sitk.Transform()
-    out = sitk.Resample(moving, ref, tx, sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
-    return from_sitk(out)
-
-
 def apply_registration(
     moving: np.ndarray, moving_affine: np.ndarray, fixed_shape, fixed_affine, info: dict
 ) -> np.ndarray:

@@ -5,7 +5,7 @@ Inputs, each file named on the command line (nothing else is read):
 * ``--scores .../<experiment>/<method>.csv`` written by ``lmid evaluate``; experiment ``pd2t1``
   is the main one (``data.source_modality`` → ``data.target_modality``), others (``t22t1``,
   ``pd2t1_3t``) are zero-shot extra sources and the unseen protocol (lmid/experiments.py).
-* ``--sampler .../<kind>-<steps>[-<spacing>].csv`` (optional): LMIDiffusion at other sampler
+* ``--sampler .../<setting>.csv`` (optional; :data:`lmid.config.SAMPLER_SETTING`): LMIDiffusion at other sampler
   settings.
 * ``--infos .../<method>/train_info.json`` (optional): training time and method facts, SDEdit's
   validation t0 sweep.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmid.config import SAMPLER_SETTING, parse_sampler_setting
+from lmid.config import SAMPLER_SETTING, SAMPLER_SETTING_HELP, parse_sampler_setting
 from lmid.evaluation.display import COMPETITORS
 from lmid.evaluation.metrics import read_metrics_csv
 from lmid.evaluation.stats import summarise, wilcoxon_p
@@ -110,7 +110,9 @@ def summarise_sampler(files, n_boot: int, confidence: float, seed: int, order: l
     for csv in files:
         m = SAMPLER_RE.fullmatch(csv.stem)
         if not m:
-            log.warning("%s: not named <ancestral|ddim>-<steps>.csv; left out of the sampler table", csv)
+            log.warning(
+                "%s: not named after a sampler setting %s; left out of the sampler table", csv, SAMPLER_SETTING_HELP
+            )
             continue
         df = read_metrics_csv(csv)
         frames = {csv.stem: df}

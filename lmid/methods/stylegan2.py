@@ -79,13 +79,8 @@ from lmid.clock import TrainClock
 from lmid.methods.base import Method, TrainingData, Translation
 from lmid.methods.gan_common import save_snapshot, to_signed, write_train_log
 from lmid.methods.stylegan2_ada import AdaController, AugmentPipe
-from lmid.methods.stylegan2_projector import (
-    INVERSION_LOSS_TEXT,
-    INVERT_BATCH,
-    project,
-    reference_histogram,
-    w_statistics,
-)
+from lmid.methods.stylegan2_distances import INVERSION_LOSS_TEXT, reference_histogram
+from lmid.methods.stylegan2_projector import INVERT_BATCH, project, w_statistics
 from lmid.networks import autocast, count_parameters
 from lmid.networks.stylegan2 import Discriminator, Generator, init_stylegan
 from lmid.progress import progress_disabled
@@ -119,9 +114,10 @@ class StyleGan2(Method):
 
     # ------------------------------------------------------------------------------- train
     def train(self, params: Params, data: TrainingData, val: SliceSet, out_dir: Path, device: torch.device) -> dict:
-
-        p = params.stylegan2
-        cfg = p.train
+        """The steps of the module docstring, ``stylegan2.train.steps`` of them, resumed from
+        ``out_dir/checkpoint.pt`` when there is one; writes ``model.pt`` (G_ema and the target
+        histogram the inversion compares with) and the loss log."""
+        cfg = params.stylegan2.train
         out_dir = Path(out_dir)
         if data.target is None or len(data.target) == 0:
             raise LmidError("stylegan2: no target training slices")
@@ -130,177 +126,49 @@ class StyleGan2(Method):
             raise ParamsError(
                 f"stylegan2: slices must be square with a power-of-two side >= 8, got {h}×{w} (prepare.size)"
             )
-        arch = self.arch(params, h)
-        seed = params.seed + SEED_OFFSET
-        init_gen = torch.Generator().manual_seed(seed)
-        g = Generator(**arch)
-        d = Discriminator(h, p.channels, p.channel_base, MBSTD_GROUP)
-        init_stylegan(g, init_gen)
-        init_stylegan(d, init_gen)
-        g.to(device).train()
-        d.to(device).train()
-        g_ema = copy.deepcopy(g).eval().requires_grad_(False)
-        c = p.r1_every / (p.r1_every + 1.0)  # lazy-regularisation correction of D's Adam
-        opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.0, 0.99), eps=1e-8)
-        opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr * c, betas=(0.0, 0.99**c), eps=1e-8)
-        ada = AdaController(p.ada_target, p.ada_interval, p.ada_kimg, cfg.batch_size)
-        augment = AugmentPipe()
-        gen = torch.Generator().manual_seed(seed + 1)  # batches, z, noise, mixing, augmentation
-        columns = ["step", "loss_g", "loss_d", "r1", "d_real", "d_fake", "ada_p", "ada_rt"]
-        rows: list[list[float]] = []
-        window: list[list[float]] = []
-        start = 0
-        last_r1 = float("nan")
-
+        run = TrainingRun(params, self.arch(params, h), device)
         ckpt_path = out_dir / "checkpoint.pt"
-        if ckpt_path.exists():
-            state = load_checkpoint(ckpt_path, required=("g", "d", "g_ema", "opt_g", "opt_d", "ada", "gen", "step"))
-            load_module_state(g, state["g"], ckpt_path, "stylegan2 generator")
-            load_module_state(d, state["d"], ckpt_path, "stylegan2 discriminator")
-            load_module_state(g_ema, state["g_ema"], ckpt_path, "stylegan2 EMA generator")
-            opt_g.load_state_dict(state["opt_g"])
-            opt_d.load_state_dict(state["opt_d"])
-            ada.load_state_dict(state["ada"])
-            gen.set_state(state["gen"])
-            torch.set_rng_state(state["torch_rng"])
-            rows, window, start, last_r1 = state["log_rows"], state["log_window"], int(state["step"]), state["last_r1"]
-        clock = TrainClock.resumed(state if ckpt_path.exists() else None)
+        state = run.resume(ckpt_path) if ckpt_path.exists() else None
+        clock = TrainClock.resumed(state)
         # What the histogram term of the inversion compares with (stylegan2.invert_loss = nmi_mind_hist).
         target_histogram = reference_histogram(data.target)
 
         def model_state() -> dict:
             return {
                 "method": self.name,
-                "arch": arch,
-                "g_ema": g_ema.state_dict(),
+                "arch": run.arch,
+                "g_ema": run.g_ema.state_dict(),
                 "target_histogram": target_histogram,
             }
 
-        def save(step: int) -> None:
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "method": self.name,  # whose folder this is (lmid train refuses another method's)
-                    "g": g.state_dict(),
-                    "d": d.state_dict(),
-                    "g_ema": g_ema.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(),
-                    "ada": ada.state_dict(),
-                    "gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "step": step,
-                    "log_rows": rows,
-                    "log_window": window,
-                    "last_r1": last_r1,
-                    "arch": arch,
-                    **clock.state(),
-                },
-            )
-
         reals = to_signed(data.target, device)
-        bs = cfg.batch_size
-
-        def styles(batch: int) -> torch.Tensor:
-            """ws (B, num_ws, w_dim) with style mixing: layers from a cut-off on use a second z."""
-            z = torch.randn(batch, g.z_dim, generator=gen).to(device)
-            ws = g.mapping(z)[:, None].repeat(1, g.num_ws, 1)
-            if torch.rand((), generator=gen).item() < STYLE_MIXING_PROB:
-                cutoff = int(torch.randint(1, g.num_ws, (), generator=gen))
-                z2 = torch.randn(batch, g.z_dim, generator=gen).to(device)
-                ws[:, cutoff:] = g.mapping(z2)[:, None]
-            return ws
-
         bar = tqdm(
-            range(start, cfg.steps), initial=start, total=cfg.steps, desc="stylegan2", disable=progress_disabled()
+            range(run.start, cfg.steps),
+            initial=run.start,
+            total=cfg.steps,
+            desc="stylegan2",
+            disable=progress_disabled(),
         )
         for step in bar:
-            real = reals[torch.randint(len(reals), (bs,), generator=gen).to(device)]
-            # 1. Generator: non-saturating loss through the augmentations.
-            d.requires_grad_(False)
-            with autocast(device):
-                fake = g.synthesis(styles(bs), g.synthesis.make_noise(bs, gen, device))
-                loss_g = F.softplus(-d(augment(fake, ada.p, gen)).float()).mean()
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            # 2. Discriminator: logistic loss on augmented fakes and reals.
-            d.requires_grad_(True)
-            with torch.no_grad(), autocast(device):
-                fake = g.synthesis(styles(bs), g.synthesis.make_noise(bs, gen, device))
-            with autocast(device):
-                logit_f = d(augment(fake.float(), ada.p, gen)).float()
-                logit_r = d(augment(real, ada.p, gen)).float()
-                loss_d = F.softplus(logit_f).mean() + F.softplus(-logit_r).mean()
-            ada.accumulate(logit_r)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            # 3. Lazy R1 on reals (float32: a gradient penalty needs the precision).
-            if step % p.r1_every == 0:
-                # Penalised at D's input (the augmented real): torch's grid_sample has no double
-                # backward, which the reference's custom op provides for a penalty before it.
-                x = augment(real, ada.p, gen).detach().requires_grad_(True)
-                logits = d(x)
-                (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
-                r1 = grad.square().sum(dim=(1, 2, 3))
-                loss_r1 = (r1 * (p.r1_gamma / 2)).mean() * p.r1_every
-                opt_d.zero_grad(set_to_none=True)
-                loss_r1.backward()
-                opt_d.step()
-                last_r1 = float(r1.mean().detach())
-            # 4. EMA with ramp-up: the average spans at most EMA_RAMPUP of the images seen.
+            real = reals[torch.randint(len(reals), (cfg.batch_size,), generator=run.gen).to(device)]
+            losses = run.step(real, step)
             done = step + 1
-            beta = min(p.ema_decay, 0.5 ** (1.0 / max(EMA_RAMPUP * done, 1e-8)))
-            with torch.no_grad():
-                for pe, pg in zip(g_ema.parameters(), g.parameters()):
-                    pe.lerp_(pg, 1.0 - beta)
-            # 5. ADA.
-            ada.step()
-
-            losses = [
-                float(loss_g.detach()),
-                float(loss_d.detach()),
-                last_r1,
-                float(logit_r.detach().mean()),
-                float(logit_f.detach().mean()),
-            ]
             if not all(math.isfinite(v) for v in losses[:2]):
                 raise LmidError(f"stylegan2: loss is not finite at step {done}: {losses}")
-            window.append(losses)
+            run.window.append(losses)
             if done % cfg.log_every == 0 or done == cfg.steps:
-                rows.append([done] + np.nanmean(np.asarray(window), axis=0).tolist() + [ada.p, ada.rt])
-                window = []
-                write_train_log(out_dir / "train_log.csv", columns, rows)
-                bar.set_postfix(g=f"{rows[-1][1]:.3f}", d=f"{rows[-1][2]:.3f}", p=f"{ada.p:.3f}")
+                run.log_row(done, out_dir / "train_log.csv")
+                bar.set_postfix(g=f"{run.rows[-1][1]:.3f}", d=f"{run.rows[-1][2]:.3f}", p=f"{run.ada.p:.3f}")
             if cfg.snapshot_every and done % cfg.snapshot_every == 0:
                 save_snapshot(out_dir, done, model_state(), clock)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                save(done)
+                save_checkpoint(ckpt_path, {"method": self.name, **run.checkpoint(done), **clock.state()})
         wall = clock.this_run()
         # A run resumed at its last step makes no new rows; the log (which the workflow deletes
         # before rerunning the job) is written again from the rows the checkpoint kept.
-        write_train_log(out_dir / "train_log.csv", columns, rows)
-
+        write_train_log(out_dir / "train_log.csv", LOG_COLUMNS, run.rows)
         save_checkpoint(out_dir / "model.pt", model_state())
-        info = {
-            "steps": cfg.steps,
-            "steps_this_run": cfg.steps - start,
-            "train_loop_s": round(wall, 3),
-            "s_per_step": round(wall / max(1, cfg.steps - start), 4),
-            "kimg": round(cfg.steps * bs / 1000, 3),
-            "train_loop_cpu_s_total": round(clock.cpu(), 3),
-            "images_seen": cfg.steps * bs,
-            "generator_params": count_parameters(g_ema),
-            "discriminator_params": count_parameters(d),
-            "ada_p_final": round(ada.p, 4),
-            "target_slices_seen": int(len(data.target)),
-            "nfe_per_slice": p.invert_steps,
-            "inversion_loss": INVERSION_LOSS_TEXT[p.invert_loss],
-        }
-        if rows:
-            info["final_losses"] = dict(zip(columns[1:], [round(v, 5) for v in rows[-1][1:]]))
-        return info
+        return run.info(wall, clock, len(data.target))
 
     # --------------------------------------------------------------------------- translate
     def load(self, params: Params, model_path: Path, device: torch.device):
@@ -365,3 +233,178 @@ class StyleGan2(Method):
             nfe=p.invert_steps * samples,
             info=info,
         )
+
+
+# ------------------------------------------------------------------------------- training
+#: Columns of train_log.csv: the step, then means over the steps since the last row, then ADA's state.
+LOG_COLUMNS = ["step", "loss_g", "loss_d", "r1", "d_real", "d_fake", "ada_p", "ada_rt"]
+
+
+class TrainingRun:
+    """The networks, optimisers, ADA state, random generator and loss log of one training run."""
+
+    def __init__(self, params: Params, arch: dict, device: torch.device):
+        p = params.stylegan2
+        self.p, self.arch, self.device = p, arch, device
+        seed = params.seed + SEED_OFFSET
+        init_gen = torch.Generator().manual_seed(seed)
+        self.g = Generator(**arch)
+        self.d = Discriminator(arch["resolution"], p.channels, p.channel_base, MBSTD_GROUP)
+        init_stylegan(self.g, init_gen)
+        init_stylegan(self.d, init_gen)
+        self.g.to(device).train()
+        self.d.to(device).train()
+        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
+        c = p.r1_every / (p.r1_every + 1.0)  # lazy-regularisation correction of D's Adam
+        lr = p.train.lr
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=lr * c, betas=(0.0, 0.99**c), eps=1e-8)
+        self.ada = AdaController(p.ada_target, p.ada_interval, p.ada_kimg, p.train.batch_size)
+        self.augment = AugmentPipe()
+        self.gen = torch.Generator().manual_seed(seed + 1)  # batches, z, noise, mixing, augmentation
+        self.rows: list[list[float]] = []
+        self.window: list[list[float]] = []
+        self.start = 0
+        self.last_r1 = float("nan")
+
+    # ------------------------------------------------------------------------- checkpoint
+    def resume(self, path: Path) -> dict:
+        """Continue from the checkpoint at ``path``; returns its contents (the clock reads them)."""
+        state = load_checkpoint(path, required=("g", "d", "g_ema", "opt_g", "opt_d", "ada", "gen", "step"))
+        load_module_state(self.g, state["g"], path, "stylegan2 generator")
+        load_module_state(self.d, state["d"], path, "stylegan2 discriminator")
+        load_module_state(self.g_ema, state["g_ema"], path, "stylegan2 EMA generator")
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.ada.load_state_dict(state["ada"])
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rows, self.window = state["log_rows"], state["log_window"]
+        self.start, self.last_r1 = int(state["step"]), state["last_r1"]
+        return state
+
+    def checkpoint(self, step: int) -> dict:
+        """Everything :meth:`resume` needs to continue after ``step``."""
+        return {
+            "g": self.g.state_dict(),
+            "d": self.d.state_dict(),
+            "g_ema": self.g_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "ada": self.ada.state_dict(),
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "log_rows": self.rows,
+            "log_window": self.window,
+            "last_r1": self.last_r1,
+            "arch": self.arch,
+        }
+
+    # ------------------------------------------------------------------------------ steps
+    def step(self, real: torch.Tensor, step: int) -> list[float]:
+        """One training step (0-based ``step``) on the batch ``real``; its losses for the log."""
+        loss_g = self.generator_step(len(real))
+        loss_d, logit_r, logit_f = self.discriminator_step(real)
+        if step % self.p.r1_every == 0:
+            self.r1_step(real)
+        self.update_ema(steps_done=step + 1)
+        self.ada.step()
+        return [
+            float(loss_g.detach()),
+            float(loss_d.detach()),
+            self.last_r1,
+            float(logit_r.detach().mean()),
+            float(logit_f.detach().mean()),
+        ]
+
+    def styles(self, batch: int) -> torch.Tensor:
+        """ws (B, num_ws, w_dim) with style mixing: layers from a cut-off on use a second z."""
+        g, gen = self.g, self.gen
+        z = torch.randn(batch, g.z_dim, generator=gen).to(self.device)
+        ws = g.mapping(z)[:, None].repeat(1, g.num_ws, 1)
+        if torch.rand((), generator=gen).item() < STYLE_MIXING_PROB:
+            cutoff = int(torch.randint(1, g.num_ws, (), generator=gen))
+            z2 = torch.randn(batch, g.z_dim, generator=gen).to(self.device)
+            ws[:, cutoff:] = g.mapping(z2)[:, None]
+        return ws
+
+    def _fakes(self, batch: int) -> torch.Tensor:
+        return self.g.synthesis(self.styles(batch), self.g.synthesis.make_noise(batch, self.gen, self.device))
+
+    def generator_step(self, batch: int) -> torch.Tensor:
+        """1. Non-saturating loss of G through the augmentations."""
+        self.d.requires_grad_(False)
+        with autocast(self.device):
+            fake = self._fakes(batch)
+            loss_g = F.softplus(-self.d(self.augment(fake, self.ada.p, self.gen)).float()).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return loss_g
+
+    def discriminator_step(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """2. Logistic loss of D on augmented fakes and reals; the reals' logits feed ADA."""
+        d, augment, gen = self.d, self.augment, self.gen
+        d.requires_grad_(True)
+        with torch.no_grad(), autocast(self.device):
+            fake = self._fakes(len(real))
+        with autocast(self.device):
+            logit_f = d(augment(fake.float(), self.ada.p, gen)).float()
+            logit_r = d(augment(real, self.ada.p, gen)).float()
+            loss_d = F.softplus(logit_f).mean() + F.softplus(-logit_r).mean()
+        self.ada.accumulate(logit_r)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        return loss_d, logit_r, logit_f
+
+    def r1_step(self, real: torch.Tensor) -> None:
+        """3. Lazy R1 on reals (float32: a gradient penalty needs the precision)."""
+        # Penalised at D's input (the augmented real): torch's grid_sample has no double
+        # backward, which the reference's custom op provides for a penalty before it.
+        x = self.augment(real, self.ada.p, self.gen).detach().requires_grad_(True)
+        logits = self.d(x)
+        (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        r1 = grad.square().sum(dim=(1, 2, 3))
+        loss_r1 = (r1 * (self.p.r1_gamma / 2)).mean() * self.p.r1_every
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_r1.backward()
+        self.opt_d.step()
+        self.last_r1 = float(r1.mean().detach())
+
+    def update_ema(self, steps_done: int) -> None:
+        """4. EMA with ramp-up: the average spans at most EMA_RAMPUP of the images seen."""
+        beta = min(self.p.ema_decay, 0.5 ** (1.0 / max(EMA_RAMPUP * steps_done, 1e-8)))
+        with torch.no_grad():
+            for pe, pg in zip(self.g_ema.parameters(), self.g.parameters()):
+                pe.lerp_(pg, 1.0 - beta)
+
+    # ------------------------------------------------------------------------------ report
+    def log_row(self, done: int, path: Path) -> None:
+        """A row of the loss log: the mean of the steps since the last row, and ADA's state."""
+        self.rows.append([done] + np.nanmean(np.asarray(self.window), axis=0).tolist() + [self.ada.p, self.ada.rt])
+        self.window = []
+        write_train_log(path, LOG_COLUMNS, self.rows)
+
+    def info(self, wall: float, clock: TrainClock, target_slices: int) -> dict:
+        """``train_info.json``: the run's length, time, network sizes and final losses."""
+        p, cfg, bs = self.p, self.p.train, self.p.train.batch_size
+        info = {
+            "steps": cfg.steps,
+            "steps_this_run": cfg.steps - self.start,
+            "train_loop_s": round(wall, 3),
+            "s_per_step": round(wall / max(1, cfg.steps - self.start), 4),
+            "kimg": round(cfg.steps * bs / 1000, 3),
+            "train_loop_cpu_s_total": round(clock.cpu(), 3),
+            "images_seen": cfg.steps * bs,
+            "generator_params": count_parameters(self.g_ema),
+            "discriminator_params": count_parameters(self.d),
+            "ada_p_final": round(self.ada.p, 4),
+            "target_slices_seen": int(target_slices),
+            "nfe_per_slice": p.invert_steps,
+            "inversion_loss": INVERSION_LOSS_TEXT[p.invert_loss],
+        }
+        if self.rows:
+            info["final_losses"] = dict(zip(LOG_COLUMNS[1:], [round(v, 5) for v in self.rows[-1][1:]]))
+        return info

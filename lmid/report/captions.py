@@ -30,6 +30,16 @@ FIGURE_FILES = {
 }
 
 
+def figure_files(experiments) -> dict[str, list[str]]:
+    """Figure name -> the files ``lmid report`` writes for it (under its reports folder) for a run
+    of these experiments: every figure of :data:`FIGURE_FILES`, drawn or a placeholder, once per
+    experiment where its name has ``{experiment}``. The report rule declares exactly these."""
+    return {
+        name: list(dict.fromkeys(f"figures/{pattern.format(experiment=e)}" for e in experiments))
+        for name, pattern in FIGURE_FILES.items()
+    }
+
+
 #: The section of ``snakemake --report`` each figure goes in.
 FIGURE_CATEGORIES = {
     "grid": "Translations",

@@ -72,7 +72,7 @@ def device() -> dict[str, str]:
     torch = sys.modules.get("torch")
     try:
         if torch is None:
-            import torch  # noqa: F401  (the LMI figure needs it anyway)
+            import torch  # the LMI figure needs it anyway
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     except Exception:  # a broken CUDA driver must not stop the report
         info["cuda"] = "unknown"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,10 +27,9 @@ from lmid.evaluation.display import PAPER_LABEL
 from lmid.experiments import is_unseen_experiment
 from lmid.io import write_text
 from lmid.report import environment, tables
-from lmid.report.captions import FIGURE_FILES  # noqa: F401  (re-exported: lmid.report.html.FIGURE_FILES)
-from lmid.report.draw import Figures, draw_figures  # noqa: F401  (re-exported)
+from lmid.report.draw import draw_figures
 from lmid.report.inputs import load_inputs
-from lmid.report.tables import MANIFEST_HIDDEN, brain_mask_text, protocol_items  # noqa: F401  (re-exported)
+from lmid.report.tables import protocol_items
 
 #: The templates ship inside the package, next to this file.
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -76,17 +74,9 @@ def css() -> str:
     return (TEMPLATES / "report.css").read_text(encoding="utf-8")
 
 
-def esc(x) -> str:
-    return html.escape(str(x), quote=True)
-
-
 # --------------------------------------------------------------- sections as HTML fragments
 def experiment_table(exp: str, s: dict, params, summary: dict) -> str:
     return str(_parts().experiment_table(tables.experiment_table(exp, s, params, summary)))
-
-
-def protocol_shift_section(summary: dict, params) -> str:
-    return str(_parts().protocol_shift(tables.protocol_shift(summary, params)))
 
 
 def sampler_section(summary: dict) -> str:
@@ -105,10 +95,6 @@ def baselines_section(baselines: dict | None, params) -> str:
 
 def timings_table(summary: dict, params) -> str:
     return str(_parts().timings(tables.timings_table(summary, params)))
-
-
-def data_section(params, slices_dir: Path, splits: dict) -> str:
-    return str(_parts().kv_table(tables.data_items(params, Path(slices_dir), splits)))
 
 
 # --------------------------------------------------------------------------------- the page

@@ -1,4 +1,5 @@
-# Data: simulate the default data set (IXI layout), then slices and subject-level splits.
+# Data: simulate the default data set (IXI layout), then slices and subject-level splits, for each
+# protocol (PROTOCOLS in common.smk: the main one and, on simulated data, the unseen one).
 
 
 # Only simulated data is made by a rule: an IXI or BraTS folder (data.root) is the user's own
@@ -7,17 +8,20 @@ if P.data.source == "simulated":
 
     # Code: lmid generate: lmid/cli/data.py:_generate -> lmid.data.phantom.generate
     rule generate:
+        """The simulated volumes of a protocol: the main one (section simulate) or the same subjects
+        on the unseen protocol (section unseen_protocol)."""
         # The whole folder of volumes, with phantom.json (what `prepare` checks) written last.
         output:
-            directory(RAW),
+            directory(f"{RAW}{{protocol}}"),
         params:
             cfg=PARAMS_FILE,
+            protocol=lambda w: PROTOCOLS[w.protocol],
             out=lambda w, output: output[0],
-            reads=values("seed", "simulate"),
+            reads=get_generate_keys,
         log:
-            f"{DATA}/logs/generate.log",
+            f"{DATA}/logs/generate{{protocol}}.log",
         benchmark:
-            f"{DATA}/benchmarks/generate.tsv"
+            f"{DATA}/benchmarks/generate{{protocol}}.tsv"
         resources:
             mem_mb=4000,
             runtime=30,
@@ -25,27 +29,28 @@ if P.data.source == "simulated":
         conda:
             ENV
         shell:
-            "lmid generate --params {params.cfg:q} --out {params.out:q} > {log:q} 2>&1"
+            "lmid generate --params {params.cfg:q} --protocol {params.protocol:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 # Code: lmid prepare: lmid/cli/data.py:_prepare -> lmid.data.prepare.prepare
 rule prepare:
+    """Slices of a protocol's volumes; the unseen protocol's subjects are split as the main one's."""
     input:
         get_raw_input,
     output:
-        train=f"{SLICES}/train.npz",
-        val=f"{SLICES}/val.npz",
-        test=f"{SLICES}/test.npz",
-        manifest=f"{SLICES}/manifest.json",
+        train=f"{SLICES}{{protocol}}/train.npz",
+        val=f"{SLICES}{{protocol}}/val.npz",
+        test=f"{SLICES}{{protocol}}/test.npz",
+        manifest=f"{SLICES}{{protocol}}/manifest.json",
     params:
         cfg=PARAMS_FILE,
         raw=lambda w, input: input[0],
         out=lambda w, output: os.path.dirname(output.train),
         reads=values("seed", "data", "prepare"),
     log:
-        f"{DATA}/logs/prepare.log",
+        f"{DATA}/logs/prepare{{protocol}}.log",
     benchmark:
-        f"{DATA}/benchmarks/prepare.tsv"
+        f"{DATA}/benchmarks/prepare{{protocol}}.tsv"
     resources:
         mem_mb=8000,
         runtime=60,
@@ -55,59 +60,3 @@ rule prepare:
         ENV
     shell:
         "lmid prepare --params {params.cfg:q} --raw {params.raw:q} --out {params.out:q} --threads {threads:q} > {log:q} 2>&1"
-
-
-# The unseen-protocol twins of the simulated subjects (params section unseen_protocol).
-if UNSEEN:
-
-    # Code: lmid generate: lmid/cli/data.py:_generate -> lmid.data.phantom.generate
-    rule generate_unseen:
-        """The same simulated subjects on the unseen protocol (params section unseen_protocol)."""
-        output:
-            directory(RAW_UNSEEN),
-        params:
-            cfg=PARAMS_FILE,
-            out=lambda w, output: output[0],
-            # Which sources are translated does not change the volumes: not a rerun trigger.
-            reads=values("seed", "simulate", "unseen_protocol", exclude=("unseen_protocol.sources",)),
-        log:
-            f"{DATA}/logs/generate_unseen.log",
-        benchmark:
-            f"{DATA}/benchmarks/generate_unseen.tsv"
-        resources:
-            mem_mb=4000,
-            runtime=30,
-        threads: 1
-        conda:
-            ENV
-        shell:
-            "lmid generate --params {params.cfg:q} --protocol unseen --out {params.out:q} > {log:q} 2>&1"
-
-
-    # Code: lmid prepare: lmid/cli/data.py:_prepare -> lmid.data.prepare.prepare
-    rule prepare_unseen:
-        """Slices of the unseen protocol, split by subject exactly as the main protocol's."""
-        input:
-            RAW_UNSEEN,
-        output:
-            train=f"{SLICES_UNSEEN}/train.npz",
-            val=f"{SLICES_UNSEEN}/val.npz",
-            test=f"{SLICES_UNSEEN}/test.npz",
-            manifest=f"{SLICES_UNSEEN}/manifest.json",
-        params:
-            cfg=PARAMS_FILE,
-            raw=lambda w, input: input[0],
-            out=lambda w, output: os.path.dirname(output.train),
-            reads=values("seed", "data", "prepare"),
-        log:
-            f"{DATA}/logs/prepare_unseen.log",
-        benchmark:
-            f"{DATA}/benchmarks/prepare_unseen.tsv"
-        resources:
-            mem_mb=8000,
-            runtime=60,
-        threads: 4
-        conda:
-            ENV
-        shell:
-            "lmid prepare --params {params.cfg:q} --raw {params.raw:q} --out {params.out:q} --threads {threads:q} > {log:q} 2>&1"

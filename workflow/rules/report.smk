@@ -22,14 +22,11 @@ rule report:
         baselines=[f"{REPORTS}/baselines.json", f"{DATA}/baselines/samples.npz"] if BASELINE_CHECKED else [],
     output:
         html=f"{REPORTS}/index.html",
-        # Every figure of lmid/report/captions.py (FIGURE_FILES), with its caption and section.
+        # Every figure the command writes (lmid/report/captions.py: figure_files), with its caption
+        # and section.
         **{
-            name: report(
-                list(dict.fromkeys(expand(f"{REPORTS}/figures/{pattern}", experiment=EXPERIMENTS))),
-                caption=f"../report/{name}.rst",
-                category=FIGURE_CATEGORIES[name],
-            )
-            for name, pattern in FIGURE_FILES.items()
+            name: report([f"{REPORTS}/{f}" for f in files], caption=f"../report/{name}.rst", category=FIGURE_CATEGORIES[name])
+            for name, files in figure_files(EXPERIMENTS).items()
         },
     params:
         cfg=PARAMS_FILE,

@@ -275,12 +275,17 @@ def _squeeze(cmd: str) -> str:
 
 
 def _stage_name(job) -> str:
-    """``translate-pd2t1-lmidiffusion-0of2``: DVC allows letters, digits, ``-`` and ``_`` only."""
+    """``translate-pd2t1-lmidiffusion-0of2``: DVC allows letters, digits, ``-`` and ``_`` only.
+
+    A protocol (the suffix of its folders) is named without its underscore, and the main
+    protocol's empty suffix not at all: ``prepare`` and ``prepare-3t``."""
     wc = dict(job.wildcards.items())
     parts = [job.rule.name.replace("_", "-")]
     if "shard" in wc:
         wc["shard"] = f"{wc.pop('shard')}of{wc.pop('n')}"
-    parts += [str(v) for v in wc.values()]
+    if "protocol" in wc:
+        wc["protocol"] = wc["protocol"].lstrip("_")
+    parts += [str(v) for v in wc.values() if str(v)]
     return "-".join(parts)
 
 
