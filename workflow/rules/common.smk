@@ -18,7 +18,7 @@ PARAMS_TREE = P.model_dump(mode="json")
 METHODS = list(P.methods)
 TARGET = P.data.target_modality
 SHARDS = P.translate.shards
-# The folder of volumes (normalised: the unseen protocol's folder is named after it, beside it).
+# The folder of volumes, normalised: the unseen protocol's volumes are this path with its suffix.
 RAW = os.path.normpath(P.data.root)
 # The conda environment of every rule (used with --sdm conda); pip users need none.
 ENV = "../../environment.yml"
