@@ -546,15 +546,9 @@ def test_committed_preset_pages_render_with_every_section(page, tmp_path):
     ] + (['id="table-cyclegan"'] if "cyclegan" in methods else [])
     for anchor in anchors:
         assert anchor in dom, anchor
-    names = {
-        "lmidiffusion": "LMIDiffusion",
-        "sdedit": "SDEdit",
-        "cyclegan": "CycleGAN",
-        "stylegan2": "StyleGAN2-ADA",
-        "cdm": "CDM",
-        "identity": "Identity",
-        "histmatch": "Hist. matching",
-    }
+    from lmid.registry import METHOD_NAMES, spec
+
+    names = {m: spec(m).display for m in METHOD_NAMES}
     assert {"lmidiffusion", "identity"} <= methods
     for method in methods:
         assert f">{names[method]}" in dom, method
