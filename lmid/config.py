@@ -747,6 +747,9 @@ class EvaluateParams(Section):
     sampler_slices: int = Field(default=16, ge=1)
     #: Chains per sweep slice (each with its own seeds), so one lucky draw does not pick the sampler.
     sampler_chains: int = Field(default=1, ge=1)
+    #: With ``paths.published``: slices of each sampler setting re-sampled from the published
+    #: weights, whose scores must equal the published sweep's before it is reused (0: sample all).
+    published_sweep_check: int = Field(default=2, ge=0)
     #: Validation slices of ``lmid diagnose`` (ablation, oracle, convergence curve).
     diagnostic_slices: int = Field(default=16, ge=2)
 

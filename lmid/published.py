@@ -12,6 +12,7 @@ without training it again.
                            snapshot curves of the baselines), which are not published
       <method>/model.pt    inference weights only (EMA where there is one; no optimiser state)
       <method>/train_info.json, <method>/train_log.csv
+      sampler/<setting>.csv  the run's per-slice scores of each LMIDiffusion sampler setting
 
 ``model.pt`` already holds only what translation needs (``lmid train`` writes the resumable state
 to ``checkpoint.pt``), so publishing copies it; the size limit keeps the folder committable.
@@ -22,6 +23,11 @@ to ``checkpoint.pt``), so publishing copies it; the size limit keeps the folder 
 equals the one the weights were trained under, then copies them where ``lmid train`` would have
 written them. A run with other data or other training parameters is refused with the keys that
 differ, never silently scored with weights trained for something else.
+
+The sampler sweep is the one step after training that costs as much as the rest together (two
+1000-step settings), so a run from published models reuses its published scores, but only after
+re-sampling the first ``evaluate.published_sweep_check`` slices of each setting from the published
+weights and finding the same scores (:func:`published_sweep`, :func:`lmid.methods.runner.sweep_sampler`).
 """
 
 from __future__ import annotations
@@ -98,6 +104,8 @@ def publish(
     limit_mb: float = DEFAULT_LIMIT_MB,
     test_path: Path | None = None,
     scores_path: Path | None = None,
+    sampler_scores: list[Path] = (),
+    val_path: Path | None = None,
 ) -> dict:
     """Write the published folder ``out_dir`` from a run's ``models_dir`` (see the module docstring).
 
@@ -105,7 +113,10 @@ def publish(
     ``metrics/<experiment>/<method>.csv``) it also keeps ``check/``: the first 3 test slices and
     their scores. Translation seeds each slice by its index, and the first indices of a split
     draw the same seeds however long the split is, so translating ``check/slices.npz`` with the
-    published weights must give these scores again (tests/test_published.py)."""
+    published weights must give these scores again (tests/test_published.py).
+
+    ``sampler_scores`` (the run's ``metrics/sampler/<setting>.csv``, with ``val_path``, the
+    validation split they score) are kept as ``sampler/<setting>.csv``."""
     from lmid.config import write_params
     from lmid.methods.runner import training_fingerprint
 
@@ -127,6 +138,8 @@ def publish(
         }
     if (models_dir / "kmeans.json").is_file():
         files.append((models_dir / "kmeans.json", "kmeans.json"))
+    sampler = _sampler_files(sampler_scores, val_path)
+    files += [(src, f"{SAMPLER_DIR}/{setting}.csv") for setting, src in sampler.items()]
     size_mb = sum(src.stat().st_size for src, _ in files) / 2**20
     if size_mb > limit_mb:
         raise LmidError(f"the published weights would be {size_mb:.1f} MB, over the {limit_mb:g} MB limit (--limit-mb)")
@@ -141,6 +154,8 @@ def publish(
         _write_check(Path(test_path), Path(scores_path), tmp)
     write_json(tmp / "curves.json", curves or {})
     manifest = {"commit": commit, "split_sha256": file_sha256(train_path), "methods": methods}
+    if sampler:
+        manifest["sampler"] = {"settings": sorted(sampler), "val_sha256": file_sha256(val_path)}
     write_json(tmp / MANIFEST, manifest)
     listed = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     sums = {name: file_sha256(tmp / name) for name in listed}
@@ -151,6 +166,25 @@ def publish(
     tmp.rename(out_dir)
     log.info("published %d methods, %.1f MB, to %s", len(methods), size_mb, out_dir)
     return manifest
+
+
+def _sampler_files(paths, val_path: Path | None) -> dict[str, Path]:
+    """``{setting: csv}`` of the sweep scores to publish, named as the sampler rule names them."""
+    from lmid.config import parse_sampler_setting
+
+    paths = [Path(p) for p in paths]
+    if paths and val_path is None:
+        raise LmidError("--sampler-scores needs --val (the validation split they score)")
+    out = {}
+    for path in paths:
+        try:
+            parse_sampler_setting(path.stem)
+        except ValueError as err:
+            raise InputFileError(path, f"is not named for a sampler setting ({err})") from None
+        if not path.is_file():
+            raise InputFileError(path, "not found")
+        out[path.stem] = path
+    return out
 
 
 def _write_check(test_path: Path, scores_path: Path, folder: Path) -> None:
@@ -281,6 +315,63 @@ def use_published(params: Params, folder: Path, method: str, train_path: Path, o
         shutil.copyfile(folder / name, tmp)
         tmp.replace(out_dir / Path(name).name)
     log.info("%s: published weights from %s", method, folder)
+
+
+#: Folder of the published sampler sweep's scores, one ``<setting>.csv`` per setting.
+SAMPLER_DIR = "sampler"
+
+
+def published_sweep(folder: Path, params: Params, val_path: Path):
+    """The published per-slice scores of ``params``' sampler setting on ``val_path``, or ``None``
+    where the folder has none for that setting.
+
+    Refused (never silently reused) when the file's sha256 changed, when ``val_path`` is not the
+    validation split they were scored on, or when any parameter the sweep reads (besides the
+    setting itself, :data:`lmid.methods.runner.SWEEP_KEYS`) differs from the published run's."""
+    from lmid.config import load_params, parse_sampler_setting
+    from lmid.evaluation.metrics import read_metrics_csv
+    from lmid.registry import SWEEP_KEYS, key_values
+
+    folder = Path(folder)
+    manifest = published_manifest(folder)
+    # Settings are matched by what they mean: "ancestral-1000" is "ancestral-1000-uniform".
+    sampler = params.lmidiffusion.sampler.model_dump(mode="json")
+    setting = next(
+        (
+            s
+            for s in (manifest.get("sampler") or {}).get("settings", [])
+            if all(sampler[k] == v for k, v in parse_sampler_setting(s).items())
+        ),
+        None,
+    )
+    if setting is None:
+        return None
+    name = f"{SAMPLER_DIR}/{setting}.csv"
+    verify(folder, [MANIFEST, "params.yaml", name])
+    if file_sha256(val_path) != manifest["sampler"]["val_sha256"]:
+        raise InputFileError(
+            val_path,
+            f"is not the validation split {folder / name} scored (sha256 {file_sha256(val_path)[:12]}…, "
+            f"published {manifest['sampler']['val_sha256'][:12]}…)",
+        )
+    theirs = load_params(folder / "params.yaml", {"lmidiffusion": {"sampler": parse_sampler_setting(setting)}})
+    mine, theirs = (_leaves(key_values(p.model_dump(mode="json"), SWEEP_KEYS)) for p in (params, theirs))
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: published {theirs.get(k)!r}, params {mine.get(k)!r}" for k in differ[:4])
+        raise LmidError(f"{folder / name} was scored with other parameters ({shown}); sample it afresh")
+    return read_metrics_csv(folder / name)
+
+
+def _leaves(values: dict, prefix: str = "") -> dict:
+    """``{"lmi": {"bins": 27}}`` → ``{"lmi.bins": 27}``, so a difference names the one key."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def published_curves(folder: Path) -> dict:

@@ -271,6 +271,17 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 
 
+#: What LMIDiffusion's sampler sweep reads besides the weights and the setting: the sampler rule's
+#: rerun trigger, and what a published sweep must have been scored under to be reused.
+SWEEP_KEYS = (
+    *METHODS["lmidiffusion"].translate_keys,
+    "evaluate.sampler_slices",
+    "evaluate.sampler_chains",
+    "data",
+    "segment",
+)
+
+
 def spec(name: str) -> MethodSpec:
     try:
         return METHODS[name]

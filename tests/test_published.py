@@ -9,6 +9,8 @@ The committed study models (models/study) are held to the same check when they a
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +31,15 @@ def _ok(*args):
     return res
 
 
+def _assert_ok(res: subprocess.CompletedProcess) -> None:
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def run(tiny_data, tiny_params, tmp_path_factory):
     """A trained, translated and scored tiny run, and its published folder."""
     root = tmp_path_factory.mktemp("published")
-    models, p = root / "models", ("--params", tiny_params, "--set", METHODS)
+    models, p = root / "models", ("--params", tiny_params, "--set", METHODS, "--set", "evaluate.sampler_slices=3")
     for m in ("lmidiffusion", "identity"):
         _ok(
             "train",
@@ -74,6 +80,8 @@ def run(tiny_data, tiny_params, tmp_path_factory):
         "--out",
         root / "scores.csv",
     )
+    for setting in SWEEP_SETTINGS:
+        _assert_ok(_sweep(p, models, tiny_data, root / "sweep", setting))
     _ok(
         "publish",
         *p,
@@ -85,12 +93,44 @@ def run(tiny_data, tiny_params, tmp_path_factory):
         tiny_data / "test.npz",
         "--scores",
         root / "scores.csv",
+        "--sampler-scores",
+        root / "sweep" / f"{SWEEP_SETTINGS[0]}.csv",
+        "--val",
+        tiny_data / "val.npz",
         "--commit",
         "abc123",
         "--out",
         root / "pub",
     )
     return root, tiny_data, p
+
+
+#: Sampler settings swept in the fixture run; only the first one's scores are published.
+SWEEP_SETTINGS = ("ddim-1", "ddim-2-quad")  # the first spelt without its (uniform) spacing
+
+
+def _sweep(p, models: Path, slices: Path, out: Path, setting: str, *extra) -> subprocess.CompletedProcess:
+    return run_lmid(
+        "sampler-sweep",
+        *p,
+        "--model",
+        models / "lmidiffusion/model.pt",
+        "--slices",
+        slices / "val.npz",
+        "--manifest",
+        slices / "manifest.json",
+        "--segmenter",
+        models / "kmeans.json",
+        "--sampler",
+        setting,
+        "--shard-out",
+        out / setting / "shard.npz",
+        "--translations-out",
+        out / setting / "translations.npz",
+        "--out",
+        out / f"{setting}.csv",
+        *extra,
+    )
 
 
 def _sha(path: Path) -> str:
@@ -112,6 +152,7 @@ def test_publish_writes_weights_sums_readme_and_no_training_state(run):
         "manifest.json",
         "check/slices.npz",
         "check/scores.csv",
+        f"sampler/{SWEEP_SETTINGS[0]}.csv",
     } <= files
     assert not any("checkpoint" in f or "snapshots" in f for f in files)
     # model.pt is copied as training wrote it (inference weights only).
@@ -163,6 +204,58 @@ def test_use_published_refuses_with_one_clear_line(run, tmp_path, case):
     assert res.returncode == 2 and want in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_sweep_from_published_checks_two_slices_then_reuses_the_published_scores(run, tmp_path):
+    root, slices, p = run
+    models, setting = root / "models", SWEEP_SETTINGS[0]
+    _assert_ok(_sweep(p, models, slices, tmp_path, setting, "--published", root / "pub"))
+    published = pd.read_csv(root / "pub/sampler" / f"{setting}.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"{setting}.csv"), published)
+    # Only the first published_sweep_check (2) of the 3 picked slices were sampled again.
+    with np.load(tmp_path / setting / "translations.npz") as z:
+        assert len(z["image"]) == 2
+    # A setting the folder does not publish is sampled in full, as without --published.
+    _assert_ok(_sweep(p, models, slices, tmp_path, SWEEP_SETTINGS[1], "--published", root / "pub"))
+    again, before = (
+        pd.read_csv(d / f"{SWEEP_SETTINGS[1]}.csv").drop(columns="wall_s") for d in (tmp_path, root / "sweep")
+    )
+    pd.testing.assert_frame_equal(again, before)
+
+
+@pytest.mark.parametrize("case", ["scores_differ", "other_params", "other_split", "other_limit"])
+def test_sweep_from_published_refuses_scores_it_cannot_reproduce(run, tmp_path, case):
+    root, slices, p = run
+    models, setting, pub, extra = root / "models", SWEEP_SETTINGS[0], tmp_path / "pub", []
+    shutil.copytree(root / "pub", pub)
+    if case == "scores_differ":
+        # As if the weights had changed after the sweep was published (SHA256SUMS kept in step).
+        name = f"sampler/{setting}.csv"
+        df = pd.read_csv(pub / name)
+        df.loc[df["index"] == df["index"].min(), "dice_km_mean"] += 0.01
+        df.to_csv(pub / name, index=False)
+        sums = (
+            (pub / "SHA256SUMS")
+            .read_text()
+            .replace(_sha(root / "pub" / name), hashlib.sha256((pub / name).read_bytes()).hexdigest())
+        )
+        (pub / "SHA256SUMS").write_text(sums)
+        want = "re-sampled from the published weights gives dice_km_mean"
+    elif case == "other_params":
+        extra, want = ["--set", "lmi.bins=7"], "lmi.bins"
+    elif case == "other_split":
+        # The test split standing in for the validation split.
+        other, want = tmp_path / "slices", "is not the validation split"
+        other.mkdir()
+        shutil.copyfile(slices / "test.npz", other / "val.npz")
+        shutil.copyfile(slices / "manifest.json", other / "manifest.json")
+        slices = other
+    else:
+        extra, want = ["--limit", "2"], "another --limit"
+    out = tmp_path / "out"
+    res = _sweep(p, models, slices, out, setting, "--published", pub, *extra)
+    assert res.returncode == 2 and want in res.stderr, res.stderr[-2000:]
+    assert not (out / f"{setting}.csv").exists()
 
 
 def _reproduce(pub: Path, params: Path, tmp_path: Path, method: str, overrides=()) -> tuple[pd.DataFrame, pd.DataFrame]:

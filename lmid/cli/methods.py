@@ -78,6 +78,13 @@ def register(sub) -> None:
     p.add_argument("--shard-out", type=Path, required=True, help="translated shard (.npz)")
     p.add_argument("--translations-out", type=Path, required=True, help="joined translations (.npz)")
     p.add_argument("--out", type=Path, required=True, help="per-slice metrics (.csv)")
+    p.add_argument(
+        "--published",
+        type=Path,
+        default=None,
+        help="folder written by 'lmid publish': reuse its scores of this setting once the first "
+        "evaluate.published_sweep_check slices, re-sampled, give the same scores",
+    )
     p.set_defaults(func=_sampler_sweep)
 
     p = sub.add_parser(
@@ -110,6 +117,15 @@ def register(sub) -> None:
         help="per-slice scores of one method on --test (metrics/<experiment>/<method>.csv): the first 3 "
         "slices and their scores are kept as check/, for reproducing them from the weights",
     )
+    p.add_argument(
+        "--sampler-scores",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="the run's sampler sweep scores (metrics/sampler/<setting>.csv), kept as sampler/ so a run "
+        "from these weights can check and reuse them; with --val",
+    )
+    p.add_argument("--val", type=Path, default=None, help="with --sampler-scores: the validation split they score")
     p.add_argument("--commit", default=None, help="commit the models were trained on (default: git HEAD)")
     p.add_argument("--limit-mb", type=float, default=60.0, help="refuse a folder larger than this (default 60)")
     p.add_argument("--out", type=Path, required=True, help="folder to write, e.g. models/study")
@@ -223,6 +239,8 @@ def _publish(args) -> None:
         limit_mb=args.limit_mb,
         test_path=args.test,
         scores_path=args.scores,
+        sampler_scores=args.sampler_scores,
+        val_path=args.val,
     )
 
 
@@ -268,6 +286,7 @@ def _sampler_sweep(args) -> None:
         limit=limit,
         device=args.device,
         chains=chains,
+        published=args.published,
     )
 
 

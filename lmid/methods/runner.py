@@ -392,6 +392,7 @@ def sweep_sampler(
     limit: int = 0,
     device: str = "auto",
     chains: int = 1,
+    published: Path | None = None,
 ) -> dict:
     """``lmid sampler-sweep``: LMIDiffusion with ``params``' sampler on validation slices.
 
@@ -400,6 +401,12 @@ def sweep_sampler(
     The shard and translations written are chain 0's (what translate and gather would write for
     that subset); the metrics CSV holds one row per slice and chain (column ``chain``), so the
     sampler table averages out the sampling noise of any one chain.
+
+    With ``published`` (a folder written by ``lmid publish`` that holds this setting's scores),
+    only the first ``evaluate.published_sweep_check`` picked slices are sampled, with chain 0's
+    seeds, and their scores must equal the published ones (:data:`SWEEP_CHECK_TOLERANCE`); the
+    metrics written are then the published ones, and the shard and translations hold the
+    re-sampled slices only. A check of 0 samples every slice, as without ``published``.
     """
     import tempfile
 
@@ -411,11 +418,23 @@ def sweep_sampler(
         raise ParamsError(f"--chains {chains}: must be at least 1")
     split = load_slices(slices_path)
     picked = spread_indices(len(split), limit)
+    reuse, check = None, params.evaluate.published_sweep_check
+    if published is not None and check > 0:
+        from lmid.published import published_sweep
+
+        reuse = published_sweep(published, params, slices_path)
+        if reuse is None:
+            log.info("sampler-sweep: %s publishes no scores for this setting; sampling every slice", published)
+        else:
+            chains, check = 1, min(check, len(picked))
     frames, info = [], {}
     # The work folder sits beside the outputs (same file system); DVC runs the step before it exists.
     with tempfile.TemporaryDirectory(prefix=".sweep-", dir=ensure_dir(Path(metrics_path).parent)) as tmp:
         subset_path = Path(tmp) / Path(slices_path).name
-        split.subset(picked).save(subset_path)
+        # Seeds follow a slice's place in the subset and the first places draw the same seeds
+        # however long it is, so the first `check` slices are sampled as in the full sweep.
+        sampled = picked[:check] if reuse is not None else picked
+        split.subset(sampled).save(subset_path)
         for chain in range(chains):
             # Chain k draws from seeds of params.seed + k (chain 0: the seeds translate would use).
             run_params = params if chain == 0 else params.model_copy(update={"seed": params.seed + chain})
@@ -426,12 +445,52 @@ def sweep_sampler(
             df = evaluate_translations(
                 "lmidiffusion", joined, subset_path, segmenter_path, Path(tmp) / f"metrics-chain{chain}.csv"
             )
-            df["index"] = picked[df["index"].to_numpy(dtype=int)]  # back to the full split's indices
+            df["index"] = sampled[df["index"].to_numpy(dtype=int)]  # back to the full split's indices
             df.insert(0, "chain", chain)
             frames.append(df)
             info = part if chain == 0 else info
-    write_metrics_csv(metrics_path, pd.concat(frames, ignore_index=True))
+    scores = pd.concat(frames, ignore_index=True)
+    if reuse is not None:
+        worst = _check_sweep(scores, reuse, picked, published)
+        log.info(
+            "sampler-sweep: %d re-sampled slices match %s (largest differences: %s); its scores are reused",
+            check,
+            published,
+            ", ".join(f"{k} {v:.2g}" for k, v in worst.items()),
+        )
+        scores = reuse
+    write_metrics_csv(metrics_path, scores)
     return {**info, "chains": chains, "slices_picked": [int(i) for i in picked]}
+
+
+#: Largest difference between a re-sampled slice's score and its published one (per column).
+SWEEP_CHECK_TOLERANCE = {"dice_km_mean": 1e-6, "psnr_mask": 1e-4, "ssim_mask": 1e-6, "nfe": 0}
+
+
+def _check_sweep(fresh, published_scores, picked: np.ndarray, folder: Path) -> dict[str, float]:
+    """The published scores are of the picked slices, and every re-sampled slice (chain 0) has
+    the same scores as its published row, within :data:`SWEEP_CHECK_TOLERANCE`. Returns the
+    largest difference per column."""
+    worst = dict.fromkeys(SWEEP_CHECK_TOLERANCE, 0.0)
+    theirs = published_scores[published_scores["chain"] == 0].set_index("index")
+    if sorted(int(i) for i in theirs.index) != sorted(int(i) for i in picked):
+        raise LmidError(
+            f"{folder}: its sampler scores are of validation slices {sorted(int(i) for i in theirs.index)[:8]}, "
+            f"this sweep picks {sorted(int(i) for i in picked)[:8]} (another --limit?); sample it afresh "
+            "(evaluate.published_sweep_check=0)"
+        )
+    for _, row in fresh.iterrows():
+        i = int(row["index"])
+        for column, tol in SWEEP_CHECK_TOLERANCE.items():
+            got, want = float(row[column]), float(theirs.loc[i, column])
+            worst[column] = max(worst[column], abs(got - want))
+            if not abs(got - want) <= tol:
+                raise LmidError(
+                    f"{folder}: validation slice {i} re-sampled from the published weights gives {column} "
+                    f"{got:.6g}, but the published sweep has {want:.6g}: the weights or the sampler changed "
+                    "since it was published; sample it afresh (evaluate.published_sweep_check=0)"
+                )
+    return worst
 
 
 def nifti_geometry(manifest_path: Path, size, subjects: np.ndarray, slice_index: np.ndarray) -> dict:

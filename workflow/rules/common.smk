@@ -7,7 +7,7 @@ from lmid.config import SAMPLER_SETTING, parse_params, write_params
 from lmid.evaluation.aggregate import aggregate_outputs
 from lmid.report.captions import FIGURE_CATEGORIES, figure_files
 from lmid.experiments import experiment_modalities, is_unseen_experiment
-from lmid.registry import METHODS as SPECS, key_values
+from lmid.registry import METHODS as SPECS, SWEEP_KEYS, key_values
 
 validate(config, "../schemas/params.schema.json")
 # Snakemake's config is params.yaml merged with any --configfile and --config key=value; the same

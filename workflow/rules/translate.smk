@@ -68,8 +68,9 @@ rule sampler_sweep:
         metrics=f"{METRICS}/sampler/{{setting}}.csv",
     params:
         cfg=PARAMS_FILE,
-        reads=values(*SPECS["lmidiffusion"].translate_keys, "evaluate.sampler_slices", "evaluate.sampler_chains",
-                     "data", "segment"),
+        # From published models: their scores of this setting, reused once re-sampled slices match.
+        published=["--published", PUBLISHED] if PUBLISHED else [],
+        reads=values(*SWEEP_KEYS, *(["evaluate.published_sweep_check"] if PUBLISHED else [])),
     log:
         f"{DATA}/logs/sampler/{{setting}}.log",
     benchmark:
@@ -85,4 +86,4 @@ rule sampler_sweep:
         "lmid sampler-sweep --params {params.cfg:q} --model {input.model:q} --slices {input.slices:q}"
         " --manifest {input.manifest:q} --segmenter {input.segmenter:q} --sampler {wildcards.setting:q}"
         " --shard-out {output.shard:q} --translations-out {output.translations:q}"
-        " --out {output.metrics:q} > {log:q} 2>&1"
+        " --out {output.metrics:q} {params.published:q} > {log:q} 2>&1"
