@@ -9,7 +9,8 @@ without training it again.
       manifest.json        per method: training fingerprint, the params it read, the files
       params.yaml          the run's resolved parameters
       curves.json          the training-time evidence that needs the snapshots (convergence curve,
-                           snapshot curves of the baselines), which are not published
+                           snapshot curves of the baselines, SDEdit's DDPM samples per snapshot),
+                           which are not published
       <method>/model.pt    inference weights only (EMA where there is one; no optimiser state)
       <method>/train_info.json, <method>/train_log.csv
       sampler/<setting>.csv  the run's per-slice scores of each LMIDiffusion sampler setting

@@ -160,3 +160,22 @@ def test_ddpm_snapshot_curve_of_the_baseline_checks(tmp_path):
     final = foreground_stats(ddpm_samples(params, tmp_path / "model.pt", 4, real.shape[1:], CPU), real)
     assert curve[-1]["w1_to_real"] == pytest.approx(final["w1_to_real"], abs=1e-7)
     assert ddpm_snapshot_curve(params, tmp_path / "nowhere", 4, real, CPU) == []
+    # From published models (no snapshots) the curve measured at training time is reported.
+    from lmid.evaluation.baselines import check_baselines
+
+    model = tmp_path / "sdedit" / "model.pt"
+    model.parent.mkdir()
+    model.write_bytes((tmp_path / "model.pt").read_bytes())
+    slice_set(8, seed=3).save(tmp_path / "test.npz")
+    published = [{**curve[0], "step": 99}]
+    out = check_baselines(
+        params.model_copy(update={"methods": ["sdedit"]}),
+        [model],
+        tmp_path / "test.npz",
+        tmp_path / "baselines.json",
+        tmp_path / "samples.npz",
+        samples=4,
+        device="cpu",
+        published_curves={"ddpm_snapshots": published},
+    )
+    assert out["methods"]["sdedit"]["snapshots"] == published

@@ -228,7 +228,9 @@ def _publish(args) -> None:
         curves["convergence"] = d.get("convergence", [])
         curves["convergence_verdict"] = d.get("convergence_verdict")
     if args.baselines is not None:
-        curves["baselines"] = read_json(args.baselines).get("curves", {})
+        baselines = read_json(args.baselines)
+        curves["baselines"] = baselines.get("curves", {})
+        curves["ddpm_snapshots"] = baselines.get("methods", {}).get("sdedit", {}).get("snapshots", [])
     publish(
         load_params_from_args(args),
         args.models,

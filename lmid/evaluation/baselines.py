@@ -222,7 +222,10 @@ def check_baselines(
             "status": "ok",
             "what": f"unconditional DDPM samples (DDIM, {DDPM_SAMPLE_STEPS} steps)",
             **foreground_stats(imgs, real),
-            "snapshots": ddpm_snapshot_curve(params, path.parent / "snapshots", samples, real, device),
+            # Published models have no snapshots: their curve was measured at training time.
+            "snapshots": published_curves.get("ddpm_snapshots", [])
+            if published_curves is not None
+            else ddpm_snapshot_curve(params, path.parent / "snapshots", samples, real, device),
         }
         arrays["sdedit_samples"] = imgs
     if (path := model_of("cyclegan")) is not None:
