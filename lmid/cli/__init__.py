@@ -69,12 +69,16 @@ COMMAND_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
     "generate": (("params",), (), ("out",)),
     "prepare": (("params", "raw"), (), ("out",)),
     "train": (("params", "train", "val"), (), ("out",)),
-    "publish": (("params", "models", "train", "diagnostics", "baselines", "test", "scores"), (), ("out",)),
+    "publish": (
+        ("params", "models", "train", "diagnostics", "baselines", "test", "scores", "sampler_scores", "val"),
+        (),
+        ("out",),
+    ),
     "use-published": (("params", "published", "train"), (), ("out",)),
     "apply": (("params", "input", "model", "segmenter"), ("out", "segment"), ()),
     "translate": (("params", "model", "slices"), ("out",), ()),
     "sampler-sweep": (
-        ("params", "model", "slices", "manifest", "segmenter"),
+        ("params", "model", "slices", "manifest", "segmenter", "published"),
         ("shard_out", "translations_out", "out"),
         (),
     ),
