@@ -293,12 +293,8 @@ def use_published(params: Params, folder: Path, method: str, train_path: Path, o
 
     folder, out_dir = Path(folder), Path(out_dir)
     manifest, entry = published_entry(folder, method)
-    want = _train_values(params, method)
-    differ = sorted(k for k in set(want) | set(entry["train_params"]) if want.get(k) != entry["train_params"].get(k))
-    if differ:
-        shown = "; ".join(
-            f"{k}: published {entry['train_params'].get(k)!r}, params {want.get(k)!r}" for k in differ[:4]
-        )
+    shown = _differences(_train_values(params, method), entry["train_params"])
+    if shown:
         raise LmidError(
             f"{folder}/{method} was trained with other parameters ({shown}); use the params it was "
             f"published with ({folder / 'params.yaml'}) or train it"
@@ -328,7 +324,7 @@ def published_sweep(folder: Path, params: Params, val_path: Path):
 
     Refused (never silently reused) when the file's sha256 changed, when ``val_path`` is not the
     validation split they were scored on, or when any parameter the sweep reads (besides the
-    setting itself, :data:`lmid.methods.runner.SWEEP_KEYS`) differs from the published run's."""
+    setting itself, :data:`lmid.registry.SWEEP_KEYS`) differs from the published run's."""
     from lmid.config import load_params, parse_sampler_setting
     from lmid.evaluation.metrics import read_metrics_csv
     from lmid.registry import SWEEP_KEYS, key_values
@@ -349,17 +345,15 @@ def published_sweep(folder: Path, params: Params, val_path: Path):
         return None
     name = f"{SAMPLER_DIR}/{setting}.csv"
     verify(folder, [MANIFEST, "params.yaml", name])
-    if file_sha256(val_path) != manifest["sampler"]["val_sha256"]:
+    if (got := file_sha256(val_path)) != manifest["sampler"]["val_sha256"]:
         raise InputFileError(
             val_path,
-            f"is not the validation split {folder / name} scored (sha256 {file_sha256(val_path)[:12]}…, "
+            f"is not the validation split {folder / name} scored (sha256 {got[:12]}…, "
             f"published {manifest['sampler']['val_sha256'][:12]}…)",
         )
     theirs = load_params(folder / "params.yaml", {"lmidiffusion": {"sampler": parse_sampler_setting(setting)}})
     mine, theirs = (_leaves(key_values(p.model_dump(mode="json"), SWEEP_KEYS)) for p in (params, theirs))
-    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    if differ:
-        shown = "; ".join(f"{k}: published {theirs.get(k)!r}, params {mine.get(k)!r}" for k in differ[:4])
+    if shown := _differences(mine, theirs):
         raise LmidError(f"{folder / name} was scored with other parameters ({shown}); sample it afresh")
     return read_metrics_csv(folder / name)
 
@@ -373,6 +367,12 @@ def _leaves(values: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _differences(mine: dict, published: dict) -> str:
+    """The first keys whose values differ, as "key: published X, params Y"; empty if none."""
+    differ = sorted(k for k in set(mine) | set(published) if mine.get(k) != published.get(k))
+    return "; ".join(f"{k}: published {published.get(k)!r}, params {mine.get(k)!r}" for k in differ[:4])
 
 
 def published_curves(folder: Path) -> dict:

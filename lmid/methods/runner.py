@@ -473,10 +473,11 @@ def _check_sweep(fresh, published_scores, picked: np.ndarray, folder: Path) -> d
     largest difference per column."""
     worst = dict.fromkeys(SWEEP_CHECK_TOLERANCE, 0.0)
     theirs = published_scores[published_scores["chain"] == 0].set_index("index")
-    if sorted(int(i) for i in theirs.index) != sorted(int(i) for i in picked):
+    published_slices, picked_slices = (sorted(int(i) for i in ix) for ix in (theirs.index, picked))
+    if published_slices != picked_slices:
         raise LmidError(
-            f"{folder}: its sampler scores are of validation slices {sorted(int(i) for i in theirs.index)[:8]}, "
-            f"this sweep picks {sorted(int(i) for i in picked)[:8]} (another --limit?); sample it afresh "
+            f"{folder}: its sampler scores are of validation slices {published_slices[:8]}, "
+            f"this sweep picks {picked_slices[:8]} (another --limit?); sample it afresh "
             "(evaluate.published_sweep_check=0)"
         )
     for _, row in fresh.iterrows():
